@@ -1,0 +1,69 @@
+"""Nerfstudio dataset and data manager serving float32 projections, several views a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Tuple, Type
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
+
+
+def display_image(projection: torch.Tensor, top: float) -> torch.Tensor:
+    """(H, W) or (H, W, 1) projection -> (H, W, 3) grey image in [0, 1], ``top`` mapped to white."""
+    grey = (projection.reshape(projection.shape[0], projection.shape[1], 1) / max(top, 1e-12)).clamp(0.0, 1.0)
+    return grey.expand(-1, -1, 3)
+
+
+class TiltSeriesDataset(InputDataset):
+    """The projections of one split as (H, W, 1) float32 tensors, values exactly as stored.
+
+    ``dataset[i]`` (what nerfstudio's viewer draws as a thumbnail) is a 3-channel display image
+    scaled to the series maximum; training and evaluation use ``get_data``, which is exact.
+    """
+
+    def __init__(self, dataparser_outputs, scale_factor: float = 1.0):
+        super().__init__(dataparser_outputs, scale_factor)
+        series = self.metadata["tilt_series"]
+        self.projections = torch.from_numpy(series.projections[self.metadata["indices"]].astype("float32"))
+        self.display_top = float(series.projections.max())
+
+    def get_image_float32(self, image_idx: int) -> torch.Tensor:
+        return self.projections[image_idx][..., None]
+
+    def __getitem__(self, image_idx: int) -> Dict:
+        return {"image_idx": image_idx, "image": display_image(self.projections[image_idx], self.display_top)}
+
+
+@dataclass
+class TiltSeriesDataManagerConfig(FullImageDatamanagerConfig):
+    """Full projections, ``views_per_step`` random views (without replacement per epoch) a step."""
+
+    _target: Type = field(default_factory=lambda: TiltSeriesDataManager)
+    views_per_step: int = 4
+    """Projections per optimisation step."""
+
+
+class TiltSeriesDataManager(FullImageDatamanager[TiltSeriesDataset]):
+    """Keeps the whole stack on the training device (it is small next to the model) and batches views."""
+
+    config: TiltSeriesDataManagerConfig
+
+    def _load_images(self, split: Literal["train", "eval"], cache_images_device) -> List[Dict[str, torch.Tensor]]:
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        self.train_cameras = self.train_dataset.cameras.to(self.device)
+        return [{"image_idx": i, "image": dataset.get_image_float32(i).to(self.device)} for i in range(len(dataset))]
+
+    def next_train(self, step: int) -> Tuple[Cameras, Dict]:
+        count = min(self.config.views_per_step, len(self.train_dataset))
+        indices = []
+        while len(indices) < count:
+            indices.append(self.train_unseen_cameras.pop(0))
+            if not self.train_unseen_cameras:
+                self.train_unseen_cameras = self.sample_train_cameras()
+        images = torch.stack([self.cached_train[i]["image"] for i in indices])
+        cameras = self.train_cameras[torch.tensor(indices)]
+        cameras.metadata = {"cam_idx": indices}
+        return cameras, {"image": images, "image_idx": torch.tensor(indices)}

@@ -1,0 +1,58 @@
+"""From a trained nerfstudio run to a list of atoms (extended XYZ, A, sample frame)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import ase
+import numpy as np
+
+from atomsplat.analysis.species import label_by_weight
+
+
+def load_model(config: Path):
+    """The trained :class:`AtomSplatModel` of a run's ``config.yml`` (latest checkpoint), on the CPU."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from atomsplat.model.atomsplat_model import AtomSplatModel
+
+    config = Path(config)
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: no such run configuration (ns-train prints its path at the end)")
+    _, pipeline, _, step = eval_setup(config, test_mode="inference", update_config_callback=_on_cpu)
+    model = pipeline.model
+    if not isinstance(model, AtomSplatModel):
+        raise TypeError(f"{config}: a {type(model).__name__} run, not an atomsplat one")
+    return model.cpu(), step
+
+
+def _on_cpu(config):
+    config.machine.device_type = "cpu"
+    return config
+
+
+def atoms_from_model(model, elements: Optional[Sequence[str]] = None, final_pass: bool = True) -> ase.Atoms:
+    """The model's Gaussians as atoms.
+
+    Args:
+        model: a trained AtomSplatModel.
+        elements: species to label atoms with, by clustering their weights (heavier element =
+            larger weight); None: the dataset's "elements" if it names them, else "X".
+        final_pass: first apply one last merge-and-prune pass, the same as during training, so
+            that the atoms obey the minimum distance even when training did not end on a pass.
+
+    Returns:
+        ase.Atoms with positions in A (sample frame) and per-atom arrays "weight" (integrated
+        weight, data units x A^2) and "sigma" (A).
+    """
+    if final_pass:
+        model.refine(densify=False)
+    found = model.atoms()
+    if elements is None:
+        elements = model.kwargs["metadata"]["tilt_series"].elements
+    symbols = label_by_weight(found["weights"], elements) if elements else np.full(len(found["weights"]), "X")
+    atoms = ase.Atoms(symbols=list(symbols), positions=found["positions"])
+    atoms.set_array("weight", found["weights"])
+    atoms.set_array("sigma", found["sigmas"])
+    return atoms

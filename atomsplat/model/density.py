@@ -1,0 +1,117 @@
+"""Density control of the Gaussians: merge, prune, duplicate (pure; tensors in, tensors out).
+
+Every operation returns the new per-Gaussian parameters and ``source`` (K_new,) long: the old
+index whose optimizer state a new Gaussian inherits, or -1 for a Gaussian that starts afresh.
+Parameters travel as a dict of (K, ...) tensors that always holds "positions" (K, 3) in A and
+"log_weights" (K,); every other entry is a width parameter (log sigma or log scales, A), and is
+averaged like one. No step loops over Gaussians in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+Params = Dict[str, torch.Tensor]
+
+
+def close_pairs(positions: np.ndarray, distance: float, neighbours: int, neighbours_above: int) -> np.ndarray:
+    """Pairs (P, 2) of indices of Gaussians closer than ``distance`` (A).
+
+    Up to ``neighbours_above`` Gaussians every pair is found; above it, as in the paper, only each
+    Gaussian's ``neighbours`` nearest neighbours are searched (memory stays linear in K).
+    """
+    tree = cKDTree(positions)
+    if len(positions) <= neighbours_above:
+        return tree.query_pairs(distance, output_type="ndarray")
+    k = min(neighbours + 1, len(positions))
+    dist, idx = tree.query(positions, k=k, distance_upper_bound=distance)
+    rows = np.repeat(np.arange(len(positions)), k - 1)
+    cols, near = idx[:, 1:].reshape(-1), np.isfinite(dist[:, 1:]).reshape(-1)
+    return np.stack([rows[near], cols[near]], axis=1)
+
+
+def cluster_labels(positions: np.ndarray, distance: float, neighbours: int = 20, neighbours_above: int = 10000) -> np.ndarray:
+    """Label (K,) of each Gaussian's cluster: connected components of the "closer than distance" graph."""
+    count = len(positions)
+    pairs = close_pairs(positions, distance, neighbours, neighbours_above)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
+def merge(params: Params, labels: torch.Tensor, mode: str = "weighted") -> Tuple[Params, torch.Tensor]:
+    """Replace every cluster by one Gaussian.
+
+    mode "weighted" (default): the cluster's total weight, at its weight-averaged centre, with
+    weight-averaged width parameters: the projected mass is conserved.
+    mode "mean" (the paper's): plain means of weight, centre and width parameters.
+
+    Args:
+        params: per-Gaussian tensors (see module docstring); labels: (K,) long cluster labels 0..C-1.
+
+    Returns:
+        merged params (C, ...), source (C,): the single member of a singleton cluster, else -1.
+    """
+    count = int(labels.max()) + 1 if len(labels) else 0
+    weights = params["log_weights"].exp()
+    sizes = torch.zeros(count, dtype=weights.dtype, device=weights.device).index_add_(0, labels, torch.ones_like(weights))
+    if mode == "weighted":
+        share = weights
+    elif mode == "mean":
+        share = torch.ones_like(weights)
+    else:
+        raise ValueError(f"merge mode must be 'weighted' or 'mean', got {mode!r}")
+    total = torch.zeros_like(sizes).index_add_(0, labels, share)
+    frac = share / total[labels]
+
+    def average(values):
+        shape = (count,) + values.shape[1:]
+        return values.new_zeros(shape).index_add_(0, labels, values * frac.view(-1, *([1] * (values.dim() - 1))))
+
+    merged = {name: average(values) for name, values in params.items() if name != "log_weights"}
+    summed = torch.zeros_like(sizes).index_add_(0, labels, weights)
+    merged["log_weights"] = (summed if mode == "weighted" else summed / sizes).log()
+    member = torch.full((count,), -1, dtype=torch.long, device=labels.device)
+    member[labels] = torch.arange(len(labels), device=labels.device)
+    source = torch.where(sizes == 1, member, torch.full_like(member, -1))
+    return merged, source
+
+
+def prune(params: Params, fraction: float) -> Tuple[Params, torch.Tensor]:
+    """Drop Gaussians whose weight is below ``fraction`` x the median weight."""
+    weights = params["log_weights"].exp()
+    keep = torch.nonzero(weights >= fraction * weights.median()).squeeze(1)
+    return {name: values[keep] for name, values in params.items()}, keep
+
+
+def duplicate(params: Params, chosen: torch.Tensor, offset: torch.Tensor, generator: torch.Generator = None) -> Tuple[Params, torch.Tensor]:
+    """Replace each Gaussian in ``chosen`` (long indices) by two copies of half its weight.
+
+    The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite random
+    directions, so that they receive different gradients; the total weight is conserved.
+    Appended copies start with fresh optimizer state, the first copy keeps the old one.
+    """
+    count = len(params["positions"])
+    positions = params["positions"]
+    direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
+    step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(-1, 1)
+    new = {name: torch.cat([values, values[chosen]]) for name, values in params.items()}
+    new["positions"] = torch.cat([positions.index_add(0, chosen, step), positions[chosen] - step])
+    halved = new["log_weights"].clone()
+    halved[chosen] -= np.log(2.0)
+    halved[count:] -= np.log(2.0)
+    new["log_weights"] = halved
+    source = torch.cat([torch.arange(count, device=positions.device), torch.full_like(chosen, -1)])
+    return new, source
+
+
+def width_of(params: Params) -> torch.Tensor:
+    """(K,) a width in A per Gaussian: sigma, or the geometric mean of the three scales."""
+    if "log_sigmas" in params:
+        return params["log_sigmas"].exp()
+    return params["log_scales"].mean(dim=1).exp()

@@ -1,0 +1,165 @@
+"""abTEM simulation on atomsplat's grid: conventions, conservation, noise, and the simulate CLI."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read, write
+
+from atomsplat import geometry
+from atomsplat.cli.simulate import main
+from atomsplat.data.tiltseries import read_tilt_series
+from atomsplat.sim.simulate import center_structure, default_shape, rotate_to_view, simulate_tilt_series
+
+P = 0.25
+# A small Pt/Au cluster well inside a 32 x 32 A field of view at every tilt.
+CLUSTER = Atoms(
+    "Pt4Au3",
+    positions=[(0, 0, 0), (2.8, 0, 0), (0, 2.8, 0), (0, 0, 2.8), (-2.0, -2.0, 1.0), (1.5, -2.5, -2.0), (-1.0, 2.0, -2.5)],
+)
+
+
+def simulate(atoms, angles, **kwargs):
+    kwargs = {"probe_sigma": 0.0, "shape": (128, 128), "progress": False, **kwargs}
+    return simulate_tilt_series(atoms, angles, pixel_size=P, **kwargs)
+
+
+def centroids(projections):
+    """(N, 2) intensity-weighted detector centroids (x, y) in A on the geometry pixel grid."""
+    _, h, w = projections.shape
+    x, y = geometry.pixel_centers(w, P), geometry.pixel_centers(h, P)
+    total = projections.sum(axis=(1, 2))
+    return np.stack([(projections * x).sum(axis=(1, 2)) / total, (projections * y[:, None]).sum(axis=(1, 2)) / total], -1)
+
+
+def test_rotate_to_view_matches_view_rotations():
+    angles, axis = np.array([-60.0, 0.0, 35.0]), 30.0
+    for angle, m in zip(angles, geometry.view_rotations(angles, axis)):
+        np.testing.assert_allclose(rotate_to_view(CLUSTER, angle, axis).positions, CLUSTER.positions @ m.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(120, 104), (97, 111)])  # non-square; even and odd sides
+@pytest.mark.parametrize(
+    "axis, shifts", [(0.0, None), (30.0, [[1.5, -2.0], [0.0, 0.0], [-0.7, 1.25]])], ids=["plain", "axis30+shift"]
+)
+def test_single_atom_lands_on_its_detector_position(shape, axis, shifts):
+    angles = np.array([-60.0, 0.0, 35.0])
+    atom = Atoms("Au", positions=[(3.0, 5.0, -2.0)])
+    series = simulate(atom, angles, shape=shape, tilt_axis_angle=axis, shifts=shifts)
+    assert series.projections.shape == (3,) + shape and series.projections.dtype == np.float32
+    ideal = series.shifts_or_zeros()
+    expected = [
+        geometry.detector_positions(atom.positions, m, s)[0]
+        for m, s in zip(geometry.view_rotations(angles, axis), ideal)
+    ]
+    np.testing.assert_allclose(centroids(series.projections), expected, atol=0.02)
+
+
+def test_total_is_the_same_at_every_angle():
+    series = simulate(CLUSTER, np.arange(-70.0, 71.0, 20.0))
+    totals = series.projections.sum(axis=(1, 2)) * P**2
+    assert totals.min() > 0 and np.ptp(totals) < 0.01 * totals.mean()
+
+
+def test_probe_blur_keeps_the_total():
+    sharp = simulate(CLUSTER, [10.0]).projections
+    blurred = simulate(CLUSTER, [10.0], probe_sigma=0.5).projections
+    assert blurred.max() < 0.8 * sharp.max()
+    np.testing.assert_allclose(blurred.sum(), sharp.sum(), rtol=1e-3)
+
+
+def test_gaussian_noise_has_the_requested_std():
+    clean = simulate(CLUSTER, [0.0, 30.0]).projections
+    noisy = simulate(CLUSTER, [0.0, 30.0], noise_sigma=50.0).projections
+    assert np.abs(clean[:, :30, :30]).max() < 1.0  # the corner is empty
+    assert noisy[:, :30, :30].std() == pytest.approx(50.0, rel=0.1)
+
+
+def test_poisson_dose_gives_counts():
+    dose = 1000.0
+    series = simulate(CLUSTER, [0.0, 30.0], dose=dose, probe_sigma=0.5)
+    counts = series.projections
+    assert counts.dtype == np.float32 and counts.min() >= 0 and np.all(counts == np.round(counts))
+    clean = simulate(CLUSTER, [0.0, 30.0], probe_sigma=0.5).projections
+    scale = series.extra["simulation"]["counts_per_potential"]
+    assert scale == pytest.approx(dose * P**2 / clean.max())
+    assert counts.sum() == pytest.approx(np.clip(clean, 0, None).sum() * scale, rel=0.01)
+
+
+def test_noise_is_reproducible_by_seed():
+    for kwargs in ({"noise_sigma": 50.0}, {"dose": 100.0}):
+        a, b, c = (simulate(CLUSTER, [0.0], seed=s, **kwargs).projections for s in (3, 3, 4))
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+def test_noise_and_dose_exclude_each_other():
+    with pytest.raises(ValueError, match="not both"):
+        simulate(CLUSTER, [0.0], noise_sigma=1.0, dose=10.0)
+
+
+def test_metadata():
+    series = simulate(CLUSTER, [0.0], noise_sigma=5.0, seed=7)
+    assert series.elements == ["Pt", "Au"]  # by atomic number
+    sim = series.extra["simulation"]
+    assert sim["parametrization"] == "lobato" and sim["tool"].startswith("abTEM ")
+    assert (sim["noise_sigma"], sim["seed"], sim["dose"], sim["probe_sigma"]) == (5.0, 7, None, 0.0)
+
+
+def test_center_structure_and_default_shape():
+    boxed = Atoms("Au2", positions=[(10.0, 20.0, 30.0), (12.0, 20.0, 30.0)], cell=[70.0, 70.0, 70.0])
+    centred = center_structure(boxed)
+    np.testing.assert_allclose(centred.positions, boxed.positions - 35.0)
+    np.testing.assert_allclose(boxed.positions[0], (10.0, 20.0, 30.0))  # the input is untouched
+    assert default_shape(centred, 0.25) == (280, 280)  # the Au particle's box, as in the paper
+
+    loose = center_structure(Atoms("Au2", positions=[(1.0, 1.0, 1.0), (4.0, 5.0, 9.0)]))
+    np.testing.assert_allclose(loose.positions, [(-1.5, -2.0, -4.0), (1.5, 2.0, 4.0)])
+    radius = np.linalg.norm([1.5, 2.0, 4.0])
+    h, w = default_shape(loose, 0.3)
+    assert h == w and h % 2 == 0 and 0 <= h * 0.3 - 2 * (radius + 4.0) < 0.6
+
+
+@pytest.fixture
+def tiny_xyz(tmp_path):
+    path = tmp_path / "tiny.xyz"
+    write(path, Atoms("Au2Pt", positions=[(10.0, 10.0, 10.0), (12.5, 10.0, 10.0), (10.0, 12.5, 11.0)]))
+    return path
+
+
+def test_cli_writes_a_readable_dataset(tiny_xyz, tmp_path, capsys):
+    out = tmp_path / "data"
+    args = [str(tiny_xyz), "--tilt=-30:30:15", "--output", str(out), "--shape", "48", "56", "--seed", "1"]
+    assert main(args) == 0
+    assert "5 projections of 48 x 56 pixels" in capsys.readouterr().out
+
+    series = read_tilt_series(out)
+    assert series.projections.shape == (5, 48, 56)
+    np.testing.assert_allclose(series.tilt_angles, [-30, -15, 0, 15, 30])
+    assert series.pixel_size == 0.25 and series.elements == ["Pt", "Au"]
+    assert series.extra["simulation"]["noise_sigma"] == 50.0
+    truth = read(out / "ground_truth.xyz")
+    assert truth.get_chemical_symbols() == ["Au", "Au", "Pt"]
+    np.testing.assert_allclose(truth.positions.min(axis=0) + truth.positions.max(axis=0), 0.0, atol=1e-9)
+
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--seed", "2"])
+    assert exit_info.value.code != 0
+    assert str(out) in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+    assert main(args + ["--seed", "2", "--overwrite"]) == 0
+    assert read_tilt_series(out).extra["simulation"]["seed"] == 2
+
+
+@pytest.mark.parametrize("content", [None, "this is not\na structure file\n"], ids=["missing", "garbage"])
+def test_cli_names_an_unreadable_structure(tmp_path, capsys, content):
+    path = tmp_path / "broken.xyz"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--tilt=0:10:10", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot read structure file" in err and str(path) in err
+    assert not (tmp_path / "out").exists()
