@@ -148,6 +148,7 @@ def test_cli_writes_a_readable_dataset(tiny_xyz, tmp_path, capsys):
     assert str(out) in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
+    args[1:2] = ["--tilt", "-30:30:15"]  # also without '='
     assert main(args + ["--seed", "2", "--overwrite"]) == 0
     assert read_tilt_series(out).extra["simulation"]["seed"] == 2
 

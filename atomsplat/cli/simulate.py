@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         "--tilt",
         required=True,
         metavar="START:STOP:STEP",
-        help="tilt angles in degrees, stop included, e.g. --tilt=-70:70:3 (write '=' when it starts with '-')",
+        help="tilt angles in degrees from START to STOP (included) in steps of STEP, e.g. -70:70:3",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="dataset directory to write")
     parser.add_argument("--pixel-size", type=float, default=0.25, metavar="A", help="pixel size in A (default: %(default)s)")
@@ -72,6 +72,12 @@ def main(argv=None) -> int:
         help="in-plane angle of the tilt axis from the detector x axis, counter-clockwise, degrees (default: %(default)s)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DIR")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse takes "--tilt -70:70:3" for two options; glue a tilt scheme to its flag.
+    for k in range(len(argv) - 1):
+        if argv[k] == "--tilt" and argv[k + 1][:1] == "-" and argv[k + 1][1:2].isdigit():
+            argv[k : k + 2] = [f"--tilt={argv[k + 1]}"]
+            break
     args = parser.parse_args(argv)
 
     try:

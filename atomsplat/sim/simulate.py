@@ -103,7 +103,6 @@ def _projected_potential(atoms: Atoms, pixel_size: float, shape: tuple[int, int]
     placed.positions[:, :2] = xy + ((pad_x + w / 2.0 - 0.5) * p, (pad_y + h / 2.0 - 0.5) * p)
     placed.positions[:, 2] = z - z.min() + MARGIN
     placed.cell = (nx * p, ny * p, depth)
-    placed.pbc = True
     potential = abtem.Potential(
         placed,
         gpts=(nx, ny),
@@ -152,7 +151,7 @@ def simulate_tilt_series(
         shape: (H, W) in pixels, or None for :func:`default_shape`.
         tilt_axis_angle: in-plane angle of the tilt axis from the detector x axis, degrees.
         shifts: (N, 2) known detector shifts in A (detector point = ``(M r)[:2] + shift``), or None.
-        progress: report progress on stderr.
+        progress: show a projection counter on stderr when it is a terminal.
 
     Returns:
         A :class:`TiltSeries` with (N, H, W) float32 projections (V A, or counts with ``dose``),
@@ -175,6 +174,7 @@ def simulate_tilt_series(
     if shift_array.shape != (len(angles), 2):
         raise ValueError(f"shifts must have shape ({len(angles)}, 2), got {shift_array.shape}")
 
+    progress = progress and sys.stderr.isatty()  # a counter rewritten in place: terminals only
     projections = np.empty((len(angles),) + shape, dtype=np.float32)
     for k, angle in enumerate(angles):
         if progress:
