@@ -35,6 +35,7 @@ _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 DEFAULT_WINDOW = 4.0
+_LADDER = 1.4
 
 
 def detector_centres(means: torch.Tensor, rotations: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -231,11 +232,19 @@ def project_isotropic(
         weights and offsets.
     """
     _check(means, sigmas, weights, rotations, offsets)
-    if means.shape[0] == 0:
-        return means.new_zeros(rotations.shape[0], height, width) + 0.0 * (offsets.sum() + weights.sum())
-    radius = window_radius(float(sigmas.detach().max()), pixel_size, window)
     centres = detector_centres(means, rotations, offsets)
-    return _WindowedIsotropic.apply(centres, sigmas, weights, float(pixel_size), int(height), int(width), radius)
+    image = centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
+    # Gaussians are grouped by window size (a ladder growing by ~1.4x), so that a few wide ones
+    # do not make every narrow one pay for their window.
+    needed = torch.ceil(window * sigmas.detach() / pixel_size + 0.5).clamp_min(1)
+    rung = torch.ceil(torch.log(needed) / math.log(_LADDER)).long()
+    for level in torch.unique(rung).tolist():
+        members = torch.nonzero(rung == level).squeeze(1)
+        radius = max(1, int(math.ceil(float(needed[members].max()))))
+        image = image + _WindowedIsotropic.apply(
+            centres[:, members], sigmas[members], weights[members], float(pixel_size), int(height), int(width), radius
+        )
+    return image
 
 
 def project_isotropic_dense(means, sigmas, weights, rotations, offsets, pixel_size, height, width) -> torch.Tensor:
