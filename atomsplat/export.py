@@ -47,7 +47,7 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None, final_pass
         weight, data units x A^2) and "sigma" (A).
     """
     if final_pass:
-        model.refine(densify=False)
+        model.refine()
     found = model.atoms()
     if elements is None:
         elements = model.kwargs["metadata"]["tilt_series"].elements

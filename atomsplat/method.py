@@ -6,6 +6,8 @@ Learning rates are in physical units because the parameters are: positions move 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -27,10 +29,21 @@ def _adam(lr: float, lr_final: float = None):
     return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
 
 
-def trainer_config(method_name: str, model: AtomSplatModelConfig) -> TrainerConfig:
+@dataclass
+class AtomSplatTrainerConfig(TrainerConfig):
+    """nerfstudio's trainer whose learning-rate decays end at ``max_num_iterations``, whatever it is set to."""
+
+    def setup(self, **kwargs):
+        for entry in self.optimizers.values():
+            if isinstance(entry.get("scheduler"), LogLinearDecaySchedulerConfig):
+                entry["scheduler"].max_steps = self.max_num_iterations
+        return super().setup(**kwargs)
+
+
+def trainer_config(method_name: str, model: AtomSplatModelConfig) -> AtomSplatTrainerConfig:
     """A complete training set-up; runs on CUDA when there is a device, else on the CPU."""
     widths = {"log_sigmas": _adam(0.01)} if model.isotropic else {"log_scales": _adam(0.01), "quats": _adam(0.005)}
-    return TrainerConfig(
+    return AtomSplatTrainerConfig(
         method_name=method_name,
         max_num_iterations=STEPS,
         steps_per_save=1000,

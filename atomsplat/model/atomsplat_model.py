@@ -60,8 +60,11 @@ class AtomSplatModelConfig(SplatfactoModelConfig):
     """Footprint half-width in widths; the truncated mass is below 7e-5 of an atom at 4."""
     refine_every: int = 100
     """Steps between density-control passes."""
-    densify_until: int = 1500
-    """Duplication stops after this step; merging and pruning go on to the end."""
+    densify_until: float = 0.5
+    """Fraction of the training steps after which duplication by gradient stops."""
+    split_until: float = 0.8
+    """Fraction of the training steps after which wide Gaussians are no longer split, so that
+    the last steps polish a fixed set; merging and pruning go on to the end."""
     densify_fraction: float = 0.05
     """Fraction of Gaussians duplicated per pass (largest mean position gradient). Copies are
     placed 1.1 x ``merge_distance`` apart, so that they survive the next merge unless they
@@ -109,6 +112,7 @@ class AtomSplatModel(SplatfactoModel):
         self.background_color = torch.zeros(3)
         self.crop_box = None
         self.step = 0
+        self.max_steps = 0
         self.optimizers = None
         self._reset_statistics()
         self.history: List[dict] = []
@@ -256,6 +260,8 @@ class AtomSplatModel(SplatfactoModel):
 
     # ----------------------------------------------------------------------------- density control
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        if attributes.trainer is not None:
+            self.max_steps = attributes.trainer.config.max_num_iterations
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_step, args=[attributes.optimizers]),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step),
@@ -273,7 +279,10 @@ class AtomSplatModel(SplatfactoModel):
             self._grad_steps += 1
         self.clamp_widths()
         if step > 0 and step % self.config.refine_every == 0:
-            self.refine(densify=step <= self.config.densify_until)
+            self.refine(
+                densify=step <= self.config.densify_until * self.max_steps,
+                split=step <= self.config.split_until * self.max_steps,
+            )
 
     @torch.no_grad()
     def clamp_widths(self):
@@ -284,9 +293,10 @@ class AtomSplatModel(SplatfactoModel):
                 self.gauss_params[name].data.clamp_(low, high)
 
     @torch.no_grad()
-    def refine(self, densify: bool = False) -> dict:
-        """One density-control pass: merge (minimum distance), prune (small weights), and, while
-        ``densify``, duplicate the Gaussians with the largest mean position gradient."""
+    def refine(self, densify: bool = False, split: bool = False) -> dict:
+        """One density-control pass: merge (minimum distance), prune (small weights), then split
+        Gaussians wider than ``split_width`` x the median width when ``split``, and duplicate the
+        ``densify_fraction`` with the largest mean position gradient when ``densify``."""
         params = {name: p.detach() for name, p in self.gauss_params.items()}
         count_before = len(params["positions"])
         source = torch.arange(count_before, device=self.positions.device)
@@ -308,7 +318,7 @@ class AtomSplatModel(SplatfactoModel):
         source, scores = source[chosen], scores[chosen]
         widths = density.width_of(params)
         wide = torch.nonzero(widths > self.config.split_width * widths.median()).squeeze(1)
-        chosen = wide
+        chosen = wide if split else wide[:0]
         if densify:
             count = int(round(self.config.densify_fraction * len(scores)))
             chosen = torch.unique(torch.cat([wide, torch.topk(scores, count).indices]))
