@@ -338,7 +338,7 @@ class AtomSplatModel(SplatfactoModel):
                 writer.put_scalar(f"atoms/{key}", value, self.step)
         match = f", TPR {record['tpr']:.3f} FPR {record['fpr']:.3f}" if "tpr" in record else ""
         CONSOLE.print(
-            f"step {self.step}: {count_before} -> {self.num_points} Gaussians "
+            f"{f'step {self.step}' if self.training else 'final pass'}: {count_before} -> {self.num_points} Gaussians "
             f"(merged {merged}, pruned {pruned}, split {duplicated}){match}"
         )
         return record
