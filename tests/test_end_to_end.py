@@ -127,6 +127,18 @@ def test_tilt_series_made_outside_atomsplat(tmp_path):
     assert report.rmse < 0.08
 
 
+def test_training_resumes_from_checkpoint(tmp_path):
+    """``ns-train --load-dir`` continues from the saved step with the saved (resized) Gaussians."""
+    first, _ = load_model(train(bundled_demo_path(), 200, tmp_path / "a"))
+    run = next((tmp_path / "a").rglob("nerfstudio_models"))
+    resumed_config = train(bundled_demo_path(), 100, tmp_path / "b", load_dir=run)
+    resumed, step = load_model(resumed_config)
+    assert step == 299
+    assert resumed.num_points > 0
+    moved = resumed.positions.shape != first.positions.shape or not torch.equal(resumed.positions, first.positions)
+    assert moved  # the optimizers updated the live (loaded) parameters
+
+
 @pytest.mark.parametrize("method", ["atomsplat-noiso", "atomsplat-nomerge"])
 def test_ablation_methods_train(tmp_path, method):
     model, _ = load_model(train(bundled_demo_path(), 120, tmp_path, method=method))

@@ -17,8 +17,13 @@ from pathlib import Path
 import ase.io
 
 
-def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard", **model_options) -> Path:
-    """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml."""
+def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
+          load_dir: Path = None, **model_options) -> Path:
+    """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml.
+
+    ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
+    ``model_options``: fields of the model config to override.
+    """
     from nerfstudio.scripts.train import main as nerfstudio_train
 
     from atomsplat import method as methods
@@ -30,6 +35,7 @@ def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", v
     config.output_dir = Path(output_dir)
     config.vis = vis
     config.viewer.quit_on_train_completion = True
+    config.load_dir = load_dir
     for key, value in model_options.items():
         setattr(config.pipeline.model, key, value)
     nerfstudio_train(config)

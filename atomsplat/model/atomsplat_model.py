@@ -270,6 +270,23 @@ class AtomSplatModel(SplatfactoModel):
     def _before_step(self, optimizers: Optimizers, step: int):
         self.step = step
         self.optimizers = optimizers.optimizers
+        self._bind_optimizers()
+
+    def _bind_optimizers(self):
+        """Point each optimizer at the live parameter of its name.
+
+        nerfstudio's trainer builds the optimizers before it loads a checkpoint; loading resizes
+        (replaces) the parameters, so on resume the optimizers would update stale copies. The
+        loaded Adam state moves along when its shape fits the parameter.
+        """
+        for name, param in self.gauss_params.items():
+            optimizer = self.optimizers.get(name)
+            if optimizer is None or optimizer.param_groups[0]["params"][0] is param:
+                continue
+            state = optimizer.state.pop(optimizer.param_groups[0]["params"][0], {})
+            fits = all(v.shape == param.shape for k, v in state.items() if k in ("exp_avg", "exp_avg_sq"))
+            optimizer.param_groups[0]["params"] = [param]
+            optimizer.state[param] = state if fits else {}
 
     @torch.no_grad()
     def _after_step(self, step: int):
