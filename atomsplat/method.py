@@ -16,7 +16,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.data.dataparser import TomographyDataParserConfig, bundled_demo_path
 from atomsplat.data.dataset import TiltSeriesDataManagerConfig
 from atomsplat.model.atomsplat_model import AtomSplatModelConfig
 from atomsplat.model.schedule import LogLinearDecaySchedulerConfig
@@ -52,7 +52,7 @@ def trainer_config(method_name: str, model: AtomSplatModelConfig) -> AtomSplatTr
         steps_per_eval_all_images=0,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=TiltSeriesDataManagerConfig(dataparser=TomographyDataParserConfig()),
+            datamanager=TiltSeriesDataManagerConfig(dataparser=TomographyDataParserConfig(), data=bundled_demo_path()),
             model=model,
         ),
         optimizers={"positions": _adam(0.05, 0.002), "log_weights": _adam(0.02), **widths},

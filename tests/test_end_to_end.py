@@ -76,6 +76,12 @@ def test_viewer_perspective_camera_renders(demo_run):
     assert torch.isfinite(out["depth"]).all()
 
 
+def test_training_with_the_web_viewer(tmp_path):
+    """The default ``ns-train atomsplat`` serves the viewer: camera thumbnails, scene, model attributes."""
+    model, _ = load_model(train(bundled_demo_path(), 30, tmp_path, vis="viewer"))
+    assert model.num_points > 0
+
+
 def test_demo_command_writes_atoms_and_report(tmp_path, capsys):
     assert demo_main(["--steps", "200", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

@@ -18,10 +18,11 @@ import ase.io
 
 
 def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
-          load_dir: Path = None, **model_options) -> Path:
+          load_dir: Path = None, viewer_host: str = "127.0.0.1", **model_options) -> Path:
     """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml.
 
     ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
+    ``viewer_host``: where the web viewer listens when ``vis`` includes it (loopback by default).
     ``model_options``: fields of the model config to override.
     """
     from nerfstudio.scripts.train import main as nerfstudio_train
@@ -35,6 +36,7 @@ def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", v
     config.output_dir = Path(output_dir)
     config.vis = vis
     config.viewer.quit_on_train_completion = True
+    config.viewer.websocket_host = viewer_host
     config.load_dir = load_dir
     for key, value in model_options.items():
         setattr(config.pipeline.model, key, value)

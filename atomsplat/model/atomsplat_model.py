@@ -41,6 +41,7 @@ class AtomSplatModelConfig(SplatfactoModelConfig):
 
     _target: Type = field(default_factory=lambda: AtomSplatModel)
     enable_collider: bool = False
+    sh_degree: int = 0
     isotropic: bool = True
     """One width per atom (the paper's isotropy prior); False: full covariance (ablation)."""
     init_count: Optional[int] = None
@@ -146,6 +147,42 @@ class AtomSplatModel(SplatfactoModel):
     @property
     def num_points(self) -> int:
         return self.positions.shape[0]
+
+    # splatfacto's attributes, read by nerfstudio's viewer and `ns-export gaussian-splat`. Shapes
+    # and widths are exact (scene units, log scales); opacity and colour are display values: the
+    # weight over the largest weight, as grey level and opacity.
+    @property
+    def scales(self) -> torch.Tensor:
+        """(K, 3) log of the widths in scene units."""
+        if self.config.isotropic:
+            return torch.log(self.sigmas * self.scale)[:, None].expand(-1, 3).detach()
+        return (self.gauss_params["log_scales"] + math.log(self.scale)).detach()
+
+    @property
+    def quats(self) -> torch.Tensor:
+        """(K, 4) orientations (w, x, y, z); the identity for isotropic Gaussians."""
+        if self.config.isotropic:
+            return self.positions.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(self.num_points, 4)
+        return self.gauss_params["quats"].detach()
+
+    def _display_level(self) -> torch.Tensor:
+        weights = self.weights.detach()
+        return (weights / weights.max().clamp_min(1e-12)).clamp(1e-4, 1.0 - 1e-4)
+
+    @property
+    def opacities(self) -> torch.Tensor:
+        """(K, 1) logit of weight / largest weight (display only)."""
+        return torch.logit(self._display_level())[:, None]
+
+    @property
+    def features_dc(self) -> torch.Tensor:
+        """(K, 3) logit of the grey level weight / largest weight (display only; sh_degree 0)."""
+        return self.opacities.expand(-1, 3)
+
+    @property
+    def features_rest(self) -> torch.Tensor:
+        """(K, 0, 3): no view dependence."""
+        return self.positions.new_zeros(self.num_points, 0, 3)
 
     def covariances(self) -> torch.Tensor:
         """(K, 3, 3) covariances in A^2 of anisotropic Gaussians."""
