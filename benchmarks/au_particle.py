@@ -21,7 +21,7 @@ import ase.io
 import torch
 
 from atomsplat.analysis.matching import evaluate
-from atomsplat.cli.demo import train
+from atomsplat.training import train
 from atomsplat.cli.simulate import main as simulate
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.report import plot_report

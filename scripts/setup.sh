@@ -9,15 +9,15 @@ wanted="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     echo "setting up $venv (a few minutes the first time)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install -qq --upgrade pip
     # torch: this pair works on the development machines (x86_64, Python 3.11); elsewhere install
     # the torch build that fits your machine first and set ATOMSPLAT_TORCH="" to keep it.
     torch_spec="${ATOMSPLAT_TORCH-torch==2.14.1 torchvision==0.29.1}"
     if [ -n "$torch_spec" ]; then
         # shellcheck disable=SC2086
-        "$venv/bin/python" -m pip install --quiet $torch_spec
+        "$venv/bin/python" -m pip install -qq $torch_spec
     fi
-    "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+    "$venv/bin/python" -m pip install -qq -e "$root[test]"
     echo "$wanted" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -17,7 +17,7 @@ import torch
 
 from atomsplat.analysis.matching import evaluate
 from atomsplat.cli.demo import main as demo_main
-from atomsplat.cli.demo import train
+from atomsplat.training import train
 from atomsplat.data.dataparser import bundled_demo_path
 from atomsplat.export import atoms_from_model, load_model
 

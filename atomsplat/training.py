@@ -1,0 +1,33 @@
+"""Training through nerfstudio's trainer from Python (what ``ns-train`` does from the shell)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+
+def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
+          load_dir: Path = None, viewer_host: str = "127.0.0.1", **model_options) -> Path:
+    """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml.
+
+    ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
+    ``viewer_host``: where the web viewer listens when ``vis`` includes it (loopback by default).
+    ``model_options``: fields of the model config to override.
+    """
+    from nerfstudio.scripts.train import main as nerfstudio_train
+
+    from atomsplat import method as methods
+
+    config = copy.deepcopy(getattr(methods, method.replace("-", "_")).config)
+    config.pipeline.datamanager.data = Path(data)
+    config.pipeline.datamanager.dataparser.data = Path(data)
+    config.max_num_iterations = steps
+    config.output_dir = Path(output_dir)
+    config.vis = vis
+    config.viewer.quit_on_train_completion = True
+    config.viewer.websocket_host = viewer_host
+    config.load_dir = load_dir
+    for key, value in model_options.items():
+        setattr(config.pipeline.model, key, value)
+    nerfstudio_train(config)
+    return config.get_base_dir() / "config.yml"
