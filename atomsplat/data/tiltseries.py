@@ -247,6 +247,8 @@ def parse_tilt_scheme(text: str) -> np.ndarray:
         start, stop, step = (float(x) for x in parts)
     except ValueError as err:
         raise ValueError(f"tilt scheme {text!r}: expected start:stop:step in degrees, e.g. -70:70:3") from err
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError(f"tilt scheme {text!r}: start, stop and step must be finite numbers of degrees")
     if step <= 0 or stop < start:
         raise ValueError(f"tilt scheme {text!r}: need step > 0 and stop >= start")
     count = int(math.floor((stop - start) / step + 1e-9)) + 1

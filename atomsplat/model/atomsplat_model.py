@@ -58,7 +58,7 @@ class AtomSplatModelConfig(SplatfactoModelConfig):
     """Widths are kept in [min_sigma, max_sigma] A after every step."""
     max_sigma: float = 2.0
     window: float = DEFAULT_WINDOW
-    """Footprint half-width in widths; the truncated mass is below 7e-5 of an atom at 4."""
+    """Footprint half-width in widths; at 4 the truncated mass is below 1.3e-4 of an atom."""
     refine_every: int = 100
     """Steps between density-control passes."""
     densify_until: float = 0.5

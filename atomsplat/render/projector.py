@@ -12,11 +12,12 @@ lie inside the field of view. Lengths may be in any unit as long as all of them 
 
 Three implementations, one convention:
 
-* :func:`project_isotropic` - the fast path: each atom is evaluated in a window of
-  ``+-window * sigma_max`` around its centre and scattered into the image; a custom autograd
-  function recomputes the small 1D profiles in the backward pass instead of storing the
-  (views x atoms x window^2) block. Truncation is the only approximation: the mass outside
-  +-4 sigma per axis is below 7e-5 of the atom's weight.
+* :func:`project_isotropic` - the fast path: each atom is evaluated in a square window that
+  covers at least ``+-window * sigma`` around its centre (atoms are grouped by window size) and
+  scattered into the image; a custom autograd function recomputes the small 1D profiles in the
+  backward pass instead of storing the (views x atoms x window^2) block. Truncation is the only
+  approximation: at ``window = 4`` the mass outside the window is below 6.4e-5 of the atom's
+  weight per axis, 1.3e-4 in all (measured worst case in the tests: 3.6e-5).
 * :func:`project_isotropic_dense` - the oracle: the same exact pixel integrals over the whole
   grid, no window, plain autograd. O(views x atoms x (H + W)) memory; for tests and small cases.
 * :func:`project_anisotropic` - full-covariance Gaussians for the paper's ablation. The pixel
@@ -289,6 +290,8 @@ def project_anisotropic(
     Returns:
         (V, height, width) mean projected density per pixel, differentiable (plain autograd).
     """
+    if covariances.ndim != 3 or covariances.shape[1:] != (3, 3):
+        raise ValueError(f"projector: covariances (K, 3, 3) expected, got {tuple(covariances.shape)}")
     _check(means, covariances[:, 0, 0], weights, rotations, offsets)
     rot2 = rotations[:, :2, :].to(means.dtype)
     cov2 = rot2[:, None] @ covariances[None] @ rot2[:, None].transpose(-1, -2)  # (V, K, 2, 2)

@@ -1,0 +1,301 @@
+"""Reading, writing and checking tilt-series datasets (DESIGN.md format), and the nerfstudio
+DataParser on top of them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from ase import Atoms
+from ase.io import read as ase_read
+from nerfstudio.cameras.cameras import CameraType
+
+from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.data.tiltseries import (
+    ANGLES,
+    GROUND_TRUTH,
+    METADATA,
+    PROJECTIONS,
+    TiltSeries,
+    TiltSeriesError,
+    parse_tilt_scheme,
+    read_tilt_series,
+    write_tilt_series,
+)
+
+N, H, W = 5, 12, 16
+ANGLE_VALUES = np.array([-60.0, -27.5, 0.0, 31.25, 60.0])
+
+
+def make_series(**overrides):
+    rng = np.random.default_rng(0)
+    kwargs = dict(
+        projections=rng.normal(size=(N, H, W)).astype(np.float32) * 123.4,
+        tilt_angles=ANGLE_VALUES,
+        pixel_size=0.37,
+        tilt_axis_angle=12.5,
+        shifts=rng.uniform(-1, 1, size=(N, 2)),
+        elements=["Au", "Pt"],
+        extra={"source": "test", "dose": 1e4},
+    )
+    kwargs.update(overrides)
+    return TiltSeries(**kwargs)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A valid dataset directory (with ground truth)."""
+    truth = Atoms("AuPt", positions=[[0.1, 0.2, 0.3], [-1.5, 2.25, 0.75]])
+    return write_tilt_series(tmp_path / "ds", make_series(), ground_truth=truth)
+
+
+def test_round_trip(dataset):
+    series = make_series()
+    back = read_tilt_series(dataset)
+    assert back.projections.dtype == np.float32 and back.shape == (N, H, W)
+    np.testing.assert_array_equal(back.projections, series.projections)  # bit-exact
+    np.testing.assert_array_equal(back.tilt_angles, ANGLE_VALUES)
+    assert back.pixel_size == 0.37 and back.tilt_axis_angle == 12.5
+    np.testing.assert_array_equal(back.shifts, series.shifts)
+    assert back.elements == ["Au", "Pt"]
+    assert back.extra == {"source": "test", "dose": 1e4}
+    truth = ase_read(dataset / GROUND_TRUTH)
+    assert truth.get_chemical_symbols() == ["Au", "Pt"]
+    np.testing.assert_allclose(truth.get_positions(), [[0.1, 0.2, 0.3], [-1.5, 2.25, 0.75]])
+
+
+def test_round_trip_minimal(tmp_path):
+    series = TiltSeries(projections=np.ones((2, 3, 4), np.float32), tilt_angles=[0.0, 10.0], pixel_size=1.0)
+    back = read_tilt_series(write_tilt_series(tmp_path / "d", series))
+    assert back.shifts is None and back.elements is None and back.tilt_axis_angle == 0.0
+    np.testing.assert_array_equal(back.shifts_or_zeros(), np.zeros((2, 2)))
+    assert not (tmp_path / "d" / GROUND_TRUTH).exists()
+
+
+def test_single_page_stack_reads_as_one_projection(tmp_path):
+    back = read_tilt_series(write_tilt_series(tmp_path / "d", make_series(projections=np.ones((1, 4, 5), np.float32),
+                                                                             tilt_angles=[3.0], shifts=None)))
+    assert back.shape == (1, 4, 5)
+
+
+def test_angle_comments_and_blank_lines(dataset):
+    (dataset / ANGLES).write_text("# degrees\n\n-60\n  -27.5\n# middle\n0\n31.25\n60\n\n")
+    np.testing.assert_array_equal(read_tilt_series(dataset).tilt_angles, ANGLE_VALUES)
+
+
+# --- bad input: every problem is a TiltSeriesError that names the file or the problem ----------------
+
+
+def expect_error(directory, *fragments):
+    with pytest.raises(TiltSeriesError) as info:
+        read_tilt_series(directory)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_missing_directory(tmp_path):
+    expect_error(tmp_path / "nope", "nope", "not a directory")
+    (tmp_path / "file").write_text("x")
+    expect_error(tmp_path / "file", "not a directory")
+
+
+@pytest.mark.parametrize("name", [PROJECTIONS, ANGLES, METADATA])
+def test_missing_file(dataset, name):
+    (dataset / name).unlink()
+    expect_error(dataset, name, "missing")
+
+
+def test_truncated_tiff(dataset):
+    data = (dataset / PROJECTIONS).read_bytes()
+    (dataset / PROJECTIONS).write_bytes(data[: len(data) // 2])
+    expect_error(dataset, PROJECTIONS, "cannot read")
+
+
+def test_non_tiff_bytes(dataset):
+    (dataset / PROJECTIONS).write_bytes(b"this is not a TIFF file at all" * 10)
+    expect_error(dataset, PROJECTIONS, "cannot read")
+    (dataset / PROJECTIONS).write_bytes(b"")
+    expect_error(dataset, PROJECTIONS)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_integer_stack(dataset, dtype):
+    tifffile.imwrite(dataset / PROJECTIONS, np.ones((N, H, W), dtype))
+    expect_error(dataset, str(dataset), "floating point", np.dtype(dtype).name)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(dataset, value):
+    stack = np.ones((N, H, W), np.float32)
+    stack[3, 2, 1] = value
+    tifffile.imwrite(dataset / PROJECTIONS, stack)
+    expect_error(dataset, str(dataset), "NaN or infinite", "pages [3]")
+
+
+@pytest.mark.filterwarnings("ignore:.*zero-size")
+def test_zero_size_images(dataset):
+    tifffile.imwrite(dataset / PROJECTIONS, np.zeros((N, 0, W), np.float32))
+    expect_error(dataset, "empty")
+    with pytest.raises(TiltSeriesError, match="empty"):
+        make_series(projections=np.zeros((N, H, 0), np.float32))
+
+
+def test_angle_count_mismatch(dataset):
+    (dataset / ANGLES).write_text("\n".join(str(a) for a in ANGLE_VALUES[:-1]) + "\n")
+    expect_error(dataset, ANGLES, "4 tilt angles", "5 projections")
+
+
+def test_non_numeric_angle_line(dataset):
+    (dataset / ANGLES).write_text("# header\n-60\nminus thirty\n0\n30\n60\n")
+    expect_error(dataset, ANGLES, "line 3", "minus thirty")
+
+
+def test_empty_and_bad_angle_files(dataset):
+    (dataset / ANGLES).write_text("# only a comment\n")
+    expect_error(dataset, ANGLES, "no tilt angles")
+    (dataset / ANGLES).write_text("0\n0\n1\n2\n3\n")
+    expect_error(dataset, "repeat")
+    (dataset / ANGLES).write_text("0\nnan\n1\n2\n3\n")
+    expect_error(dataset, "NaN or infinite")
+
+
+def set_metadata(directory, **changes):
+    meta = json.loads((directory / METADATA).read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (directory / METADATA).write_text(json.dumps(meta))
+
+
+def test_missing_pixel_size(dataset):
+    set_metadata(dataset, pixel_size=None)
+    expect_error(dataset, METADATA, "pixel_size")
+
+
+def test_bad_metadata_json(dataset):
+    (dataset / METADATA).write_text("{pixel_size: 0.3")
+    expect_error(dataset, METADATA, "JSON")
+    (dataset / METADATA).write_text("[0.3]")
+    expect_error(dataset, METADATA, "JSON object")
+    (dataset / METADATA).write_text('{"pixel_size": "small"}')
+    expect_error(dataset, METADATA, "pixel_size", "number")
+
+
+@pytest.mark.parametrize("pixel_size", [2.5e-11, 0.0025, 250.0, -0.3, 0.0])
+def test_absurd_pixel_size(dataset, pixel_size):
+    set_metadata(dataset, pixel_size=pixel_size)
+    expect_error(dataset, str(dataset), "pixel_size", "Angstrom")
+
+
+@pytest.mark.parametrize("shifts", [[[0.0, 0.0]] * (N - 1), [[0.0, 0.0, 0.0]] * N, [0.0] * N, [[0.0, 0.0]] * (N + 1)])
+def test_shifts_of_wrong_shape(dataset, shifts):
+    set_metadata(dataset, shifts=shifts)
+    expect_error(dataset, str(dataset), "shifts")
+
+
+def test_shifts_not_numbers(dataset):
+    set_metadata(dataset, shifts=[["a", "b"]] * N)
+    expect_error(dataset, METADATA, "shifts")
+    set_metadata(dataset, shifts=[[0.0, 1.0], [2.0]] + [[0.0, 0.0]] * (N - 2))
+    expect_error(dataset, METADATA, "shifts")
+
+
+def test_write_refuses_to_overwrite_and_leaves_dataset_untouched(dataset):
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in dataset.iterdir()}
+    other = make_series(projections=np.zeros((N, H, W), np.float32))
+    with pytest.raises(FileExistsError, match="already holds"):
+        write_tilt_series(dataset, other)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in dataset.iterdir()}
+    assert after == before
+    # explicit overwrite replaces it, and drops a ground truth that no longer belongs to it
+    write_tilt_series(dataset, other, overwrite=True)
+    assert not (dataset / GROUND_TRUTH).exists()
+    np.testing.assert_array_equal(read_tilt_series(dataset).projections, 0.0)
+
+
+def test_write_refuses_a_partial_dataset(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / METADATA).write_text("{}")
+    with pytest.raises(FileExistsError, match=METADATA):
+        write_tilt_series(tmp_path / "d", make_series())
+    assert os.listdir(tmp_path / "d") == [METADATA]
+
+
+def test_in_memory_validation():
+    with pytest.raises(TiltSeriesError, match="shape"):
+        make_series(projections=np.zeros((H, W), np.float32))
+    with pytest.raises(TiltSeriesError, match="tilt angles"):
+        make_series(tilt_angles=[0.0, 1.0])
+    with pytest.raises(TiltSeriesError, match="tilt_axis_angle"):
+        make_series(tilt_axis_angle=float("nan"))
+    with pytest.raises(TiltSeriesError, match="shifts"):
+        make_series(shifts=np.full((N, 2), np.inf))
+
+
+# --- tilt schemes -------------------------------------------------------------------------------------
+
+
+def test_parse_tilt_scheme():
+    # 140 is not a multiple of 3: 47 angles from -70 to 68 (70 is off the 3-degree grid from -70)
+    a = parse_tilt_scheme("-70:70:3")
+    assert len(a) == 47 and a[0] == -70 and a[-1] == 68
+    assert len(parse_tilt_scheme("-69:69:3")) == 47  # both ends on the grid
+    np.testing.assert_allclose(np.diff(a), 3.0)
+    b = parse_tilt_scheme("-90:90:1")
+    assert len(b) == 181 and b[0] == -90 and b[-1] == 90
+    assert len(parse_tilt_scheme("0:1:0.1")) == 11  # stop on the grid despite rounding
+    np.testing.assert_allclose(parse_tilt_scheme("-70:70:6"), np.arange(-70, 69, 6))  # stop off the grid: -70..68
+    np.testing.assert_array_equal(parse_tilt_scheme("5:5:1"), [5.0])
+
+
+@pytest.mark.parametrize("text", ["", "-70:70", "-70:70:3:1", "a:b:c", "-70:70:0", "-70:70:-3", "70:-70:3",
+                                  "0:inf:1", "nan:10:1", "0:10:nan", "-70,70,3"])
+def test_parse_tilt_scheme_rejects_bad_strings(text):
+    with pytest.raises(ValueError, match="tilt scheme"):
+        parse_tilt_scheme(text)
+
+
+# --- the nerfstudio DataParser --------------------------------------------------------------------------
+
+
+def test_dataparser_outputs(dataset):
+    outputs = TomographyDataParserConfig(data=dataset).setup().get_dataparser_outputs("train")
+    cameras = outputs.cameras
+    assert len(cameras) == N
+    assert (cameras.camera_type == CameraType.ORTHOPHOTO.value).all()
+    assert (cameras.width == W).all() and (cameras.height == H).all()
+    scale = 2.0 / (max(H, W) * 0.37)
+    assert outputs.dataparser_scale == pytest.approx(scale)
+    assert outputs.metadata["scale"] == pytest.approx(scale)
+    # one pixel is 1 / fx scene units = pixel_size * scale
+    assert float(cameras.fx[0]) == pytest.approx(1.0 / (0.37 * scale), rel=1e-6)
+    assert float(cameras.cx[0]) == W / 2 and float(cameras.cy[0]) == H / 2
+    assert outputs.metadata["ground_truth"] == dataset / GROUND_TRUTH
+    assert len(outputs.image_filenames) == N
+
+
+def test_dataparser_holdout_split(dataset):
+    config = TomographyDataParserConfig(data=dataset, holdout_every=2)
+    train = config.setup().get_dataparser_outputs("train")
+    val = config.setup().get_dataparser_outputs("val")
+    test = config.setup().get_dataparser_outputs("test")
+    np.testing.assert_array_equal(train.metadata["indices"], [0, 2, 4])
+    np.testing.assert_array_equal(val.metadata["indices"], [1, 3])
+    np.testing.assert_array_equal(test.metadata["indices"], [1, 3])
+    assert len(train.cameras) == 3 and len(val.cameras) == 2
+    full = TomographyDataParserConfig(data=dataset).setup().get_dataparser_outputs("train")
+    # held-out cameras are the full set's cameras at those indices
+    np.testing.assert_allclose(val.cameras.camera_to_worlds.numpy(), full.cameras.camera_to_worlds[[1, 3]].numpy())
+    np.testing.assert_allclose(train.cameras.camera_to_worlds.numpy(), full.cameras.camera_to_worlds[[0, 2, 4]].numpy())
+    # without holdout every split sees everything
+    assert len(TomographyDataParserConfig(data=dataset).setup().get_dataparser_outputs("val").cameras) == N
+
+
+def test_dataparser_reports_bad_dataset(tmp_path):
+    with pytest.raises(TiltSeriesError, match="not a directory"):
+        TomographyDataParserConfig(data=tmp_path / "missing").setup().get_dataparser_outputs("train")
