@@ -52,7 +52,7 @@ def run(scheme: str, steps: int, work: Path, structure: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     plot_report(model, atoms, data / "ground_truth.xyz", out / f"au_{scheme}.png")
     result = {"scheme": SCHEMES[scheme], "steps": steps, "train_seconds": round(seconds, 1), "machine": machine(),
-              "refinements": model.history, **report.as_dict()}
+              **report.as_dict()}
     (out / f"au_{scheme}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -366,7 +366,7 @@ class AtomSplatModel(SplatfactoModel):
             labels = torch.from_numpy(labels).to(source.device)
             params, chosen = density.merge(params, labels, self.config.merge_mode)
             merged = count_before - len(params["positions"])
-            source, scores = _follow(source, chosen), _follow_scores(scores, chosen)
+            source, scores = _follow(source, chosen, -1), _follow(scores, chosen, 0.0)
         params, chosen = density.prune(params, self.config.prune_fraction)
         pruned = count_before - merged - len(chosen)
         source, scores = source[chosen], scores[chosen]
@@ -375,14 +375,14 @@ class AtomSplatModel(SplatfactoModel):
         chosen = wide if split else wide[:0]
         if densify:
             count = int(round(self.config.densify_fraction * len(scores)))
-            chosen = torch.unique(torch.cat([wide, torch.topk(scores, count).indices]))
+            chosen = torch.unique(torch.cat([chosen, torch.topk(scores, count).indices]))
         offset = torch.maximum(widths[chosen], widths.new_tensor(0.55 * self.config.merge_distance))
         params, new_source = density.duplicate(params, chosen, offset, self.generator)
         duplicated = len(chosen)
-        source = _follow(source, new_source)
+        source = _follow(source, new_source, -1)
         self._replace(params, source)
         record = {"step": self.step, "before": count_before, "merged": merged, "pruned": pruned,
-                  "duplicated": duplicated, "after": self.num_points}
+                  "split": duplicated, "after": self.num_points}
         if self._truth is not None:
             report = evaluate(self.positions.cpu().numpy(), self._truth)
             record.update(tpr=report.tpr, fpr=report.fpr)
@@ -429,19 +429,12 @@ class AtomSplatModel(SplatfactoModel):
         }
 
 
-def _follow(source: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Compose index maps: ``chosen`` indexes ``source``; -1 stays -1."""
+def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:
+    """Compose a per-Gaussian map with an index map: ``values[chosen]``, and ``fill`` where
+    ``chosen`` is -1 (a Gaussian that no single old one became)."""
     valid = chosen >= 0
-    out = torch.full_like(chosen, -1)
-    out[valid] = source[chosen[valid]]
-    return out
-
-
-def _follow_scores(scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Scores of merged Gaussians: the member's for singletons, zero for merged clusters."""
-    out = scores.new_zeros(len(chosen))
-    valid = chosen >= 0
-    out[valid] = scores[chosen[valid]]
+    out = torch.full(chosen.shape, fill, dtype=values.dtype, device=values.device)
+    out[valid] = values[chosen[valid]]
     return out
 
 
