@@ -5,6 +5,9 @@ the rotation centre becomes nerfstudio's box [-1, 1]^3, ``dataparser_scale = 2 /
 per A. Cameras are ORTHOPHOTO cameras built by :func:`atomsplat.geometry.orthophoto_camera_to_worlds`
 so that any nerfstudio method sees the geometry of :mod:`atomsplat.geometry`.
 
+Other nerfstudio methods read ``image_filenames``: 8-bit previews (:mod:`atomsplat.data.previews`);
+atomsplat reads the float32 stack carried in the metadata.
+
 This module imports only nerfstudio's base dataparser, cameras and scene box, so that the entry
 point that registers it (``dataparser_spec``) does not close an import cycle in ``ns-train``.
 """
@@ -21,7 +24,8 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 
-from atomsplat.data.tiltseries import GROUND_TRUTH, PROJECTIONS, read_tilt_series
+from atomsplat.data.previews import preview_images
+from atomsplat.data.tiltseries import GROUND_TRUTH, read_tilt_series
 from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.
@@ -69,8 +73,9 @@ class TomographyDataParser(DataParser):
             camera_type=CameraType.ORTHOPHOTO,
         )
         ground_truth = Path(self.config.data) / GROUND_TRUTH
+        previews = preview_images(Path(self.config.data), series)
         return DataparserOutputs(
-            image_filenames=[Path(self.config.data) / PROJECTIONS] * len(indices),
+            image_filenames=[previews[k] for k in indices],
             cameras=cameras,
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
             dataparser_scale=scale,
