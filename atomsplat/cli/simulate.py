@@ -12,7 +12,7 @@ import sys
 
 import ase.io
 
-from atomsplat.data.tiltseries import parse_tilt_scheme, write_tilt_series
+from atomsplat.data.tiltseries import check_writable, parse_tilt_scheme, write_tilt_series
 from atomsplat.sim.simulate import center_structure, simulate_tilt_series
 
 # The paper's additive noise, in abTEM's projected-potential units (V A).
@@ -88,6 +88,10 @@ def main(argv=None) -> int:
         atoms = ase.io.read(args.structure)
     except Exception as err:  # ase raises many kinds of errors for missing or malformed files
         parser.error(f"cannot read structure file {args.structure!r}: {str(err) or type(err).__name__}")
+    try:
+        check_writable(args.output, args.overwrite)  # before minutes of simulation, not after
+    except FileExistsError as err:
+        parser.exit(2, f"atomsplat-simulate: error: {err} (--overwrite)\n")
     atoms = center_structure(atoms)
     noise_sigma = args.noise_sigma if args.noise_sigma is not None else (0.0 if args.dose is not None else PAPER_NOISE_SIGMA)
     try:
@@ -103,8 +107,6 @@ def main(argv=None) -> int:
             tilt_axis_angle=args.tilt_axis_angle,
         )
         write_tilt_series(args.output, series, ground_truth=atoms, overwrite=args.overwrite)
-    except FileExistsError as err:
-        parser.exit(2, f"atomsplat-simulate: error: {err} (--overwrite)\n")
     except ValueError as err:  # bad parameters, or a series the dataset format refuses
         parser.error(str(err))
     except OSError as err:

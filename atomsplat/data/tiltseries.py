@@ -215,6 +215,14 @@ def read_tilt_series(directory) -> TiltSeries:
         raise TiltSeriesError(str(err).replace("tilt series:", f"{directory}:", 1)) from None
 
 
+def check_writable(directory, overwrite: bool = False) -> None:
+    """Raise FileExistsError if ``directory`` already holds a dataset and ``overwrite`` is False."""
+    directory = Path(directory)
+    existing = [n for n in (PROJECTIONS, ANGLES, METADATA, GROUND_TRUTH) if (directory / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{directory}: already holds {', '.join(existing)}; choose another output or pass overwrite")
+
+
 def write_tilt_series(directory, series: TiltSeries, ground_truth=None, overwrite: bool = False) -> Path:
     """Write ``series`` (and optional ``ground_truth`` ase.Atoms, sample frame, A) as a dataset.
 
@@ -224,10 +232,7 @@ def write_tilt_series(directory, series: TiltSeries, ground_truth=None, overwrit
     from ase.io import write as ase_write
 
     directory = Path(directory)
-    names = [PROJECTIONS, ANGLES, METADATA, GROUND_TRUTH]
-    existing = [n for n in names if (directory / n).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{directory}: already holds {', '.join(existing)}; choose another output or pass overwrite")
+    check_writable(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(directory / PROJECTIONS, np.ascontiguousarray(series.projections, dtype=np.float32))
     angles = "\n".join(f"{a:.6f}" for a in series.tilt_angles)
