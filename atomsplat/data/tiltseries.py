@@ -234,7 +234,8 @@ def write_tilt_series(directory, series: TiltSeries, ground_truth=None, overwrit
     directory = Path(directory)
     check_writable(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(directory / PROJECTIONS, np.ascontiguousarray(series.projections, dtype=np.float32))
+    stack = np.ascontiguousarray(series.projections, dtype=np.float32)
+    tifffile.imwrite(directory / PROJECTIONS, stack, photometric="minisblack")  # pages, never RGB
     angles = "\n".join(f"{a:.6f}" for a in series.tilt_angles)
     (directory / ANGLES).write_text(f"# tilt angles in degrees, one per projection\n{angles}\n")
     (directory / METADATA).write_text(json.dumps(series.metadata(), indent=2) + "\n")

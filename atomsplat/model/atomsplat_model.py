@@ -277,7 +277,7 @@ class AtomSplatModel(SplatfactoModel):
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
-        residual = outputs["projection"] - target
+        residual = (outputs["projection"] - target).detach()
         return {
             "l1": residual.abs().mean(),
             "relative_l2": residual.norm() / target.norm().clamp_min(1e-12),
