@@ -5,7 +5,7 @@
 Simulates each tilt series with atomsplat-simulate (0.25 A pixels, 0.5 A probe blur, Gaussian
 noise of sigma 50 in abTEM units, seed 0), trains atomsplat with nerfstudio's trainer on the CPU
 (or CUDA if present), exports the atoms and matches them to the truth within 0.75 A. Results go
-to docs/benchmarks/au_<scheme>.json and .png; wall times are those of this machine.
+to docs/benchmarks/au_<scheme>_<steps>steps.json and .png; wall times are those of this machine.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def run(scheme: str, steps: int, work: Path, structure: Path) -> dict:
     print(f"\nAu particle, tilts {SCHEMES[scheme]}, {steps} steps, {seconds:.0f} s of training\n{report.summary()}")
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    plot_report(model, atoms, data / "ground_truth.xyz", out / f"au_{scheme}.png")
+    plot_report(model, atoms, data / "ground_truth.xyz", out / f"au_{scheme}_{steps}steps.png")
     result = {"scheme": SCHEMES[scheme], "steps": steps, "train_seconds": round(seconds, 1), "machine": machine(),
               **report.as_dict()}
-    (out / f"au_{scheme}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"au_{scheme}_{steps}steps.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
