@@ -75,6 +75,12 @@ def pixel_centers(n: int, pixel_size: float) -> np.ndarray:
     return (np.arange(n) + 0.5 - n / 2.0) * pixel_size
 
 
+def pixel_index(coord: torch.Tensor, n: int, pixel_size: float) -> torch.Tensor:
+    """Index (long, unclamped) of the pixel that contains detector coordinate ``coord`` along an
+    axis of ``n`` pixels: the inverse of :func:`pixel_centers`."""
+    return torch.floor(coord / pixel_size + n / 2.0).long()
+
+
 def orthophoto_camera_to_worlds(rotations: torch.Tensor, shifts: torch.Tensor, depth: float) -> torch.Tensor:
     """Nerfstudio camera-to-world matrices (N, 3, 4) of the views.
 

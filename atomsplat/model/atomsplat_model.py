@@ -30,7 +30,7 @@ from torch.nn import Parameter
 
 from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataset import display_image
-from atomsplat.geometry import view_rotations, views_from_camera_to_worlds
+from atomsplat.geometry import pixel_index, view_rotations, views_from_camera_to_worlds
 from atomsplat.model import density
 from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, project_anisotropic, project_isotropic
 
@@ -461,8 +461,8 @@ def initial_positions(series, config: AtomSplatModelConfig, generator: torch.Gen
 
     def in_hull(points):
         centres = detector_centres(points, rotations, shifts)  # (V, K, 2)
-        cols = torch.floor(centres[..., 0] / series.pixel_size + width / 2.0).long().clamp(0, width - 1)
-        rows = torch.floor(centres[..., 1] / series.pixel_size + height / 2.0).long().clamp(0, height - 1)
+        cols = pixel_index(centres[..., 0], width, series.pixel_size).clamp(0, width - 1)
+        rows = pixel_index(centres[..., 1], height, series.pixel_size).clamp(0, height - 1)
         values = stack[torch.arange(len(stack))[:, None], rows, cols]
         return points[(values > level).float().mean(0) >= 0.95]
 

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from atomsplat.geometry import pixel_index
+
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -46,7 +48,7 @@ def detector_centres(means: torch.Tensor, rotations: torch.Tensor, offsets: torc
 
 
 def window_radius(sigma_max: float, pixel_size: float, window: float = DEFAULT_WINDOW) -> int:
-    """Half-width R in pixels of a window of 2R + 1 pixels centred on the pixel nearest to a
+    """Half-width R in pixels of a window of 2R + 1 pixels centred on the pixel that holds a
     centre, so that it covers at least ``+-window * sigma_max`` around the centre."""
     return max(1, int(math.ceil(window * sigma_max / pixel_size + 0.5)))
 
@@ -57,8 +59,7 @@ def _window_start(coord: torch.Tensor, n: int, pixel_size: float, radius: int) -
     Clamped to [-R, n - 1 - R] so that every window lies inside the grid padded by R on each
     side. A clamped window belongs to a centre off the detector; it still covers every detector
     pixel that the unclamped window covered, and its values are computed at the true centre."""
-    nearest = torch.round(coord / pixel_size + (n / 2.0 - 0.5)).long()
-    return (nearest - radius).clamp_(-radius, n - 1 - radius)
+    return (pixel_index(coord, n, pixel_size) - radius).clamp_(-radius, n - 1 - radius)
 
 
 def _profiles(coord, sigma, start, n, pixel_size, size):
