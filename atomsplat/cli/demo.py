@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     ase.io.write(out, atoms, format="extxyz")
     print(f"\n{len(atoms)} atoms written to {out} (training took {seconds:.0f} s)")
     truth_path = Path(args.data) / GROUND_TRUTH
-    report = None
     if truth_path.is_file():
         truth = ase.io.read(truth_path)
         labelled = set(atoms.get_chemical_symbols()) != {"X"}

@@ -15,6 +15,7 @@ point that registers it (``dataparser_spec``) does not close an import cycle in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Type
 
@@ -53,8 +54,13 @@ class TomographyDataParser(DataParser):
 
     config: TomographyDataParserConfig
 
+    @cached_property
+    def series(self):
+        """The dataset, read once for all splits (nerfstudio asks for train, then val or test)."""
+        return read_tilt_series(self.config.data)
+
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        series = read_tilt_series(self.config.data)
+        series = self.series
         indices = split_indices(len(series.tilt_angles), split, self.config.holdout_every)
         n, height, width = series.shape
         scale = 2.0 / (max(height, width) * series.pixel_size)

@@ -116,7 +116,6 @@ class AtomSplatModel(SplatfactoModel):
         self.max_steps = 0
         self.optimizers = None
         self._reset_statistics()
-        self.history: List[dict] = []
         truth = self.kwargs["metadata"].get("ground_truth")
         self._truth = None if truth is None else ase.io.read(truth).get_positions()
 
@@ -386,7 +385,6 @@ class AtomSplatModel(SplatfactoModel):
         if self._truth is not None:
             report = evaluate(self.positions.cpu().numpy(), self._truth)
             record.update(tpr=report.tpr, fpr=report.fpr)
-        self.history.append(record)
         for key, value in record.items():
             if key != "step":
                 writer.put_scalar(f"atoms/{key}", value, self.step)
