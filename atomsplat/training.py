@@ -7,11 +7,12 @@ from pathlib import Path
 
 
 def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
-          load_dir: Path = None, viewer_host: str = "127.0.0.1", **model_options) -> Path:
+          load_dir: Path = None, viewer_host: str = "127.0.0.1", pixel_size: float = None, **model_options) -> Path:
     """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml.
 
     ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
     ``viewer_host``: where the web viewer listens when ``vis`` includes it (loopback by default).
+    ``pixel_size``: detector pixel size in A overriding the dataset's (None: the dataset's own).
     ``model_options``: fields of the model config to override.
     """
     from nerfstudio.scripts.train import main as nerfstudio_train
@@ -21,6 +22,7 @@ def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", v
     config = copy.deepcopy(getattr(methods, method.replace("-", "_")).config)
     config.pipeline.datamanager.data = Path(data)
     config.pipeline.datamanager.dataparser.data = Path(data)
+    config.pipeline.datamanager.dataparser.pixel_size = pixel_size
     config.max_num_iterations = steps
     config.output_dir = Path(output_dir)
     config.vis = vis

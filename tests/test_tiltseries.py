@@ -20,6 +20,7 @@ from atomsplat.data.tiltseries import (
     TiltSeries,
     TiltSeriesError,
     parse_tilt_scheme,
+    ground_truth_path,
     read_tilt_series,
     write_tilt_series,
 )
@@ -97,9 +98,9 @@ def expect_error(directory, *fragments):
 
 
 def test_missing_directory(tmp_path):
-    expect_error(tmp_path / "nope", "nope", "not a directory")
+    expect_error(tmp_path / "nope", "nope", "no such file or directory")
     (tmp_path / "file").write_text("x")
-    expect_error(tmp_path / "file", "not a directory")
+    expect_error(tmp_path / "file", "file", "not a tilt series")
 
 
 @pytest.mark.parametrize("name", [PROJECTIONS, ANGLES, METADATA])
@@ -174,7 +175,18 @@ def set_metadata(directory, **changes):
 
 def test_missing_pixel_size(dataset):
     set_metadata(dataset, pixel_size=None)
-    expect_error(dataset, METADATA, "pixel_size")
+    message = expect_error(dataset, METADATA, "pixel_size")
+    assert "override" in message and "tomography --pixel-size 0.25" in message
+
+
+def test_pixel_size_override(dataset):
+    assert read_tilt_series(dataset, pixel_size=0.5).pixel_size == 0.5  # wins over metadata.json's 0.37
+    (dataset / METADATA).unlink()  # and makes metadata.json optional
+    series = read_tilt_series(dataset, pixel_size=0.5)
+    assert series.pixel_size == 0.5 and series.tilt_axis_angle == 0.0 and series.shifts is None
+    expect_error(dataset, METADATA, "missing", "override")
+    with pytest.raises(TiltSeriesError, match=r"ds: pixel_size must be a number of Angstrom .* got 5e-10"):
+        read_tilt_series(dataset, pixel_size=5e-10)
 
 
 def test_bad_metadata_json(dataset):
@@ -297,5 +309,17 @@ def test_dataparser_holdout_split(dataset):
 
 
 def test_dataparser_reports_bad_dataset(tmp_path):
-    with pytest.raises(TiltSeriesError, match="not a directory"):
+    with pytest.raises(TiltSeriesError, match=r"missing: no such file or directory"):
         TomographyDataParserConfig(data=tmp_path / "missing").setup().get_dataparser_outputs("train")
+
+
+def test_dataparser_pixel_size_override(dataset):
+    outputs = TomographyDataParserConfig(data=dataset, pixel_size=0.5).setup().get_dataparser_outputs("train")
+    assert outputs.metadata["tilt_series"].pixel_size == 0.5
+    assert outputs.dataparser_scale == pytest.approx(2.0 / (max(H, W) * 0.5))
+
+
+def test_ground_truth_path(dataset, tmp_path):
+    assert ground_truth_path(dataset) == dataset / GROUND_TRUTH
+    assert ground_truth_path(dataset / PROJECTIONS) == dataset / GROUND_TRUTH  # beside a stack file
+    assert ground_truth_path(tmp_path) is None

@@ -1,12 +1,13 @@
-"""Nerfstudio DataParser for tilt-series datasets (DESIGN.md format).
+"""Nerfstudio DataParser for tilt series (every layout :func:`atomsplat.data.tiltseries.read_tilt_series` reads).
 
 The scene is scaled once, here: the cube of side ``L = max(H, W) * pixel_size`` (A) centred on
 the rotation centre becomes nerfstudio's box [-1, 1]^3, ``dataparser_scale = 2 / L`` scene units
 per A. Cameras are ORTHOPHOTO cameras built by :func:`atomsplat.geometry.orthophoto_camera_to_worlds`
 so that any nerfstudio method sees the geometry of :mod:`atomsplat.geometry`.
 
-Other nerfstudio methods read ``image_filenames``: 8-bit previews (:mod:`atomsplat.data.previews`);
-atomsplat reads the float32 stack carried in the metadata.
+Other nerfstudio methods read ``image_filenames``: 8-bit previews (:mod:`atomsplat.data.previews`),
+or the dataset's own 8-bit images in the transforms.json layout; atomsplat reads the float32 stack
+carried in the metadata.
 
 This module imports only nerfstudio's base dataparser, cameras and scene box, so that the entry
 point that registers it (``dataparser_spec``) does not close an import cycle in ``ns-train``.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Type
+from typing import Optional, Type
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 
 from atomsplat.data.previews import preview_images
-from atomsplat.data.tiltseries import GROUND_TRUTH, read_tilt_series
+from atomsplat.data.tiltseries import ground_truth_path, read_tilt_series
 from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.
@@ -40,11 +41,15 @@ def bundled_demo_path() -> Path:
 
 @dataclass
 class TomographyDataParserConfig(DataParserConfig):
-    """Tilt series: ``projections.tif``, ``tilt_angles.txt``, ``metadata.json`` [, ``ground_truth.xyz``]."""
+    """Tilt series: a dataset directory (``projections.tif``, ``tilt_angles.txt``, ``metadata.json``
+    [, ``ground_truth.xyz``], or the paper's ``transforms.json``) or an MRC stack with its IMOD angle file."""
 
     _target: Type = field(default_factory=lambda: TomographyDataParser)
     data: Path = field(default_factory=bundled_demo_path)
-    """Dataset directory (default: the small tilt series bundled with atomsplat)."""
+    """Dataset directory or MRC stack file (default: the small tilt series bundled with atomsplat)."""
+    pixel_size: Optional[float] = None
+    """Detector pixel size in A, overriding metadata.json and the MRC header (the transforms.json layout needs it
+    unless a metadata.json beside it gives it)."""
     holdout_every: int = 0
     """Hold out every n-th projection for validation (0: train on all, validate on all)."""
 
@@ -57,7 +62,7 @@ class TomographyDataParser(DataParser):
     @cached_property
     def series(self):
         """The dataset, read once for all splits (nerfstudio asks for train, then val or test)."""
-        return read_tilt_series(self.config.data)
+        return read_tilt_series(self.config.data, pixel_size=self.config.pixel_size)
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         series = self.series
@@ -78,8 +83,8 @@ class TomographyDataParser(DataParser):
             height=height,
             camera_type=CameraType.ORTHOPHOTO,
         )
-        ground_truth = Path(self.config.data) / GROUND_TRUTH
-        previews = preview_images(Path(self.config.data), series)
+        ground_truth = ground_truth_path(self.config.data)
+        previews = series.images if series.images is not None else preview_images(series.source, series)
         return DataparserOutputs(
             image_filenames=[previews[k] for k in indices],
             cameras=cameras,
@@ -89,7 +94,7 @@ class TomographyDataParser(DataParser):
                 "tilt_series": series,
                 "scale": scale,
                 "indices": indices,
-                "ground_truth": ground_truth if ground_truth.is_file() else None,
+                "ground_truth": ground_truth,
             },
         )
 

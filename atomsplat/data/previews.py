@@ -17,7 +17,7 @@ from typing import List
 
 import numpy as np
 
-from atomsplat.data.tiltseries import PROJECTIONS, TiltSeries
+from atomsplat.data.tiltseries import TiltSeries
 
 
 def cache_root() -> Path:
@@ -27,9 +27,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atomsplat"
 
 
-def preview_images(directory: Path, series: TiltSeries) -> List[Path]:
-    """Paths of the N preview PNGs of the dataset in ``directory``, written once per stack version."""
-    stack = Path(directory).resolve() / PROJECTIONS
+def preview_images(stack: Path, series: TiltSeries) -> List[Path]:
+    """Paths of the N preview PNGs of ``series``, read from the file ``stack`` (TIFF or MRC), written
+    once per version of that file."""
+    stack = Path(stack).resolve()
     stat = stack.stat()
     key = hashlib.sha1(f"{stack}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_root() / "previews" / key

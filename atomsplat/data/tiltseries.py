@@ -1,25 +1,39 @@
-"""Reading and writing the tilt-series dataset directory of DESIGN.md.
+"""Tilt series in memory, the dataset directory of DESIGN.md, and the one reader of every layout.
 
-A dataset is a directory::
+:func:`read_tilt_series` ``(path, pixel_size=None)`` reads
 
-    projections.tif    float32 stack (N, H, W), one projection a page
-    tilt_angles.txt    N angles in degrees, one a line; lines starting with # are comments
-    metadata.json      {"pixel_size": A, "tilt_axis_angle": deg, "shifts": [[x, y], ...] A,
-                        "elements": ["Au", ...], ...}
-    ground_truth.xyz   optional: true atoms (extended XYZ, A, sample frame)
+* a dataset directory (DESIGN.md; :func:`write_tilt_series` writes it)::
 
-Every problem with the files raises :class:`TiltSeriesError`, whose message names the file.
+      projections.tif    float32 stack (N, H, W), one projection a page
+      tilt_angles.txt    N angles in degrees, one a line; lines starting with # are comments
+      metadata.json      {"pixel_size": A, "tilt_axis_angle": deg, "shifts": [[x, y], ...] A,
+                          "elements": ["Au", ...], ...}
+      ground_truth.xyz   optional: true atoms (extended XYZ, A, sample frame)
+
+* an MRC stack (``.mrc``, ``.mrcs``, ``.st``, ``.ali``, ``.preali``) with its IMOD angle file
+  beside it (:mod:`atomsplat.data.mrc`);
+* a directory in the paper's layout, a nerfstudio ``transforms.json`` with 8-bit images
+  (:mod:`atomsplat.data.transforms_json`).
+
+The pixel size (A) comes from the ``pixel_size`` argument when given, else from metadata.json,
+else (MRC only) from the file header. After reading, a cheap check compares the series with its
+declared tilt axis (:mod:`atomsplat.analysis.tilt_axis`) and issues a ``TiltAxisWarning`` naming
+the file when the axis looks wrong. Every problem with the files raises :class:`TiltSeriesError`,
+whose message names the file and the problem.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
+
+from atomsplat.analysis.tilt_axis import TiltAxisWarning, check_tilt_axis
 
 PROJECTIONS = "projections.tif"
 ANGLES = "tilt_angles.txt"
@@ -28,6 +42,13 @@ GROUND_TRUTH = "ground_truth.xyz"
 
 # Pixel sizes outside this range (A) are almost surely a unit mistake (nm or m for A).
 PIXEL_SIZE_RANGE = (0.01, 20.0)
+
+# How a user gives the pixel size where a file does not (appended to error messages).
+PIXEL_SIZE_HINT = (
+    'give it in Angstrom as {"pixel_size": 0.25} in metadata.json, or as an override: '
+    "read_tilt_series(path, pixel_size=0.25), ns-train atomsplat --data PATH tomography --pixel-size 0.25, "
+    "atomsplat-demo --pixel-size 0.25"
+)
 
 
 class TiltSeriesError(ValueError):
@@ -46,6 +67,10 @@ class TiltSeries:
         shifts: (N, 2) known per-projection shifts in A, or None for none.
         elements: species expected in the sample (chemical symbols), or None.
         extra: any further metadata keys, kept as they were read.
+        source: the file the projections were read from (TIFF or MRC stack, transforms.json), or
+            None for a series made in memory.
+        images: for the transforms.json layout, the 8-bit image file of each projection (stock
+            nerfstudio methods read them as they are); None otherwise.
     """
 
     projections: np.ndarray
@@ -55,6 +80,8 @@ class TiltSeries:
     shifts: Optional[np.ndarray] = None
     elements: Optional[list] = None
     extra: dict = field(default_factory=dict)
+    source: Optional[Path] = None
+    images: Optional[List[Path]] = None
 
     def __post_init__(self):
         self.projections = np.asarray(self.projections)
@@ -110,17 +137,23 @@ def validate(series: TiltSeries, where: str) -> None:
         raise TiltSeriesError(f"{where}: tilt angles contain NaN or infinite values")
     if len(np.unique(series.tilt_angles)) != n:
         raise TiltSeriesError(f"{where}: tilt angles repeat")
-    p = series.pixel_size
-    if not (isinstance(p, (int, float)) and math.isfinite(p) and PIXEL_SIZE_RANGE[0] <= p <= PIXEL_SIZE_RANGE[1]):
-        raise TiltSeriesError(
-            f"{where}: pixel_size must be a number of Angstrom in {PIXEL_SIZE_RANGE}, got {p!r} "
-            "(nanometres or metres by mistake?)"
-        )
+    check_pixel_size(series.pixel_size, where)
     if not math.isfinite(series.tilt_axis_angle):
         raise TiltSeriesError(f"{where}: tilt_axis_angle must be finite, got {series.tilt_axis_angle!r}")
     if series.shifts is not None:
         if series.shifts.shape != (n, 2) or not np.all(np.isfinite(series.shifts)):
             raise TiltSeriesError(f"{where}: shifts must be {n} finite pairs [x, y] in A, got shape {series.shifts.shape}")
+
+
+def check_pixel_size(value, where: str) -> float:
+    """``value`` as a float if it is a plausible pixel size in A, else :class:`TiltSeriesError` naming ``where``."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]):
+        raise TiltSeriesError(
+            f"{where}: pixel_size must be a number of Angstrom in {PIXEL_SIZE_RANGE}, got {value!r} "
+            "(nanometres or metres by mistake?)"
+        )
+    return float(value)
 
 
 def read_angles(path: Path) -> np.ndarray:
@@ -158,61 +191,138 @@ def read_projections(path: Path) -> np.ndarray:
     return stack
 
 
-def read_metadata(path: Path) -> dict:
-    """The metadata dictionary, with a clear error for a missing file or pixel size."""
+def read_metadata(path: Path, optional: bool = False) -> dict:
+    """The metadata dictionary of ``path``; ``{}`` if it is missing and ``optional``."""
     try:
         meta = json.loads(Path(path).read_text())
     except FileNotFoundError as err:
-        raise TiltSeriesError(f"{path}: missing (it must give at least the pixel size, e.g. {{\"pixel_size\": 0.25}})") from err
+        if optional:
+            return {}
+        raise TiltSeriesError(
+            f"{path}: missing (it must give at least the pixel size, e.g. {{\"pixel_size\": 0.25}}, "
+            "unless an override gives it)"
+        ) from err
     except (OSError, ValueError) as err:
         raise TiltSeriesError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict):
         raise TiltSeriesError(f"{path}: must hold a JSON object")
-    if "pixel_size" not in meta:
-        raise TiltSeriesError(f"{path}: no \"pixel_size\" (detector pixel size in Angstrom) given")
     return meta
 
 
-def read_tilt_series(directory) -> TiltSeries:
-    """Read and check a dataset directory (DESIGN.md format)."""
+def metadata_number(meta: dict, key: str, path: Path, default=None) -> float:
+    """``meta[key]`` as a float (``default`` if absent), or an error naming ``path`` and the key."""
+    value = meta.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise TiltSeriesError(f"{path}: \"{key}\" must be a number, got {value!r}") from err
+
+
+def metadata_fields(meta: dict, path: Path) -> dict:
+    """The TiltSeries fields that metadata.json ``path`` gives besides the pixel size:
+    tilt_axis_angle (default 0), shifts, elements and the other keys as ``extra``."""
+    try:
+        shifts = None if meta.get("shifts") is None else np.asarray(meta["shifts"], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TiltSeriesError(f"{path}: \"shifts\" must be a list of [x, y] pairs in A") from err
+    known = {"pixel_size", "tilt_axis_angle", "shifts", "elements"}
+    return dict(
+        tilt_axis_angle=metadata_number(meta, "tilt_axis_angle", path, 0.0),
+        shifts=shifts,
+        elements=meta.get("elements"),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def build_series(where, **fields) -> TiltSeries:
+    """A :class:`TiltSeries` whose validation errors name ``where`` (a file or directory)."""
+    try:
+        return TiltSeries(**fields)
+    except TiltSeriesError as err:
+        raise TiltSeriesError(str(err).replace("tilt series:", f"{where}:", 1)) from None
+
+
+def read_tiff_dataset(directory, pixel_size: Optional[float] = None) -> TiltSeries:
+    """Read and check a dataset directory in the DESIGN.md format.
+
+    Args:
+        directory: the dataset directory.
+        pixel_size: pixel size in A overriding metadata.json (which may then be absent).
+    """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise TiltSeriesError(f"{directory}: not a directory (a tilt-series dataset is a directory)")
-    for name in (PROJECTIONS, ANGLES):
-        if not (directory / name).is_file():
-            raise TiltSeriesError(f"{directory / name}: missing")
-    meta = read_metadata(directory / METADATA)
+    if not (directory / PROJECTIONS).is_file():
+        raise TiltSeriesError(
+            f"{directory / PROJECTIONS}: missing (a dataset directory holds {PROJECTIONS}, {ANGLES} and "
+            f"{METADATA}, or the paper's transforms.json; an MRC stack is read from its own file path)"
+        )
+    if not (directory / ANGLES).is_file():
+        raise TiltSeriesError(f"{directory / ANGLES}: missing")
+    meta = read_metadata(directory / METADATA, optional=pixel_size is not None)
+    if pixel_size is None and "pixel_size" not in meta:
+        raise TiltSeriesError(
+            f"{directory / METADATA}: no \"pixel_size\" (detector pixel size in Angstrom) given; {PIXEL_SIZE_HINT}"
+        )
     stack = read_projections(directory / PROJECTIONS)
     angles = read_angles(directory / ANGLES)
     if len(angles) != len(stack):
         raise TiltSeriesError(
             f"{directory / ANGLES}: {len(angles)} tilt angles, but {directory / PROJECTIONS} holds {len(stack)} projections"
         )
-    known = {"pixel_size", "tilt_axis_angle", "shifts", "elements"}
+    if pixel_size is None:
+        pixel_size = metadata_number(meta, "pixel_size", directory / METADATA)
+    return build_series(
+        directory,
+        projections=stack,
+        tilt_angles=angles,
+        pixel_size=pixel_size,
+        **metadata_fields(meta, directory / METADATA),
+        source=directory / PROJECTIONS,
+    )
 
-    def number(key, default):
-        value = meta.get(key, default)
-        try:
-            return float(value)
-        except (TypeError, ValueError) as err:
-            raise TiltSeriesError(f"{directory / METADATA}: \"{key}\" must be a number, got {value!r}") from err
 
-    try:
-        shifts = None if meta.get("shifts") is None else np.asarray(meta["shifts"], dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TiltSeriesError(f"{directory / METADATA}: \"shifts\" must be a list of [x, y] pairs in A") from err
-    try:
-        return TiltSeries(
-            projections=stack,
-            tilt_angles=angles,
-            pixel_size=number("pixel_size", None),
-            tilt_axis_angle=number("tilt_axis_angle", 0.0),
-            shifts=shifts,
-            elements=meta.get("elements"),
-            extra={k: v for k, v in meta.items() if k not in known},
+def read_tilt_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
+    """Read and check a tilt series in any supported layout, chosen by what ``path`` is.
+
+    Args:
+        path: a dataset directory (``projections.tif``, ... or a ``transforms.json``; a directory
+            holding both is read from the float32 TIFF), an MRC stack file, or a ``transforms.json``.
+        pixel_size: detector pixel size in A; overrides metadata.json and the MRC header.
+
+    Returns:
+        The :class:`TiltSeries`; a ``TiltAxisWarning`` is issued when the projections look tilted
+        about another axis than the declared one (:func:`atomsplat.analysis.tilt_axis.check_tilt_axis`).
+    """
+    from atomsplat.data import mrc, transforms_json
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / PROJECTIONS).exists() and (path / transforms_json.TRANSFORMS).is_file():
+            series = transforms_json.read_transforms_series(path / transforms_json.TRANSFORMS, pixel_size)
+        else:
+            series = read_tiff_dataset(path, pixel_size)
+    elif path.is_file() and path.suffix.lower() in mrc.MRC_SUFFIXES:
+        series = mrc.read_mrc_series(path, pixel_size)
+    elif path.is_file() and path.name == transforms_json.TRANSFORMS:
+        series = transforms_json.read_transforms_series(path, pixel_size)
+    elif path.is_file():
+        raise TiltSeriesError(
+            f"{path}: not a tilt series: give a dataset directory ({PROJECTIONS}, {ANGLES}, {METADATA}, or the "
+            f"paper's {transforms_json.TRANSFORMS}) or an MRC stack ({', '.join(mrc.MRC_SUFFIXES)})"
         )
-    except TiltSeriesError as err:
-        raise TiltSeriesError(str(err).replace("tilt series:", f"{directory}:", 1)) from None
+    else:
+        raise TiltSeriesError(f"{path}: no such file or directory")
+    check = check_tilt_axis(series.projections, series.tilt_axis_angle)
+    if check.suspicious:
+        warnings.warn(f"{series.source}: {check.message()}", TiltAxisWarning, stacklevel=2)
+    return series
+
+
+def ground_truth_path(path) -> Optional[Path]:
+    """The ``ground_truth.xyz`` of the dataset at ``path`` (in its directory, or beside its MRC
+    stack or transforms.json), or None when there is none."""
+    path = Path(path)
+    candidate = (path if path.is_dir() else path.parent) / GROUND_TRUTH
+    return candidate if candidate.is_file() else None
 
 
 def check_writable(directory, overwrite: bool = False) -> None:
