@@ -9,7 +9,7 @@ import torch
 from scipy.spatial.distance import pdist, squareform
 from scipy.sparse.csgraph import connected_components
 
-from atomsplat.model.density import cluster_labels, duplicate, merge, prune, width_of
+from atomsplat.model.density import close_pairs, cluster_labels, duplicate, merge, prune, width_of
 
 
 def same_partition(a, b):
@@ -59,6 +59,27 @@ def test_cluster_labels_knn_path_equals_all_pairs_on_a_sparse_set():
     small = positions[:800]
     assert same_partition(cluster_labels(small, 1.6), brute_force_labels(small, 1.6))
     assert same_partition(cluster_labels(small, 1.6, neighbours_above=10), brute_force_labels(small, 1.6))
+
+
+def test_cluster_labels_knn_path_merges_coincident_gaussians():
+    # exact duplicates tie with the query point itself in the k-nearest list: both must still pair
+    rng = np.random.default_rng(4)
+    positions = rng.uniform(0, 30, size=(500, 3))
+    positions[[7, 8, 9]] = positions[3]
+    positions[[20, 21]] = positions[11] + np.array([0.5, 0.0, 0.0])
+    labels = cluster_labels(positions, 1.6, neighbours=20, neighbours_above=10)
+    assert same_partition(labels, brute_force_labels(positions, 1.6))
+    assert len(set(labels[[3, 7, 8, 9]].tolist())) == 1 and labels[20] == labels[11]
+
+
+def test_close_pairs_knn_path_equals_all_pairs_without_self_pairs():
+    rng = np.random.default_rng(5)
+    positions = rng.uniform(0, 25, size=(800, 3))
+    knn = close_pairs(positions, 1.6, neighbours=20, neighbours_above=10)
+    every = close_pairs(positions, 1.6, neighbours=20, neighbours_above=10_000)
+    assert (knn[:, 0] != knn[:, 1]).all()
+    assert set(map(tuple, np.sort(knn, axis=1).tolist())) == set(map(tuple, np.sort(every, axis=1).tolist()))
+    assert len(close_pairs(positions[:1], 1.6, 20, 0)) == 0
 
 
 def test_cluster_labels_knn_path_limits_the_search_in_a_dense_blob():
@@ -180,9 +201,9 @@ def test_duplicate(offset):
 
 
 def test_cluster_and_merge_200k_gaussians_runs():
-    # 200,000 Gaussians at about atomic density (the k-nearest-neighbour path). On the 2-core
-    # development machine this took about 0.6 s; 1,000,000 took about 4.3 s (4.1 s of it the KD-tree
-    # search, 0.2 s the merge). No time assert.
+    # 200,000 Gaussians at about atomic density (the k-nearest-neighbour path); the timings of a
+    # whole pass up to 1,000,000 Gaussians are in docs/performance.md (benchmarks/density.py).
+    # No time assert.
     rng = np.random.default_rng(3)
     count = 200_000
     side = (count * 2.5**3) ** (1 / 3)

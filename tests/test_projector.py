@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
-from atomsplat.render.projector import project_anisotropic, project_isotropic, project_isotropic_dense
+from atomsplat.render.projector import (
+    project_anisotropic,
+    project_isotropic,
+    project_isotropic_dense,
+    projector_backend,
+    window_radii,
+)
 
 F64 = torch.float64
 
@@ -56,6 +62,46 @@ def test_fast_mixed_widths_use_several_windows_and_still_match():
     fast = project_isotropic(means, sigmas, weights, rot, off, p, h, w)
     dense = project_isotropic_dense(means, sigmas, weights, rot, off, p, h, w)
     assert (fast - dense).abs().max() / dense.abs().max() < 1e-3
+
+
+def test_compiled_cpu_kernels_equal_the_reference_kernels(monkeypatch):
+    # atoms inside, across the edges and far away; widths on several rungs of the window ladder
+    means, _, weights, rot, off, p, h, w = problem(atoms=14, extent=0.7, seed=12)
+    means[0, 0], means[1, 1], means[2] = 13.0, -9.0, torch.tensor([400.0, -3.0, 1.0], dtype=F64)
+    sigmas = torch.linspace(0.03, 2.5, 14, dtype=F64)
+    upstream = torch.randn(5, h, w, generator=torch.Generator().manual_seed(13), dtype=F64)
+    results = []
+    for backend in ("numba", "reference"):
+        monkeypatch.setenv("ATOMSPLAT_PROJECTOR", backend)
+        leaves = [t.clone().requires_grad_(True) for t in (means, sigmas, weights, off)]
+        image = project_isotropic(leaves[0], leaves[1], leaves[2], rot, leaves[3], p, h, w)
+        (image * upstream).sum().backward()
+        results.append([image.detach()] + [leaf.grad for leaf in leaves])
+    for ours, reference in zip(*results):
+        assert (ours - reference).abs().max() <= 1e-12 * reference.abs().max()
+
+
+def test_window_radii_follow_the_ladder():
+    # needed radius ceil(4 sigma / p + 0.5); a rung shares its largest radius; rungs grow by 1.4x
+    sigmas = torch.tensor([0.01, 0.1, 0.11, 0.3, 0.31, 2.0], dtype=F64)
+    needed = torch.ceil(4 * sigmas / 0.25 + 0.5)  # 1, 3, 3, 6, 6, 33
+    radii = window_radii(sigmas, 0.25)
+    assert radii.dtype == torch.long and (radii >= needed).all()
+    assert radii.tolist() == [1, 3, 3, 6, 6, 33]
+    assert window_radii(torch.tensor([0.45, 0.55]), 0.25).tolist() == [10, 10]  # need 8 and 10: one rung
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.delenv("ATOMSPLAT_PROJECTOR", raising=False)
+    assert projector_backend("cpu") == "numba"
+    for name in ("reference", "numba"):
+        monkeypatch.setenv("ATOMSPLAT_PROJECTOR", name)
+        assert projector_backend("cpu") == name
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        projector_backend("cuda")
+    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", "fastest")
+    with pytest.raises(ValueError, match="ATOMSPLAT_PROJECTOR='fastest'"):
+        projector_backend("cpu")
 
 
 # --- oracle vs brute-force integration of the 3D density -----------------------------------------
@@ -153,7 +199,9 @@ def test_gradcheck_isotropic():
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_gradcheck_isotropic_full_jacobian_small():
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_gradcheck_isotropic_full_jacobian_small(backend, monkeypatch):
+    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", backend)
     pixel, height, width = 0.5, 6, 7
     means = torch.tensor([[0.3, -0.4, 0.2], [1.6, 0.5, -0.3]], dtype=F64)  # the second one at the edge
     sigmas = torch.tensor([0.42, 0.9], dtype=F64)

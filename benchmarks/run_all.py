@@ -1,0 +1,151 @@
+"""The benchmark suite in one command; numbers go to docs/performance.md, plots to docs/benchmarks/.
+
+    python benchmarks/run_all.py
+
+Measures, each case in a fresh Python process (so that its peak resident memory is its own):
+
+* the projector at the Au particle's size, every backend (``benchmarks/projector.py``);
+* the projector's forward + backward time per view and peak memory for 1k, 10k and 100k atoms
+  at 128^2, 256^2 and 512^2 pixels, each beside its scatter/gather floor;
+* one density-control pass at 10k, 100k and 1M Gaussians beside a KD-tree floor
+  (``benchmarks/density.py``).
+
+On a machine with CUDA every projector case runs on the GPU as well. The tables replace the part
+of docs/performance.md between its two ``run_all`` markers; the rest of the page is left alone.
+About 1.5 minutes on the 2-core development machine. The end-to-end Au training benchmark is
+``benchmarks/au_particle.py`` (minutes per tilt scheme), not part of this suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import density  # noqa: E402  (benchmarks/, the script's folder)
+import projector  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs"
+BEGIN, END = "<!-- run_all: begin -->", "<!-- run_all: end -->"
+ATOMS = [1_000, 10_000, 100_000]
+PIXELS = [128, 256, 512]
+GAUSSIANS = [10_000, 100_000, 1_000_000]
+THREAD_SETTINGS = ["OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS"]
+
+
+def run(script: str, *args) -> list:
+    """The JSON lines that ``script --json`` prints, run in a fresh process."""
+    done = subprocess.run([sys.executable, str(HERE / script), *map(str, args), "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    print("\n".join(f"  {script} {' '.join(map(str, args))}: {row}" for row in rows), flush=True)
+    return rows
+
+
+def plot(grid, dense, path: Path):
+    """Time per view against atoms and against pixels (floors dashed), and the density pass."""
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for device in sorted({r["device"] for r in grid}):
+        rows = [r for r in grid if r["device"] == device]
+        for axis, (along, across) in zip(axes[:2], [("atoms", "pixels"), ("pixels", "atoms")]):
+            for value in sorted({r[across] for r in rows}):
+                line = sorted((r for r in rows if r[across] == value), key=lambda r: r[along])
+                x = [r[along] for r in line]
+                label = f"{device}, {value:,} {across}" if across == "atoms" else f"{device}, {value}^2 pixels"
+                drawn = axis.plot(x, [r["ms_per_view"] for r in line], "o-", label=label)
+                axis.plot(x, [r["floor_ms_per_view"] for r in line], "--", color=drawn[0].get_color(), alpha=0.6)
+    axes[0].set(xlabel="atoms", ylabel="forward + backward per view (ms)", xscale="log", yscale="log",
+                title="projector against atoms (dashed: floor)")
+    axes[1].set(xlabel="pixels per side", ylabel="forward + backward per view (ms)", xscale="log", yscale="log",
+                title="projector against pixels (dashed: floor)")
+    axes[1].set_xticks(PIXELS, [str(p) for p in PIXELS])
+    x = [r["gaussians"] for r in dense]
+    axes[2].plot(x, [r["seconds"] for r in dense], "o-", label="merge + prune + split + duplicate")
+    axes[2].plot(x, [r["floor_seconds"] for r in dense], "--", label="floor: KD-tree build")
+    axes[2].set(xlabel="Gaussians", ylabel="seconds", xscale="log", yscale="log", title="one density-control pass")
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(section: str, page: Path):
+    """Replace the part of ``page`` between the markers by ``section`` (append it if there are none)."""
+    text = page.read_text() if page.exists() else "# Performance\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    page.write_text(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--page", type=Path, default=DOCS / "performance.md")
+    parser.add_argument("--plot", type=Path, default=DOCS / "benchmarks" / "scaling.png")
+    args = parser.parse_args()
+    start, load_before = time.perf_counter(), os.getloadavg()
+    au = run("projector.py", "--backends", "auto", "reference")
+    grid = [row for atoms in ATOMS for pixels in PIXELS for row in run("projector.py", "--atoms", atoms, "--pixels", pixels, "--backends", "auto")]
+    dense = [row for count in GAUSSIANS for row in run("density.py", "--gaussians", count)]
+    minutes, load_after = (time.perf_counter() - start) / 60, os.getloadavg()
+
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    plot(grid, dense, args.plot)
+    machines = sorted({r["machine"] for r in au + grid + dense})
+    settings = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_SETTINGS if name in os.environ) or "none"
+    section = f"""## Measured by `python benchmarks/run_all.py`
+
+{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes. Machine: {'; '.join(machines)}.
+Thread settings in the environment: {settings}. Load average (1, 5, 15 min)
+{', '.join(f'{x:.1f}' for x in load_before)} before the run and {', '.join(f'{x:.1f}' for x in load_after)} after it
+(other processes shared the cores); every time is the best of several runs.
+
+### Projector at the Au particle's size
+
+6,679 atoms (Au_NP.xyz), sigma 0.6 A, 280 x 280 pixels of 0.25 A, 4 views per call, float32.
+The floor adds one view's footprint values (3.5 million) into its image with one bare
+`index_add_` and reads them back with one `index_select` (`benchmarks/projector.py`).
+
+{projector.table(au)}
+
+### Projector scaling
+
+Atoms uniform in a ball filling 90 % of the field of view, sigma 0.6 A, pixels of 0.25 A
+(23 x 23-pixel windows), 4 views per call, float32, the default backend, each case in a fresh
+process. Peak memory: the process's peak resident set, torch and its libraries included (in
+brackets what the case added), or on CUDA the peak allocation.
+
+{projector.table(grid, with_memory=True)}
+
+### Density control
+
+One pass of merge (1.6 A), prune, split and duplicate, as `AtomSplatModel.refine` does it, on the
+Gaussians of a particle at atomic density with 0.75 surplus Gaussians per atom near atom sites
+(`benchmarks/density.py`); each size in a fresh process.
+
+{density.table(dense)}
+
+![scaling: projector time per view against atoms and pixels, density pass against Gaussians]({args.plot.relative_to(args.page.parent).as_posix()})
+"""
+    write(section, args.page)
+    print(f"wrote {args.page} and {args.plot} in {minutes:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()
