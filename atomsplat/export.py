@@ -56,3 +56,25 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None, final_pass
     atoms.set_array("weight", found["weights"])
     atoms.set_array("sigma", found["sigmas"])
     return atoms
+
+
+def corrections_from_model(model) -> dict:
+    """The per-projection corrections a run learned, JSON-ready; empty when it learned none.
+
+    Keys: "tilt_angles" (N,) degrees; "shifts" (N, 2) A, the detector shift of each projection
+    in the dataset's convention (detector point = (M r)[:2] + shift; add them to known shifts);
+    "background" (N, T) coefficients in data units of the monomials of
+    :func:`atomsplat.model.corrections.background_basis` and "background_degree".
+    """
+    params = model.view_params
+    if len(params) == 0:
+        return {}
+    series = model.kwargs["metadata"]["tilt_series"]
+    result = {"tilt_angles": np.asarray(series.tilt_angles, float).tolist()}
+    if "view_shifts" in params:
+        result["shifts"] = params["view_shifts"].detach().cpu().double().numpy().tolist()
+    if "background" in params:
+        result["background_degree"] = model.config.background_degree
+        result["background"] = (params["background"].detach().cpu().double() * model.display_top).numpy().tolist()
+    return result
+

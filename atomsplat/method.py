@@ -55,7 +55,15 @@ def trainer_config(method_name: str, model: AtomSplatModelConfig) -> AtomSplatTr
             datamanager=TiltSeriesDataManagerConfig(dataparser=TomographyDataParserConfig(), data=bundled_demo_path()),
             model=model,
         ),
-        optimizers={"positions": _adam(0.05, 0.002), "log_weights": _adam(0.02), **widths},
+        optimizers={
+            "positions": _adam(0.05, 0.002),
+            "log_weights": _adam(0.02),
+            **widths,
+            # per-projection corrections, used when the model enables them: shifts in A, the
+            # background in units of the series maximum
+            "view_shifts": _adam(0.01, 0.001),
+            "background": _adam(0.001),
+        },
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15, default_composite_depth=False),
         vis="viewer",
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),

@@ -6,17 +6,15 @@ import copy
 from pathlib import Path
 
 
-def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
-          load_dir: Path = None, viewer_host: str = "127.0.0.1", pixel_size: float = None, **model_options) -> Path:
-    """Train ``method`` on ``data`` through nerfstudio's trainer; returns the run's config.yml.
+def training_config(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
+                    load_dir: Path = None, viewer_host: str = "127.0.0.1", pixel_size: float = None, **model_options):
+    """The nerfstudio TrainerConfig of ``method`` on ``data``, as ``ns-train`` would build it.
 
     ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
     ``viewer_host``: where the web viewer listens when ``vis`` includes it (loopback by default).
     ``pixel_size``: detector pixel size in A overriding the dataset's (None: the dataset's own).
     ``model_options``: fields of the model config to override.
     """
-    from nerfstudio.scripts.train import main as nerfstudio_train
-
     from atomsplat import method as methods
 
     config = copy.deepcopy(getattr(methods, method.replace("-", "_")).config)
@@ -31,5 +29,14 @@ def train(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", v
     config.load_dir = load_dir
     for key, value in model_options.items():
         setattr(config.pipeline.model, key, value)
+    return config
+
+
+def train(data: Path, steps: int, output_dir: Path, **options) -> Path:
+    """Train on ``data`` through nerfstudio's trainer (options: those of :func:`training_config`);
+    returns the run's config.yml."""
+    from nerfstudio.scripts.train import main as nerfstudio_train
+
+    config = training_config(data, steps, output_dir, **options)
     nerfstudio_train(config)
     return config.get_base_dir() / "config.yml"

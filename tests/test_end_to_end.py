@@ -157,3 +157,56 @@ def test_ns_train_knows_the_methods():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tomography" in result.stdout or "atomsplat" in result.stdout
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path):
+    """``ns-train`` killed mid-run (no clean exit) continues from its last checkpoint with --load-dir."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--data", str(bundled_demo_path()),
+               "--output-dir", str(tmp_path / "a"), "--max-num-iterations", "100000", "--steps-per-save", "40",
+               "--vis", "tensorboard", "--timestamp", "run"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "a").rglob("step-*.ckpt")) and time.monotonic() < deadline:
+            assert process.poll() is None, "training ended before its first checkpoint"
+            time.sleep(0.5)
+        time.sleep(1.0)  # let the checkpoint's write finish
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    checkpoints = sorted((tmp_path / "a").rglob("step-*.ckpt"))
+    assert checkpoints, "no checkpoint was written"
+    saved_step = int(checkpoints[-1].stem.split("-")[1])
+    resumed, step = load_model(train(bundled_demo_path(), 60, tmp_path / "b", load_dir=checkpoints[-1].parent))
+    assert step > saved_step
+    assert resumed.num_points > 0 and torch.isfinite(resumed.positions).all()
+
+
+def test_misaligned_series_on_a_background_is_recovered(tmp_path):
+    """Unknown shifts of up to 2 pixels and a background ramp of 10 % of the maximum: with
+    ``refine_shifts`` and a plane background learned jointly, the atoms are found and the shifts
+    are recovered (up to the rigid translation that the atoms take instead)."""
+    from atomsplat.geometry import view_rotations
+    from atomsplat.model.corrections import gauge_basis, remove_gauge
+    from atomsplat.sim.simulate import center_structure, simulate_tilt_series
+    from atomsplat.data.tiltseries import write_tilt_series
+
+    truth = center_structure(ase.io.read(bundled_demo_path() / "ground_truth.xyz"))
+    angles = np.arange(-90.0, 90.0, 4.0)
+    series = simulate_tilt_series(truth, angles, noise_sigma=50.0, misalignment=2.0, background_ramp=0.1, progress=False)
+    write_tilt_series(tmp_path / "spoilt", series, ground_truth=truth)
+    model, _ = load_model(train(tmp_path / "spoilt", 1000, tmp_path / "runs", refine_shifts=True, background_degree=1))
+    report = evaluate(atoms_from_model(model).positions, truth.positions)
+    print(report.summary())
+    assert report.tpr >= 0.95
+    assert report.fpr <= 0.05
+    basis = gauge_basis(torch.from_numpy(view_rotations(angles)).float())
+    true_shifts = torch.tensor(series.extra["simulation"]["misalignment_shifts"], dtype=torch.float32)
+    error = remove_gauge(model.view_params["view_shifts"].detach() - true_shifts, basis)
+    assert float(error.square().sum(1).mean().sqrt()) < 0.05  # A; the misalignment is up to 0.5 A
+    background = model.view_params["background"].detach() * model.display_top
+    expected = torch.tensor(series.extra["simulation"]["background_coefficients"], dtype=torch.float32)
+    assert float((background - expected).abs().max()) < 0.05 * float(expected[:, 0].max())

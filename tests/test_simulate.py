@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.io import read, write
 
@@ -103,6 +104,31 @@ def test_metadata():
     sim = series.extra["simulation"]
     assert sim["parametrization"] == "lobato" and sim["tool"].startswith("abTEM ")
     assert (sim["noise_sigma"], sim["seed"], sim["dose"], sim["probe_sigma"]) == (5.0, 7, None, 0.0)
+
+
+def test_misalignment_is_an_unrecorded_known_shift():
+    angles = np.array([-40.0, 0.0, 50.0])
+    spoilt = simulate(CLUSTER, angles, misalignment=2.0, seed=3)
+    true = np.array(spoilt.extra["simulation"]["misalignment_shifts"])
+    assert spoilt.shifts is None
+    assert true.shape == (3, 2) and np.all(np.abs(true) <= 2.0 * P) and np.any(true != 0)
+    known = simulate(CLUSTER, angles, shifts=true)
+    np.testing.assert_allclose(spoilt.projections, known.projections, atol=1e-3 * float(known.projections.max()))
+
+
+def test_background_ramp_adds_the_recorded_plane():
+    from atomsplat.model.corrections import background, background_basis
+
+    angles = np.array([-40.0, 10.0])
+    clean = simulate(CLUSTER, angles)
+    ramped = simulate(CLUSTER, angles, background_ramp=0.1, seed=5)
+    coefficients = np.array(ramped.extra["simulation"]["background_coefficients"])
+    planes = background(torch.tensor(coefficients, dtype=torch.float32), background_basis(128, 128, 1)).numpy()
+    top = float(clean.projections.max())
+    np.testing.assert_allclose(ramped.projections - clean.projections, planes, atol=1e-5 * top)
+    assert np.all(coefficients[:, 0] == pytest.approx(0.1 * top))
+    with pytest.raises(ValueError, match="must not be negative"):
+        simulate(CLUSTER, angles, misalignment=-1.0)
 
 
 def test_center_structure_and_default_shape():

@@ -1,11 +1,14 @@
 """``atomsplat-export``: the atoms of a trained run as extended XYZ.
 
     atomsplat-export --load-config outputs/.../config.yml --output atoms.xyz [--elements Fe,Pt]
+
+A run that learned per-projection shifts or a background also gets ``atoms_corrections.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
     if args.output.exists() and not args.overwrite:
         parser.error(f"{args.output} exists; choose another --output or pass --overwrite")
 
-    from atomsplat.export import atoms_from_model, load_model
+    from atomsplat.export import atoms_from_model, corrections_from_model, load_model
 
     try:
         model, step = load_model(args.load_config)
@@ -40,9 +43,16 @@ def main(argv=None) -> int:
         atoms = atoms_from_model(model, elements)
     except (FileNotFoundError, TypeError, ValueError) as err:
         parser.error(str(err))
+    corrections = corrections_from_model(model)
+    sidecar = args.output.with_name(args.output.stem + "_corrections.json")
+    if corrections and sidecar.exists() and not args.overwrite:
+        parser.error(f"{sidecar} exists; choose another --output or pass --overwrite")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     ase.io.write(args.output, atoms, format="extxyz")
     print(f"{len(atoms)} atoms from step {step} written to {args.output}")
+    if corrections:
+        sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
+        print(f"learned per-projection corrections ({', '.join(k for k in ('shifts', 'background') if k in corrections)}) written to {sidecar}")
     return 0
 
 

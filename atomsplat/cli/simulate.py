@@ -71,6 +71,22 @@ def main(argv=None) -> int:
         metavar="DEG",
         help="in-plane angle of the tilt axis from the detector x axis, counter-clockwise, degrees (default: %(default)s)",
     )
+    parser.add_argument(
+        "--misalign",
+        type=float,
+        default=0.0,
+        metavar="PIXELS",
+        help="spoil the alignment: move each projection by an unknown random shift of up to PIXELS along x and y "
+        "(the true shifts go to metadata.json's simulation record, not to 'shifts'; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--background-ramp",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="add an unknown plane background to each projection, of mean level FRACTION of the series maximum "
+        "and a random slope (default: %(default)s)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DIR")
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse takes "--tilt -70:70:3" for two options; glue a tilt scheme to its flag.
@@ -105,6 +121,8 @@ def main(argv=None) -> int:
             seed=args.seed,
             shape=args.shape,
             tilt_axis_angle=args.tilt_axis_angle,
+            misalignment=args.misalign,
+            background_ramp=args.background_ramp,
         )
         write_tilt_series(args.output, series, ground_truth=atoms, overwrite=args.overwrite)
     except ValueError as err:  # bad parameters, or a series the dataset format refuses

@@ -31,7 +31,9 @@ from torch.nn import Parameter
 from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataset import display_image
 from atomsplat.geometry import pixel_index, view_rotations, views_from_camera_to_worlds
-from atomsplat.model import density
+from atomsplat.model import corrections, density
+from atomsplat.model.losses import data_loss
+from atomsplat.model.monitor import TrainingMonitor
 from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, project_anisotropic, project_isotropic
 
 
@@ -83,6 +85,20 @@ class AtomSplatModelConfig(SplatfactoModelConfig):
     merge_neighbours: int = 20
     """Above ``merge_neighbours_above`` Gaussians only this many nearest neighbours are searched."""
     merge_neighbours_above: int = 10000
+    loss: Literal["l1", "l2", "poisson", "mixed"] = "l1"
+    """Data term (:mod:`atomsplat.model.losses`): "l1" (the paper's), "l2", "poisson" for
+    projections in counts, "mixed" for shot plus read noise (``gain``, ``read_noise``)."""
+    gain: float = 1.0
+    """Counts per data unit, for the "mixed" loss (1 when the projections are counts)."""
+    read_noise: float = 0.0
+    """Read-noise standard deviation in data units, for the "mixed" loss."""
+    refine_shifts: bool = False
+    """Learn one detector shift per projection (alignment) jointly with the atoms."""
+    shifts_after: float = 0.05
+    """Fraction of the training steps before the shifts start to move (the atoms take shape first)."""
+    background_degree: int = -1
+    """Learn a polynomial background of this degree per projection (0: constant, 1: plane,
+    2: quadratic); -1: none, the projections are of the atoms alone."""
     seed: int = 0
 
 
@@ -97,8 +113,12 @@ class AtomSplatModel(SplatfactoModel):
         self.scale = float(self.kwargs["metadata"]["scale"])
         self.display_top = float(series.projections.max())
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        positions = initial_positions(series, self.config, self.generator)
-        mass = float(np.mean(series.projections.sum(axis=(1, 2)))) * series.pixel_size**2
+        self._setup_corrections(series)
+        signal = torch.from_numpy(series.projections.astype(np.float32))
+        if "background" in self.view_params:
+            signal = signal - self.display_top * corrections.background(self.view_params["background"].detach(), self._background_basis)
+        positions = initial_positions(series, signal, self.config, self.generator)
+        mass = float(signal.sum(dim=(1, 2)).mean()) * series.pixel_size**2
         log_weight = math.log(max(mass, 1e-12) / len(positions))
         params = {
             "positions": positions,
@@ -118,6 +138,24 @@ class AtomSplatModel(SplatfactoModel):
         self._reset_statistics()
         truth = self.kwargs["metadata"].get("ground_truth")
         self._truth = None if truth is None else ase.io.read(truth).get_positions()
+        self.monitor = TrainingMonitor(self)  # the web viewer's panel and atoms; idle without a viewer
+
+    def _setup_corrections(self, series):
+        """Per-projection parameters (:mod:`atomsplat.model.corrections`), indexed by projection:
+        ``view_shifts`` (N, 2) A and ``background`` (N, T) in units of the series maximum."""
+        self.view_params = torch.nn.ParameterDict()
+        indices = torch.as_tensor(np.asarray(self.kwargs["metadata"]["indices"]), dtype=torch.long)
+        self.register_buffer("_train_indices", indices, persistent=False)
+        count, height, width = series.shape
+        if self.config.refine_shifts:
+            self.view_params["view_shifts"] = Parameter(torch.zeros(count, 2))
+            rotations = torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle)).float()
+            self.register_buffer("_gauge", corrections.gauge_basis(rotations[self._train_indices]), persistent=False)
+        if self.config.background_degree >= 0:
+            basis = corrections.background_basis(height, width, self.config.background_degree)
+            self.register_buffer("_background_basis", basis, persistent=False)
+            fitted = corrections.fit_background(torch.from_numpy(series.projections.astype(np.float32)), basis)
+            self.view_params["background"] = Parameter(fitted / self.display_top)
 
     def _reset_statistics(self):
         self._grad_sum = torch.zeros(self.num_points, device=self.positions.device)
@@ -209,7 +247,7 @@ class AtomSplatModel(SplatfactoModel):
         return {name: [param] for name, param in self.gauss_params.items()}
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        return self.get_gaussian_param_groups()
+        return {**self.get_gaussian_param_groups(), **{name: [param] for name, param in self.view_params.items()}}
 
     # ----------------------------------------------------------------------------- rendering
     def views(self, cameras: Cameras) -> Tuple[torch.Tensor, torch.Tensor, float]:
@@ -244,10 +282,40 @@ class AtomSplatModel(SplatfactoModel):
         )
 
     def get_outputs(self, camera: Cameras) -> Dict[str, torch.Tensor]:
-        """Projections of a batch of same-sized cameras: "projection" (V, H, W) in data units."""
+        """Model of a batch of same-sized training cameras: "projection" (V, H, W) in data units,
+        with the learned shifts and background of their projections when these are enabled
+        ("background" (V, H, W) is then returned too)."""
         height, width = int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0])
         rotations, offsets, pixel = self.views(camera)
-        return {"projection": self.project(rotations, offsets, pixel, height, width)}
+        metadata = camera.metadata or {}
+        index = self._train_indices[torch.as_tensor(metadata["cam_idx"])] if "cam_idx" in metadata else None
+        if index is not None and "view_shifts" in self.view_params:
+            shifts = self.view_params["view_shifts"][index]
+            offsets = offsets + (shifts if self.step >= self.config.shifts_after * self.max_steps else shifts.detach())
+        outputs = {"projection": self.project(rotations, offsets, pixel, height, width)}
+        if index is not None and "background" in self.view_params:
+            outputs["background"] = self.display_top * corrections.background(
+                self.view_params["background"][index], self._background_basis
+            )
+            outputs["projection"] = outputs["projection"] + outputs["background"]
+        return outputs
+
+    @torch.no_grad()
+    def model_of_projection(self, index: int) -> torch.Tensor:
+        """(H, W) the model of measured projection ``index`` (of the whole series): the atoms seen
+        from its view, with its known shift, and its learned shift and background when enabled."""
+        series = self.kwargs["metadata"]["tilt_series"]
+        rotation = torch.from_numpy(view_rotations(series.tilt_angles[index : index + 1], series.tilt_axis_angle))
+        offset = torch.from_numpy(series.shifts_or_zeros()[index : index + 1])
+        rotation, offset = rotation.to(self.positions), offset.to(self.positions)
+        if "view_shifts" in self.view_params:
+            offset = offset + self.view_params["view_shifts"][index : index + 1]
+        _, height, width = series.shape
+        projection = self.project(rotation, offset, series.pixel_size, height, width)[0]
+        if "background" in self.view_params:
+            coefficients = self.view_params["background"][index : index + 1]
+            projection = projection + self.display_top * corrections.background(coefficients, self._background_basis)[0]
+        return projection
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
@@ -264,15 +332,18 @@ class AtomSplatModel(SplatfactoModel):
         seen = projection > 1e-3 * self.display_top
         depth = torch.where(seen, moment / projection.clamp_min(1e-12), torch.full_like(projection, 1e3)) * self.scale
         return {
+            "rgb": display_image(projection, self.display_top),  # first: what the viewer shows by default
             "projection": projection[..., None],
-            "rgb": display_image(projection, self.display_top),
             "depth": depth[..., None],
         }
 
     # ----------------------------------------------------------------------------- losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
-        return {"l1": (outputs["projection"] - target).abs().mean()}
+        loss = data_loss(
+            outputs["projection"], target, self.config.loss, 1e-3 * self.display_top, self.config.gain, self.config.read_noise
+        )
+        return {self.config.loss: loss}
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
@@ -301,6 +372,7 @@ class AtomSplatModel(SplatfactoModel):
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_step, args=[attributes.optimizers]),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step),
+            *self.monitor.training_callbacks(attributes),
         ]
 
     def _before_step(self, optimizers: Optimizers, step: int):
@@ -331,6 +403,9 @@ class AtomSplatModel(SplatfactoModel):
             self._grad_sum += grad.norm(dim=1)
             self._grad_steps += 1
         self.clamp_widths()
+        if "view_shifts" in self.view_params:
+            shifts = self.view_params["view_shifts"].data
+            shifts[self._train_indices] = corrections.remove_gauge(shifts[self._train_indices], self._gauge)
         if step > 0 and step % self.config.refine_every == 0:
             self.refine(
                 densify=step <= self.config.densify_until * self.max_steps,
@@ -393,6 +468,7 @@ class AtomSplatModel(SplatfactoModel):
             f"{f'step {self.step}' if self.training else 'final pass'}: {count_before} -> {self.num_points} Gaussians "
             f"(merged {merged}, pruned {pruned}, split {duplicated}){match}"
         )
+        self.monitor.refined(record)
         return record
 
     def _replace(self, params: Dict[str, torch.Tensor], source: torch.Tensor):
@@ -436,8 +512,9 @@ def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:
     return out
 
 
-def initial_positions(series, config: AtomSplatModelConfig, generator: torch.Generator) -> torch.Tensor:
-    """(K, 3) random initial positions, A, sample frame.
+def initial_positions(series, signal: torch.Tensor, config: AtomSplatModelConfig, generator: torch.Generator) -> torch.Tensor:
+    """(K, 3) random initial positions, A, sample frame, from the projections ``signal`` (N, H, W)
+    of the atoms (the series less any fitted background).
 
     Candidates are uniform in the sphere seen by every projection (radius: half the smaller
     detector side). With ``init_support="hull"`` only candidates whose pixel exceeds
@@ -450,7 +527,7 @@ def initial_positions(series, config: AtomSplatModelConfig, generator: torch.Gen
     volume = 4.0 / 3.0 * math.pi * radius**3
     rotations = torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle))
     shifts = torch.from_numpy(series.shifts_or_zeros())
-    stack = torch.from_numpy(series.projections.astype(np.float32))
+    stack = signal
     level = config.hull_threshold * float(stack.max())
 
     def sphere(count):

@@ -125,6 +125,8 @@ def simulate_tilt_series(
     shape: tuple[int, int] | None = None,
     tilt_axis_angle: float = 0.0,
     shifts=None,
+    misalignment: float = 0.0,
+    background_ramp: float = 0.0,
     progress: bool = True,
 ) -> TiltSeries:
     """Simulate the tilt series of ``atoms`` (sample frame, A) as in the paper.
@@ -132,7 +134,11 @@ def simulate_tilt_series(
     Projection k is abTEM's infinite projected potential (Lobato parametrization, V A) of the
     structure in view k (:func:`rotate_to_view`), moved by ``shifts[k]`` on the detector,
     sampled at the pixel centres of :mod:`atomsplat.geometry`, convolved with a Gaussian probe
-    (``scipy.ndimage.gaussian_filter``, zero outside the image), and then made noisy:
+    (``scipy.ndimage.gaussian_filter``, zero outside the image), optionally spoilt as real data
+    are (``misalignment``: a further unknown shift of each projection, uniform in
+    [-m, m] pixels along x and y; ``background_ramp``: an unknown plane added to each projection,
+    ``A M (1 + (g_x u + g_y v) / 2)`` with ``M`` the largest value of the clean series, ``u, v``
+    the detector coordinates scaled to [-1, 1] and ``g`` uniform in [-1, 1]), and then made noisy:
 
     - ``noise_sigma``: additive Gaussian noise of that standard deviation (V A);
     - ``dose`` (electrons per A^2) instead: Poisson counts whose expectation is
@@ -151,6 +157,11 @@ def simulate_tilt_series(
         shape: (H, W) in pixels, or None for :func:`default_shape`.
         tilt_axis_angle: in-plane angle of the tilt axis from the detector x axis, degrees.
         shifts: (N, 2) known detector shifts in A (detector point = ``(M r)[:2] + shift``), or None.
+        misalignment: largest unknown shift per axis, pixels (0: aligned). The true shifts are
+            kept in ``extra["simulation"]["misalignment_shifts"]`` (N, 2) A, not in ``shifts``.
+        background_ramp: level ``A`` of the unknown background ramp, as a fraction of the series
+            maximum (0: none); its coefficients (N, 3) of 1, u, v in data units are kept in
+            ``extra["simulation"]["background_coefficients"]``.
         progress: show a projection counter on stderr when it is a terminal.
 
     Returns:
@@ -173,18 +184,32 @@ def simulate_tilt_series(
     shift_array = np.zeros((len(angles), 2)) if shifts is None else np.asarray(shifts, dtype=float)
     if shift_array.shape != (len(angles), 2):
         raise ValueError(f"shifts must have shape ({len(angles)}, 2), got {shift_array.shape}")
+    if not misalignment >= 0 or not background_ramp >= 0:
+        raise ValueError("misalignment and background_ramp must not be negative")
+    spoil = np.random.default_rng([seed, 1])  # apart from the noise, which keeps its stream
+    unknown_shifts = spoil.uniform(-misalignment, misalignment, (len(angles), 2)) * pixel_size
+    # background coefficients of 1, u, v in units of the series maximum
+    ramps = background_ramp * np.column_stack([np.ones(len(angles)), 0.5 * spoil.uniform(-1.0, 1.0, (len(angles), 2))])
 
     progress = progress and sys.stderr.isatty()  # a counter rewritten in place: terminals only
     projections = np.empty((len(angles),) + shape, dtype=np.float32)
     for k, angle in enumerate(angles):
         if progress:
             print(f"\rsimulating projection {k + 1}/{len(angles)}", end="", file=sys.stderr, flush=True)
-        image = _projected_potential(rotate_to_view(atoms, angle, tilt_axis_angle), pixel_size, shape, shift_array[k])
+        moved = shift_array[k] + unknown_shifts[k]
+        image = _projected_potential(rotate_to_view(atoms, angle, tilt_axis_angle), pixel_size, shape, moved)
         if probe_sigma > 0:
             image = gaussian_filter(image, sigma=probe_sigma / pixel_size, mode="constant")
         projections[k] = image
     if progress:
         print(file=sys.stderr)
+
+    if background_ramp > 0:
+        u = (np.arange(shape[1]) + 0.5) / shape[1] * 2.0 - 1.0
+        v = (np.arange(shape[0]) + 0.5) / shape[0] * 2.0 - 1.0
+        ramps *= float(projections.max())  # now in data units
+        constant, slope_x, slope_y = ramps.T[:, :, None, None]
+        projections += (constant + slope_x * u[None, :] + slope_y * v[:, None]).astype(np.float32)
 
     rng = np.random.default_rng(seed)
     counts_per_potential = None
@@ -199,6 +224,10 @@ def simulate_tilt_series(
         "noise_sigma": float(noise_sigma),
         "dose": None if dose is None else float(dose),
         "seed": int(seed),
+        "misalignment_pixels": float(misalignment),
+        "misalignment_shifts": unknown_shifts.tolist(),
+        "background_ramp": float(background_ramp),
+        "background_coefficients": ramps.tolist(),
         "parametrization": "lobato",
         "tool": f"abTEM {abtem.__version__}",
     }

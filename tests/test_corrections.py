@@ -1,0 +1,76 @@
+"""Per-projection corrections: the shift gauge and the polynomial background."""
+
+import numpy as np
+import pytest
+import torch
+
+from atomsplat.geometry import view_rotations
+from atomsplat.model.corrections import background, background_basis, fit_background, gauge_basis, remove_gauge
+from atomsplat.render.projector import project_isotropic
+
+
+def _rotations(angles=np.arange(-60, 61, 10), axis=0.0):
+    return torch.from_numpy(view_rotations(angles, axis)).float()
+
+
+@pytest.mark.parametrize("axis", [0.0, 27.0])
+def test_gauge_basis_is_orthonormal_and_spans_rigid_translations(axis):
+    rotations = _rotations(axis=axis)
+    basis = gauge_basis(rotations)
+    assert basis.shape == (2 * len(rotations), 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
+    t = torch.tensor([0.3, -0.7, 1.1])
+    pattern = (rotations @ t)[:, :2]  # shifts that moving the sample by t makes
+    assert remove_gauge(pattern, basis).abs().max() < 1e-5
+    assert remove_gauge(pattern + 0.0, basis).shape == pattern.shape
+
+
+def test_remove_gauge_keeps_what_no_translation_explains_and_is_a_projection():
+    rotations = _rotations()
+    basis = gauge_basis(rotations)
+    shifts = torch.randn(len(rotations), 2, generator=torch.Generator().manual_seed(0))
+    once = remove_gauge(shifts, basis)
+    torch.testing.assert_close(remove_gauge(once, basis), once, atol=1e-5, rtol=0)
+    assert (basis.T @ once.reshape(-1)).abs().max() < 1e-5
+    # a constant y shift over -60..60 degrees is not a rigid motion: a translation along y
+    # makes y shifts of cos(theta), which explain most but not all of it
+    constant_y = torch.zeros(len(rotations), 2)
+    constant_y[:, 1] = 1.0
+    assert remove_gauge(constant_y, basis).norm() > 0.15 * constant_y.norm()
+
+
+def test_translating_the_sample_equals_shifting_the_projections():
+    """The physics behind the gauge: projections of atoms moved by t are the projections of the
+    original atoms with detector offsets (M_k t)[:2]."""
+    g = torch.Generator().manual_seed(1)
+    positions = torch.randn(6, 3, generator=g) * 3.0
+    sigmas, weights = torch.full((6,), 0.6), torch.rand(6, generator=g) + 0.5
+    rotations = _rotations(np.array([-50.0, 0.0, 35.0]), axis=15.0)
+    t = torch.tensor([0.4, -0.9, 0.6])
+    zero = torch.zeros(3, 2)
+    moved = project_isotropic(positions + t, sigmas, weights, rotations, zero, 0.25, 64, 64)
+    shifted = project_isotropic(positions, sigmas, weights, rotations, (rotations @ t)[:, :2], 0.25, 64, 64)
+    torch.testing.assert_close(moved, shifted, atol=1e-4 * float(moved.max()), rtol=0)
+
+
+def test_background_basis_monomials():
+    basis = background_basis(4, 6, 1)
+    assert basis.shape == (3, 4, 6)
+    assert torch.all(basis[0] == 1.0)
+    u = (torch.arange(6) + 0.5) / 6 * 2 - 1
+    v = (torch.arange(4) + 0.5) / 4 * 2 - 1
+    torch.testing.assert_close(basis[1], u[None, :].expand(4, 6))
+    torch.testing.assert_close(basis[2], v[:, None].expand(4, 6))
+    assert background_basis(5, 5, 2).shape == (6, 5, 5)
+    with pytest.raises(ValueError, match="degree"):
+        background_basis(4, 4, -1)
+
+
+def test_fit_background_recovers_a_plane_under_a_particle():
+    basis = background_basis(40, 50, 1)
+    coefficients = torch.tensor([[2.0, 0.5, -0.3], [1.0, -0.2, 0.1]])
+    planes = background(coefficients, basis)
+    y, x = torch.meshgrid(torch.arange(40.0), torch.arange(50.0), indexing="ij")
+    particle = 10.0 * torch.exp(-((x - 25) ** 2 + (y - 20) ** 2) / 30.0)  # inside the frame, ~0 on it
+    fitted = fit_background(planes + particle, basis)
+    torch.testing.assert_close(fitted, coefficients, atol=1e-3, rtol=0)
