@@ -9,6 +9,23 @@ from typing import Dict, Optional
 import numpy as np
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path) -> Path:
+    """Write ``fig`` as a PNG to ``path``, close it, and return the path."""
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: float = 1.5) -> Path:
     """Write a 4-panel PNG and return its path.
 
@@ -18,13 +35,10 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     atoms are known.
     """
     import ase.io
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from atomsplat.analysis.matching import match_atoms
 
+    plt = _pyplot()
     series = model.kwargs["metadata"]["tilt_series"]
     k = int(np.argmin(np.abs(series.tilt_angles)))
     _, height, width = series.shape
@@ -67,19 +81,7 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     ax.set(title=f"atoms with |z| < {slab} A", xlabel="x (A)", ylabel="y (A)", aspect="equal")
     ax.invert_yaxis()
     ax.legend(loc="upper right", fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _save(plt, fig, path)
 
 
 def plot_slices(truth, truth_volume: np.ndarray, found: Dict, voxel: float, path: Path, title: str = "",
@@ -120,10 +122,7 @@ def plot_slices(truth, truth_volume: np.ndarray, found: Dict, voxel: float, path
             ax.scatter(positions[bad, 0], positions[bad, 1], s=20, marker="s", facecolors="none", edgecolors="r")
         ax.set(title=name, xlabel="x (A)", ylabel="y (A)")
     fig.suptitle(f"{title}: mean over |z| < {slab:g} A, atoms in that slab (red squares: false)")
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_bars(rows, path: Path) -> Path:
@@ -147,10 +146,7 @@ def plot_bars(rows, path: Path) -> Path:
             ax.set_xticks(np.arange(len(particles)), particles)
             ax.set(title=f"{label}, {scheme}", ylim=(0, 1.02 if key != "fpr" else None))
     axes[0, 0].legend(fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
@@ -167,8 +163,5 @@ def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
             ax.hist(logs[species == symbol], bins=bins, alpha=0.6, label=f"{symbol} ({int(np.sum(species == symbol))})")
         ax.set(title=name, xlabel="log10 weight", ylabel="matched atoms")
         ax.legend(fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import ase.io
-import torch
 
 from atomsplat.analysis.matching import evaluate
+from atomsplat.comparison import machine
 from atomsplat.training import train
 from atomsplat.cli.simulate import main as simulate
 from atomsplat.export import atoms_from_model, load_model
@@ -29,11 +27,6 @@ from atomsplat.report import plot_report
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURE = ROOT.parent / "shared" / "data" / "Au_NP.xyz"
 SCHEMES = {"full": "-90:90:1", "wedge": "-70:70:3"}
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
-    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
 
 
 def run(scheme: str, steps: int, work: Path, structure: Path) -> dict:

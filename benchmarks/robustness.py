@@ -27,7 +27,7 @@ from atomsplat.data.dataparser import bundled_demo_path
 from atomsplat.data.tiltseries import read_tilt_series
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.geometry import view_rotations
-from atomsplat.model.corrections import gauge_basis, remove_gauge
+from atomsplat.model.corrections import gauge_basis, shift_error
 from atomsplat.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,7 @@ def alignment_error(model, data: Path) -> float:
     series = read_tilt_series(data)
     truth = torch.tensor(series.extra["simulation"]["misalignment_shifts"], dtype=torch.float32)
     basis = gauge_basis(torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle)).float())
-    learned = model.view_params["view_shifts"].detach().cpu()
-    return float((remove_gauge(learned, basis) - remove_gauge(truth, basis)).square().sum(1).mean().sqrt())
+    return shift_error(model.view_params["view_shifts"].detach().cpu(), truth, basis)
 
 
 def rigid_rmse(found: np.ndarray, truth: np.ndarray) -> float:

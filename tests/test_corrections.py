@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
-from atomsplat.model.corrections import background, background_basis, fit_background, gauge_basis, remove_gauge
+from atomsplat.model.corrections import (
+    background,
+    background_basis,
+    fit_background,
+    gauge_basis,
+    remove_gauge,
+    shift_error,
+)
 from atomsplat.render.projector import project_isotropic
 
 
@@ -37,6 +44,17 @@ def test_remove_gauge_keeps_what_no_translation_explains_and_is_a_projection():
     constant_y = torch.zeros(len(rotations), 2)
     constant_y[:, 1] = 1.0
     assert remove_gauge(constant_y, basis).norm() > 0.15 * constant_y.norm()
+
+
+def test_shift_error_ignores_a_rigid_translation():
+    rotations = _rotations()
+    basis = gauge_basis(rotations)
+    true = torch.randn(len(rotations), 2, generator=torch.Generator().manual_seed(2))
+    translated = true + (rotations @ torch.tensor([0.5, -0.2, 0.3]))[:, :2]
+    assert shift_error(translated, true, basis) < 1e-5
+    off = true.clone()
+    off[0, 0] += 1.0  # one projection off by 1 A: most of it is no rigid motion
+    assert 0.1 < shift_error(off, true, basis) <= 1.0 / len(rotations) ** 0.5 + 1e-6
 
 
 def test_translating_the_sample_equals_shifting_the_projections():

@@ -113,8 +113,9 @@ class AtomSplatModel(SplatfactoModel):
         self.scale = float(self.kwargs["metadata"]["scale"])
         self.display_top = float(series.projections.max())
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self._setup_corrections(series)
-        signal = torch.from_numpy(series.projections.astype(np.float32))
+        stack = torch.from_numpy(series.projections.astype(np.float32))
+        self._setup_corrections(series, stack)
+        signal = stack
         if "background" in self.view_params:
             signal = signal - self.display_top * corrections.background(self.view_params["background"].detach(), self._background_basis)
         positions = initial_positions(series, signal, self.config, self.generator)
@@ -140,9 +141,10 @@ class AtomSplatModel(SplatfactoModel):
         self._truth = None if truth is None else ase.io.read(truth).get_positions()
         self.monitor = TrainingMonitor(self)  # the web viewer's panel and atoms; idle without a viewer
 
-    def _setup_corrections(self, series):
+    def _setup_corrections(self, series, stack: torch.Tensor):
         """Per-projection parameters (:mod:`atomsplat.model.corrections`), indexed by projection:
-        ``view_shifts`` (N, 2) A and ``background`` (N, T) in units of the series maximum."""
+        ``view_shifts`` (N, 2) A and ``background`` (N, T) in units of the series maximum, the
+        latter fitted to the border of the measured ``stack`` (N, H, W)."""
         self.view_params = torch.nn.ParameterDict()
         indices = torch.as_tensor(np.asarray(self.kwargs["metadata"]["indices"]), dtype=torch.long)
         self.register_buffer("_train_indices", indices, persistent=False)
@@ -154,7 +156,7 @@ class AtomSplatModel(SplatfactoModel):
         if self.config.background_degree >= 0:
             basis = corrections.background_basis(height, width, self.config.background_degree)
             self.register_buffer("_background_basis", basis, persistent=False)
-            fitted = corrections.fit_background(torch.from_numpy(series.projections.astype(np.float32)), basis)
+            fitted = corrections.fit_background(stack, basis)
             self.view_params["background"] = Parameter(fitted / self.display_top)
 
     def _reset_statistics(self):

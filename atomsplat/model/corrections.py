@@ -42,6 +42,12 @@ def remove_gauge(shifts: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return (flat - basis @ (basis.T @ flat)).reshape(shifts.shape)
 
 
+def shift_error(learned: torch.Tensor, true: torch.Tensor, basis: torch.Tensor) -> float:
+    """RMS distance (A) between learned and true shifts (N, 2), both without the part that a
+    rigid translation of the sample explains (the atoms take that part instead)."""
+    return float(remove_gauge(learned - true, basis).square().sum(1).mean().sqrt())
+
+
 def background_basis(height: int, width: int, degree: int) -> torch.Tensor:
     """Monomials u^a v^b (a + b <= degree) on the detector, shape (T, H, W), T = (d + 1)(d + 2) / 2.
 
