@@ -11,6 +11,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
 fi
 echo "setting up $venv (a few minutes the first time)" >&2
 python3 -m venv "$venv"
+export PIP_NO_CACHE_DIR=1  # the wheels are not kept twice on a small disk
 "$venv/bin/python" -m pip install -qq --upgrade pip
 # torch: this pair works on the development machines (x86_64, Python 3.11); elsewhere install the
 # torch build that fits your machine into .venv first and set ATOMSPLAT_TORCH="" to keep it.
