@@ -7,6 +7,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from atomsplat.sim.structures import (
+    AU_LATTICE,
     AU_XYZ,
     FEPT_A,
     FEPT_C,
@@ -15,6 +16,7 @@ from atomsplat.sim.structures import (
     amorphous_pd,
     au_particle,
     build_particle,
+    fcc_sphere,
     fept_particle,
     random_packing,
     zrte_nanotube,
@@ -129,6 +131,19 @@ def test_nanotube_refuses_walls_too_close():
         zrte_nanotube(length=10.0, inner=8, outer=10)
     with pytest.raises(ValueError, match="wall"):
         zrte_nanotube(length=10.0, inner=5, outer=10)
+
+
+def test_fcc_sphere_has_gold_neighbours_and_density():
+    atoms = fcc_sphere(12.0)
+    _assert_centred(atoms)
+    distances = cKDTree(atoms.positions).query(atoms.positions, k=13)[0][:, 1:]
+    np.testing.assert_allclose(distances.min(), AU_LATTICE / np.sqrt(2.0), rtol=1e-9)
+    # An interior atom has the twelve FCC neighbours at a / sqrt(2).
+    centre = int(np.argmin(np.linalg.norm(atoms.positions, axis=1)))
+    np.testing.assert_allclose(distances[centre], AU_LATTICE / np.sqrt(2.0), rtol=1e-9)
+    expected = 4.0 / AU_LATTICE**3 * 4.0 / 3.0 * np.pi * 12.0**3
+    assert abs(len(atoms) - expected) < 0.05 * expected
+    assert set(atoms.get_chemical_symbols()) == {"Au"}
 
 
 def test_au_particle_file_missing_is_named(tmp_path):

@@ -11,7 +11,7 @@ Every builder returns an ``ase.Atoms`` in A whose bounding box is centred at the
 has no cell (so :func:`atomsplat.sim.simulate.center_structure` leaves it where it is): it is
 already in the sample frame, origin at the rotation centre. ``PARTICLES`` names them for the
 benchmark; :func:`build_particle` builds one by name at a "quick" (hundreds of atoms, for CI) or
-"full" (thousands, as in the paper) size.
+"full" (thousands, as in the paper) size, and the FCC Au sphere also at "large" (100,000 atoms).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ PD_DENSITY, PD_MIN_DISTANCE = 0.0635, 2.45
 # ZrTe3 chain (A): period along the chain (the b axis of ZrTe3) and Zr-Te bond length.
 ZRTE3_PERIOD, ZRTE_BOND = 3.93, 2.95
 GRAPHITE_SPACING = 3.4  # A, between the walls of a multi-wall nanotube
+
+AU_LATTICE = 4.078  # A, FCC gold at room temperature
 
 
 def _centred(atoms: Atoms) -> Atoms:
@@ -88,6 +90,22 @@ def au_particle(radius: float | None = None, path: Path | str = AU_XYZ) -> Atoms
         if len(atoms) == 0:
             raise ValueError(f"{path}: no atom lies within {radius} A of the centre")
     return _centred(atoms)
+
+
+def fcc_sphere(radius: float, element: str = "Au", lattice_constant: float = AU_LATTICE) -> Atoms:
+    """A perfect FCC crystal cut to a sphere of ``radius`` A about a lattice point: a particle of
+    any size, for scale tests (Au: 0.059 atoms / A^3, so 74 A holds about 100,000 atoms).
+
+    The cube axes are the sample axes, so the 0 degree view looks down [001].
+    """
+    _check_positive(radius=radius, lattice_constant=lattice_constant)
+    n = math.ceil(radius / lattice_constant)
+    cells = np.arange(-n, n + 1)
+    corners = np.stack(np.meshgrid(cells, cells, cells, indexing="ij"), axis=-1).reshape(-1, 1, 3)
+    basis = np.array([(0.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5)])
+    positions = ((corners + basis) * lattice_constant).reshape(-1, 3)
+    positions = positions[np.linalg.norm(positions, axis=1) <= radius]
+    return _centred(Atoms(symbols=[element] * len(positions), positions=positions))
 
 
 def _random_rotations(n: int, rng: np.random.Generator) -> Rotation:
@@ -343,6 +361,8 @@ class Particle:
 
 PARTICLES = {
     "au": Particle(au_particle, {"quick": {"radius": 10.0}, "full": {}}, ("Au",), seeded=False),
+    "au-sphere": Particle(fcc_sphere, {"quick": {"radius": 10.0}, "full": {"radius": 29.0},
+                                       "large": {"radius": 74.0}}, ("Au",), seeded=False),
     "fept": Particle(fept_particle, {"quick": {"radius": 10.0, "n_grains": 3}, "full": {}}, ("Fe", "Pt")),
     "pd": Particle(amorphous_pd, {"quick": {"radius": 10.0}, "full": {}}, ("Pd",)),
     "hea": Particle(amorphous_hea, {"quick": {"radius": 10.0}, "full": {}}, ("Ni", "Pd", "Pt")),
@@ -351,7 +371,7 @@ PARTICLES = {
 
 
 def build_particle(name: str, size: str = "full", seed: int = 0) -> Atoms:
-    """Build particle ``name`` of :data:`PARTICLES` at ``size`` ("quick" or "full") from ``seed``.
+    """Build particle ``name`` of :data:`PARTICLES` at ``size`` (one of its ``sizes``) from ``seed``.
 
     Returns sample-frame Atoms (A), bounding box centred at the origin, no cell.
     """
