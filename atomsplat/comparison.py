@@ -26,7 +26,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -205,10 +205,47 @@ def _reconstruction_options(options: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the run
+@dataclass
+class Shown:
+    """What the slice figure needs of a method's answer: its atoms (K, 3) A and the central slab
+    of its volume (:func:`atomsplat.report.central_slab`, (nx, ny))."""
+
+    positions: np.ndarray
+    slab: np.ndarray
+
+
+def _result_file(work: Path, particle: str, size: str, scheme_name: str, method: str) -> Path:
+    return work / "results" / f"{particle}_{size}_{scheme_name}_{method}.npz"
+
+
+def _load_result(path: Path, settings: dict) -> Optional[tuple]:
+    """(row, Shown) stored at ``path`` by a run with the same ``settings``, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+        if meta["settings"] != json.loads(json.dumps(settings, default=_plain)):
+            return None
+        return meta["row"], Shown(stored["positions"], stored["slab"])
+
+
+def _save_result(path: Path, settings: dict, row: dict, shown: Shown) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"settings": settings, "row": row}, default=_plain)
+    partial = path.with_name(path.stem + ".partial.npz")
+    np.savez_compressed(partial, meta=np.array(meta), positions=shown.positions, slab=shown.slab)
+    partial.replace(path)  # a run killed while writing leaves no half-written result behind
+
+
 def run_case(particle: str, scheme_name: str, preset: Preset, work: Path, figures: Path,
              log: Callable[[str], None] = print) -> list:
-    """All methods on one particle and scheme; returns result rows and draws the slice figure."""
-    from atomsplat.report import plot_slices
+    """All methods on one particle and scheme; returns result rows and draws the slice figure.
+
+    Each method's row and what the figure shows of it are kept in ``work/results``; a later run
+    with the same settings (particle, size, tilts, simulation, method options) reuses them, so an
+    interrupted comparison goes on where it stopped.
+    """
+    from atomsplat.report import central_slab, plot_slices
 
     scheme = preset.schemes[scheme_name]
     data = simulated_case(particle, scheme, preset, work)
@@ -216,27 +253,38 @@ def run_case(particle: str, scheme_name: str, preset: Preset, work: Path, figure
     truth = ase.io.read(data / "ground_truth.xyz")
     truth_species = np.array(truth.get_chemical_symbols())
     truth_volume = potential_volume(truth, series.pixel_size, grid_shape(series))
-    rows, found = [], {}
+    rows, shown = [], {}
     for method, options in preset.methods.items():
-        log(f"[{particle} {scheme_name}] {method} ...")
-        if method == "atomsplat":
-            result = run_atomsplat(data, series, options, work)
+        settings = {"particle": particle, "size": preset.size, "tilt": scheme, "pixel_size": preset.pixel_size,
+                    "probe_sigma": preset.probe_sigma, "noise_sigma": preset.noise_sigma, "seed": preset.seed,
+                    "method": method, "options": options}
+        path = _result_file(work, particle, preset.size, scheme_name, method)
+        stored = _load_result(path, settings)
+        if stored is not None:
+            row, shown[method] = stored
+            log(f"[{particle} {scheme_name}] {method}: kept from {path}")
         else:
-            result = {"fbp": run_fbp, "sirt": run_sirt, "inr": run_inr}[method](series, options)
-        found[method] = result
-        labelled = result.species is not None and len(set(truth_species)) > 1
-        row = method_scores(
-            result.positions, truth.positions,
-            result.species if labelled else None, truth_species if labelled else None,
-            result.volume, truth_volume,
-        )
-        row.update(particle=particle, scheme=scheme_name, tilt=scheme, method=method, seconds=round(result.seconds, 1))
+            log(f"[{particle} {scheme_name}] {method} ...")
+            if method == "atomsplat":
+                result = run_atomsplat(data, series, options, work)
+            else:
+                result = {"fbp": run_fbp, "sirt": run_sirt, "inr": run_inr}[method](series, options)
+            labelled = result.species is not None and len(set(truth_species)) > 1
+            row = method_scores(
+                result.positions, truth.positions,
+                result.species if labelled else None, truth_species if labelled else None,
+                result.volume, truth_volume,
+            )
+            row.update(particle=particle, scheme=scheme_name, tilt=scheme, method=method,
+                       seconds=round(result.seconds, 1))
+            shown[method] = Shown(result.positions, central_slab(result.volume, series.pixel_size))
+            _save_result(path, settings, row, shown[method])
         rows.append(row)
         log(f"[{particle} {scheme_name}] {method}: TPR {row['tpr']:.4f} FPR {row['fpr']:.4f} "
             f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 3)} SSIM {row['ssim']:.3f} "
             f"({row['seconds']:.0f} s)")
-    plot_slices(truth, truth_volume, found, series.pixel_size, figures / f"slices_{particle}_{scheme_name}.png",
-                title=f"{particle}, tilts {scheme}")
+    plot_slices(truth, central_slab(truth_volume, series.pixel_size), shown, series.pixel_size,
+                figures / f"slices_{particle}_{scheme_name}.png", title=f"{particle}, tilts {scheme}")
     return rows
 
 
@@ -278,7 +326,7 @@ def run_comparison(preset: Preset, output: Path, work: Path, log: Callable[[str]
 
     figures = output / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "preset": preset.__dict__, "rows": [], "ablation": []}
+    results = {"machine": machine(), "preset": asdict(preset), "rows": [], "ablation": []}
     started = time.perf_counter()
     for particle in preset.particles:
         for scheme_name in preset.schemes:

@@ -8,6 +8,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+SLAB = 1.0  # A: half-thickness of the central slabs the comparison's figures show
+
 
 def _pyplot():
     import matplotlib
@@ -84,33 +86,41 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     return _save(plt, fig, path)
 
 
-def plot_slices(truth, truth_volume: np.ndarray, found: Dict, voxel: float, path: Path, title: str = "",
-                slab: float = 1.0) -> Path:
-    """Central slabs (|z| < ``slab``) of the true potential and of each method's volume, averaged
-    along z, with atoms marked
-    (the paper's Figure 3): true atoms within ``slab`` A of z = 0 on the truth, each method's
-    found atoms within the same slab on its volume (circles matched, red squares false).
+def central_slab(volume: np.ndarray, voxel: float, slab: float = SLAB) -> np.ndarray:
+    """(nx, ny): the mean of ``volume`` (nx, ny, nz; voxel ``voxel`` A, centred on the origin)
+    over its central voxels along z, those within ``slab`` A of z = 0 (at least two)."""
+    nz = volume.shape[2]
+    half = max(0, int(round(slab / voxel)) - 1)
+    return volume[:, :, nz // 2 - half - 1 : nz // 2 + half + 1].mean(axis=2)
+
+
+def plot_slices(truth, truth_slab: np.ndarray, found: Dict, voxel: float, path: Path, title: str = "",
+                slab: float = SLAB) -> Path:
+    """Central slabs of the true potential and of each method's volume with atoms marked (the
+    paper's Figure 3): true atoms within ``slab`` A of z = 0 on the truth, each method's found
+    atoms within the same slab on its volume (circles matched, red squares false).
 
     Args:
         truth: ase.Atoms, the true structure (A, sample frame).
-        truth_volume: (nx, ny, nz) true potential on the common grid (voxel ``voxel`` A, centred).
-        found: method name -> object with ``positions`` (K, 3) A and ``volume`` (nx, ny, nz).
-        voxel: voxel edge, A.
+        truth_slab: (nx, ny) :func:`central_slab` of the true potential on the common grid.
+        found: method name -> object with ``positions`` (K, 3) A and ``slab`` (nx, ny), the
+            :func:`central_slab` of its volume.
+        voxel: voxel edge, A; the grid is centred on the origin.
+        slab: half-thickness of the slab, A (that of the slabs given).
     """
     from atomsplat.analysis.matching import match_atoms
 
     plt = _pyplot()
-    panels = [("truth", truth.positions, truth_volume, None)]
+    panels = [("truth", truth.positions, truth_slab, None)]
     for name, result in found.items():
         pred, _, _ = match_atoms(result.positions, truth.positions)
         false = np.setdiff1d(np.arange(len(result.positions)), pred)
-        panels.append((name, result.positions, result.volume, false))
+        panels.append((name, result.positions, result.slab, false))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), constrained_layout=True)
-    for ax, (name, positions, volume, false) in zip(np.atleast_1d(axes), panels):
-        nx, ny, nz = volume.shape
+    for ax, (name, positions, image, false) in zip(np.atleast_1d(axes), panels):
+        nx, ny = image.shape
         extent = np.array([-nx, nx, ny, -ny]) * voxel / 2.0
-        half = max(0, int(round(slab / voxel)) - 1)  # the slab |z| < slab, in whole voxels
-        ax.imshow(volume[:, :, nz // 2 - half - 1 : nz // 2 + half + 1].mean(axis=2).T, cmap="gray", extent=extent)
+        ax.imshow(image.T, cmap="gray", extent=extent)
         near = np.abs(positions[:, 2]) < slab
         if false is None:
             ax.scatter(positions[near, 0], positions[near, 1], s=14, facecolors="none", edgecolors="c", linewidths=0.8)

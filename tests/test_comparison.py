@@ -54,11 +54,12 @@ def test_cli_refuses_to_overwrite_results(tmp_path, capsys):
     assert "not in the preset" in capsys.readouterr().err
 
 
-def test_quick_preset_one_particle_and_scheme(tmp_path):
+def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
     """The whole chain on the quick FePt particle in the missing wedge: every method, the table,
-    the figures; atomsplat finds the atoms and tells Fe from Pt."""
-    assert main(["--preset", "quick", "--output", str(tmp_path / "out"), "--particles", "fept",
-                 "--schemes", "wedge", "--no-ablation"]) == 0
+    the figures; atomsplat finds the atoms and tells Fe from Pt. Run again, it keeps every result."""
+    command = ["--preset", "quick", "--output", str(tmp_path / "out"), "--particles", "fept",
+               "--schemes", "wedge", "--no-ablation"]
+    assert main(command) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == set(METHODS)
@@ -68,3 +69,10 @@ def test_quick_preset_one_particle_and_scheme(tmp_path):
     figures = tmp_path / "out" / "figures"
     assert (figures / "slices_fept_wedge.png").is_file() and (figures / "bars.png").is_file()
     assert "| fept | atomsplat |" in (tmp_path / "out" / "results.md").read_text()
+
+    capsys.readouterr()
+    (figures / "slices_fept_wedge.png").unlink()
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("kept from") == len(METHODS)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
+    assert (figures / "slices_fept_wedge.png").is_file()

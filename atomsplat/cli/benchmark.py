@@ -4,14 +4,17 @@
     atomsplat-benchmark --preset full --output results/full       # what docs/benchmarks.md reports
 
 Presets are the JSON files in ``configs/`` (``benchmark_<name>.json``) or a path to one. The
-output directory gets ``results.json``, ``results.md`` and ``figures/``; simulated tilt series and
-training runs go to ``--work`` and are reused by later runs.
+output directory gets ``results.json``, ``results.md`` and ``figures/``; simulated tilt series,
+training runs and each method's finished result go to ``--work`` and are reused by later runs with
+the same settings: the same command run again after an interruption goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -55,8 +58,10 @@ def main(argv=None) -> int:
         preset.methods = {k: v for k, v in preset.methods.items() if k in args.methods}
     if args.no_ablation:
         preset.ablation = None
-    if (args.output / "results.json").exists() and not args.overwrite:
-        parser.error(f"{args.output} already holds results; choose another --output or pass --overwrite")
+    previous = args.output / "results.json"
+    if previous.exists() and not args.overwrite and json.loads(previous.read_text()).get("preset") != json.loads(
+            json.dumps(asdict(preset))):
+        parser.error(f"{args.output} already holds results of other settings; choose another --output or pass --overwrite")
     results = run_comparison(preset, args.output, args.work or args.output / "work")
     print((args.output / "results.md").read_text())
     print(f"results: {args.output / 'results.md'}, figures: {args.output / 'figures'}")
