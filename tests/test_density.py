@@ -9,7 +9,17 @@ import torch
 from scipy.spatial.distance import pdist, squareform
 from scipy.sparse.csgraph import connected_components
 
-from atomsplat.model.density import close_pairs, cluster_labels, duplicate, merge, prune, width_of
+from atomsplat.model.density import (
+    append,
+    close_pairs,
+    cluster_labels,
+    duplicate,
+    grid_points,
+    merge,
+    prune,
+    residual_peaks,
+    width_of,
+)
 
 
 def same_partition(a, b):
@@ -220,3 +230,101 @@ def test_cluster_and_merge_200k_gaussians_runs():
     print(f"cluster_labels + merge of {count} Gaussians: {elapsed:.2f} s, {len(source)} left")
     assert len(source) == int(labels.max()) + 1 < count
     torch.testing.assert_close(merged["log_weights"].exp().sum(), params["log_weights"].exp().sum())
+
+
+# --- births where atoms are missing -----------------------------------------------------------------
+
+
+def test_grid_points_cover_the_box_in_c_order():
+    shape, points = grid_points(np.array([-1.0, 0.0, 2.0]), np.array([1.0, 0.5, 2.0]), 0.5)
+    assert tuple(shape) == (5, 2, 1)
+    assert points.shape == (10, 3)
+    np.testing.assert_allclose(points[0], [-1.0, 0.0, 2.0])
+    np.testing.assert_allclose(points[1], [-1.0, 0.5, 2.0])  # the last axis runs fastest
+    np.testing.assert_allclose(points[-1], [1.0, 0.5, 2.0])
+
+
+def _blob_grid(centres, heights, spacing=0.5, sigma=0.7):
+    shape, points = grid_points(np.full(3, -8.0), np.full(3, 8.0), spacing)
+    score = np.zeros(len(points))
+    for centre, height in zip(centres, heights):
+        score += height * np.exp(-np.sum((points - centre) ** 2, axis=1) / (2 * sigma**2))
+    return score.reshape(shape), points
+
+
+def test_residual_peaks_finds_the_missing_atoms_only():
+    centres = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [-4.0, 2.5, 1.0], [0.0, -5.0, 3.5]])
+    score, points = _blob_grid(centres, [1.0, 0.6, 0.2, 1.0])
+    existing = np.array([[0.3, -5.2, 3.4], [6.0, 6.0, 6.0]])  # the fourth blob is an existing atom's misfit
+    found = residual_peaks(score, points, 0.3, 1.6, 0.5, existing)
+    np.testing.assert_allclose(points[found], centres[:2], atol=1e-9)  # the third is below the threshold
+    # with nothing existing, the fourth is found too; with a high threshold, only the strong ones
+    assert len(residual_peaks(score, points, 0.3, 1.6, 0.5, np.zeros((0, 3)))) == 3
+    np.testing.assert_allclose(points[residual_peaks(score, points, 0.8, 1.6, 0.5, existing)], centres[:1])
+
+
+def test_residual_peaks_keeps_one_maximum_per_blob():
+    rng = np.random.default_rng(0)
+    score, points = _blob_grid([[1.1, -0.4, 0.7]], [1.0])
+    score += 1e-3 * rng.normal(size=score.shape)  # noise makes shallow maxima in the tails, all far below
+    found = residual_peaks(score, points, 0.3, 1.6, 0.5, np.zeros((0, 3)))
+    assert len(found) == 1
+    assert np.linalg.norm(points[found[0]] - [1.1, -0.4, 0.7]) <= 0.5 * math.sqrt(3) / 2 + 1e-9
+
+
+def test_append_adds_gaussians_of_median_width_with_fresh_state():
+    params = make_params()
+    positions = torch.tensor([[2.0, 2.0, 2.0], [-3.0, 0.0, 1.0]], dtype=torch.float64)
+    new, source = append(params, positions, torch.tensor([0.5, 1.5], dtype=torch.float64))
+    assert len(new["positions"]) == 8
+    torch.testing.assert_close(new["positions"][6:], positions)
+    torch.testing.assert_close(new["log_weights"][6:], torch.tensor([0.5, 1.5], dtype=torch.float64))
+    median = torch.sort(params["log_sigmas"]).values[3]
+    torch.testing.assert_close(new["log_sigmas"][6:], median.expand(2))
+    torch.testing.assert_close(new["positions"][:6], params["positions"])
+    assert source.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
+
+
+def _model_missing_atoms(tmp_path, missing):
+    """A model whose Gaussians are the true atoms of a noise-free series but ``missing`` of them."""
+    from ase import Atoms
+
+    from atomsplat.data.dataparser import TomographyDataParserConfig
+    from atomsplat.data.tiltseries import TiltSeries, write_tilt_series
+    from atomsplat.geometry import view_rotations
+    from atomsplat.model.atomsplat_model import AtomSplatModelConfig
+    from atomsplat.render.projector import project_isotropic_dense
+    from atomsplat.sim.structures import random_packing
+
+    truth = torch.from_numpy(random_packing(6.0, 0.03, 2.5, np.random.default_rng(3)))
+    sigmas, weights = torch.full((len(truth),), 0.6, dtype=torch.float64), torch.full((len(truth),), 100.0, dtype=torch.float64)
+    angles = np.arange(-60.0, 61.0, 4.0)
+    stack = project_isotropic_dense(truth, sigmas, weights, torch.from_numpy(view_rotations(angles)),
+                                    torch.zeros(len(angles), 2, dtype=torch.float64), 0.25, 64, 64)
+    series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25)
+    write_tilt_series(tmp_path / "series", series, ground_truth=Atoms(["Pt"] * len(truth), positions=truth.numpy()))
+    outputs = TomographyDataParserConfig(data=tmp_path / "series").setup().get_dataparser_outputs("train")
+    model = AtomSplatModelConfig(init_count=10).setup(
+        scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
+    )
+    keep = np.setdiff1d(np.arange(len(truth)), missing)
+    model.gauss_params["positions"] = torch.nn.Parameter(truth[keep].float())
+    model.gauss_params["log_sigmas"] = torch.nn.Parameter(sigmas[keep].log().float())
+    model.gauss_params["log_weights"] = torch.nn.Parameter(weights[keep].log().float())
+    model._reset_statistics()
+    return model, truth.numpy()
+
+
+def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path):
+    missing = [2, 7, 11]
+    model, truth = _model_missing_atoms(tmp_path, missing)
+    count = model.num_points
+    record = model.refine(birth=True)
+    assert record["born"] == 3 and model.num_points == count + 3
+    born = model.positions[count:].detach().numpy()
+    distance = np.linalg.norm(born[:, None] - truth[missing][None], axis=2).min(axis=1)
+    assert np.all(distance < 0.5), distance  # within the 0.5 A grid's half-diagonal
+    # the weight explains the residual's peak: about the missing atom's (100), not far off
+    weights = model.weights[count:].detach().numpy()
+    assert np.all((weights > 50) & (weights < 150)), weights
+    assert model.refine(birth=True)["born"] == 0  # nothing is missing any more

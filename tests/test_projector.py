@@ -9,6 +9,7 @@ import torch
 
 from atomsplat.geometry import view_rotations
 from atomsplat.render.projector import (
+    backproject_points,
     project_anisotropic,
     project_isotropic,
     project_isotropic_dense,
@@ -426,3 +427,28 @@ def test_bad_covariance_shape_raises_value_error(shape):
     kwargs["covariances"] = torch.ones(shape, dtype=F64)
     with pytest.raises(ValueError, match="projector: "):
         project_anisotropic(**kwargs)
+
+
+# --- back-projection of residuals ------------------------------------------------------------------
+
+
+def test_backproject_points_reads_each_view_at_the_detector_position():
+    means, sigmas, weights, rotations, offsets, pixel, height, width = problem(atoms=3)
+    images = project_isotropic_dense(means, sigmas, weights, rotations, offsets, pixel, height, width)
+    read = backproject_points(images, rotations, offsets, pixel, means)
+    # by hand: the value of the pixel holding each centre's detector position, averaged over views
+    centres = torch.einsum("vij,kj->vki", rotations[:, :2], means) + offsets[:, None]
+    cols = torch.floor(centres[..., 0] / pixel + width / 2).long()
+    rows = torch.floor(centres[..., 1] / pixel + height / 2).long()
+    expected = torch.stack([images[v, rows[v], cols[v]] for v in range(len(images))]).mean(0)
+    torch.testing.assert_close(read, expected)
+
+
+def test_backproject_points_averages_views_and_reads_zero_off_the_detector():
+    rotations = torch.from_numpy(view_rotations([-40.0, 0.0, 25.0, 60.0]))
+    offsets = torch.zeros(4, 2, dtype=F64)
+    images = torch.zeros(4, 20, 20, dtype=F64)
+    images[0] = 2.0  # one view bright everywhere: a streak through every point
+    points = torch.tensor([[0.1, 0.2, 0.3], [100.0, 0.0, 0.0]], dtype=F64)  # inside; off the detector
+    read = backproject_points(images, rotations, offsets, 0.5, points)
+    torch.testing.assert_close(read, torch.tensor([0.5, 0.0], dtype=F64))

@@ -34,7 +34,13 @@ from atomsplat.geometry import pixel_index, view_rotations, views_from_camera_to
 from atomsplat.model import corrections, density
 from atomsplat.model.losses import data_loss
 from atomsplat.model.monitor import TrainingMonitor
-from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, project_anisotropic, project_isotropic
+from atomsplat.render.projector import (
+    DEFAULT_WINDOW,
+    backproject_points,
+    detector_centres,
+    project_anisotropic,
+    project_isotropic,
+)
 
 
 @dataclass
@@ -76,6 +82,18 @@ class AtomSplatModelConfig(SplatfactoModelConfig):
     """Gaussians wider than this many times the median width cover several atoms: they are split."""
     prune_fraction: float = 0.15
     """Gaussians lighter than this fraction of the median weight are removed."""
+    birth_every: int = 300
+    """Steps between passes that add Gaussians where atoms are missing (0: never): the measured
+    minus modelled projections are back-projected onto a grid, and every local maximum above the
+    threshold that is ``merge_distance`` from all Gaussians becomes one. Runs with a density pass,
+    until ``split_until``."""
+    birth_threshold: float = 0.3
+    """A Gaussian is born where the back-projected residual exceeds this fraction of the median
+    Gaussian's peak value (and five times its noise level)."""
+    birth_views: int = 45
+    """Training projections (evenly spread) back-projected for births."""
+    birth_spacing: float = 0.5
+    """Spacing of the grid on which the residual is back-projected, A."""
     merge: bool = True
     """Minimum-distance prior: merge Gaussians closer than ``merge_distance`` (ablation: False)."""
     merge_distance: float = 1.6
@@ -302,22 +320,64 @@ class AtomSplatModel(SplatfactoModel):
             outputs["projection"] = outputs["projection"] + outputs["background"]
         return outputs
 
-    @torch.no_grad()
-    def model_of_projection(self, index: int) -> torch.Tensor:
-        """(H, W) the model of measured projection ``index`` (of the whole series): the atoms seen
-        from its view, with its known shift, and its learned shift and background when enabled."""
+    def _series_views(self, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """View matrices (V, 3, 3) and detector offsets (V, 2) A of projections ``indices`` (V,)
+        of the whole series: known shifts, plus the learned ones when enabled."""
         series = self.kwargs["metadata"]["tilt_series"]
-        rotation = torch.from_numpy(view_rotations(series.tilt_angles[index : index + 1], series.tilt_axis_angle))
-        offset = torch.from_numpy(series.shifts_or_zeros()[index : index + 1])
-        rotation, offset = rotation.to(self.positions), offset.to(self.positions)
+        chosen = indices.cpu().numpy()
+        rotations = torch.from_numpy(view_rotations(series.tilt_angles[chosen], series.tilt_axis_angle)).to(self.positions)
+        offsets = torch.from_numpy(series.shifts_or_zeros()[chosen]).to(self.positions)
         if "view_shifts" in self.view_params:
-            offset = offset + self.view_params["view_shifts"][index : index + 1]
+            offsets = offsets + self.view_params["view_shifts"][indices]
+        return rotations, offsets
+
+    @torch.no_grad()
+    def model_of_projections(self, indices: torch.Tensor) -> torch.Tensor:
+        """(V, H, W) the model of measured projections ``indices`` (V,) (of the whole series):
+        the atoms seen from their views, with their known shifts, and their learned shifts and
+        background when enabled."""
+        series = self.kwargs["metadata"]["tilt_series"]
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.positions.device).reshape(-1)
+        rotations, offsets = self._series_views(indices)
         _, height, width = series.shape
-        projection = self.project(rotation, offset, series.pixel_size, height, width)[0]
+        projection = self.project(rotations, offsets, series.pixel_size, height, width)
         if "background" in self.view_params:
-            coefficients = self.view_params["background"][index : index + 1]
-            projection = projection + self.display_top * corrections.background(coefficients, self._background_basis)[0]
+            coefficients = self.view_params["background"][indices]
+            projection = projection + self.display_top * corrections.background(coefficients, self._background_basis)
         return projection
+
+    def model_of_projection(self, index: int) -> torch.Tensor:
+        """(H, W) the model of measured projection ``index``: :meth:`model_of_projections`."""
+        return self.model_of_projections(torch.tensor([index]))[0]
+
+    @torch.no_grad()
+    def backprojected_residual(self) -> Tuple[np.ndarray, np.ndarray, float]:
+        """The measured minus modelled projections of ``birth_views`` training projections,
+        back-projected (:func:`backproject_points`) onto a grid of ``birth_spacing`` A over the
+        Gaussians' bounding box (padded by ``merge_distance``).
+
+        Returns the score (nx, ny, nz) in data units (a missing atom scores about its peak value),
+        the grid's points (nx * ny * nz, 3) A, and the birth threshold: ``birth_threshold`` x the
+        median peak ``w / (2 pi sigma^2)`` of the Gaussians, at least five robust standard
+        deviations of the score.
+        """
+        series = self.kwargs["metadata"]["tilt_series"]
+        train = self._train_indices
+        picks = torch.linspace(0, len(train) - 1, min(self.config.birth_views, len(train))).round().long().unique()
+        indices = train[picks.to(train.device)]
+        residual = torch.from_numpy(series.projections[indices.cpu().numpy()]).to(self.positions) - torch.cat(
+            [self.model_of_projections(chunk) for chunk in indices.split(8)]
+        )
+        positions = self.positions.detach().cpu().numpy()
+        pad = self.config.merge_distance
+        shape, points = density.grid_points(positions.min(0) - pad, positions.max(0) + pad, self.config.birth_spacing)
+        rotations, offsets = self._series_views(indices)
+        score = backproject_points(residual, rotations, offsets, series.pixel_size, torch.from_numpy(points).to(residual))
+        score = score.cpu().numpy().reshape(shape)
+        peaks = self.weights / (2.0 * math.pi * self.sigmas**2)
+        noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
+        threshold = max(self.config.birth_threshold * float(peaks.median()), 5.0 * noise)
+        return score, points, threshold
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
@@ -409,9 +469,11 @@ class AtomSplatModel(SplatfactoModel):
             shifts = self.view_params["view_shifts"].data
             shifts[self._train_indices] = corrections.remove_gauge(shifts[self._train_indices], self._gauge)
         if step > 0 and step % self.config.refine_every == 0:
+            split = step <= self.config.split_until * self.max_steps
             self.refine(
                 densify=step <= self.config.densify_until * self.max_steps,
-                split=step <= self.config.split_until * self.max_steps,
+                split=split,
+                birth=split and self.config.birth_every > 0 and step % self.config.birth_every == 0,
             )
 
     @torch.no_grad()
@@ -423,10 +485,13 @@ class AtomSplatModel(SplatfactoModel):
                 self.gauss_params[name].data.clamp_(low, high)
 
     @torch.no_grad()
-    def refine(self, densify: bool = False, split: bool = False) -> dict:
+    def refine(self, densify: bool = False, split: bool = False, birth: bool = False) -> dict:
         """One density-control pass: merge (minimum distance), prune (small weights), then split
-        Gaussians wider than ``split_width`` x the median width when ``split``, and duplicate the
-        ``densify_fraction`` with the largest mean position gradient when ``densify``."""
+        Gaussians wider than ``split_width`` x the median width when ``split``, duplicate the
+        ``densify_fraction`` with the largest mean position gradient when ``densify``, and add
+        Gaussians where the residual of the model as it was shows missing atoms when ``birth``
+        (:meth:`backprojected_residual`)."""
+        residual = self.backprojected_residual() if birth and self.num_points > 0 else None
         params = {name: p.detach() for name, p in self.gauss_params.items()}
         count_before = len(params["positions"])
         source = torch.arange(count_before, device=self.positions.device)
@@ -456,9 +521,19 @@ class AtomSplatModel(SplatfactoModel):
         params, new_source = density.duplicate(params, chosen, offset, self.generator)
         duplicated = len(chosen)
         source = _follow(source, new_source, -1)
+        born = 0
+        if residual is not None:
+            score, points, threshold = residual
+            found = density.residual_peaks(score, points, threshold, self.config.merge_distance,
+                                           self.config.birth_spacing, params["positions"].cpu().numpy())
+            # The weight that explains the residual's peak with a Gaussian of the median width.
+            area = 2.0 * math.pi * float(density.width_of(params).median()) ** 2
+            log_weights = torch.from_numpy(np.log(score.reshape(-1)[found] * area))
+            params, new_source = density.append(params, torch.from_numpy(points[found]), log_weights)
+            source, born = _follow(source, new_source, -1), len(found)
         self._replace(params, source)
         record = {"step": self.step, "before": count_before, "merged": merged, "pruned": pruned,
-                  "split": duplicated, "after": self.num_points}
+                  "split": duplicated, "born": born, "after": self.num_points}
         if self._truth is not None:
             report = evaluate(self.positions.cpu().numpy(), self._truth)
             record.update(tpr=report.tpr, fpr=report.fpr)
@@ -468,7 +543,7 @@ class AtomSplatModel(SplatfactoModel):
         match = f", TPR {record['tpr']:.3f} FPR {record['fpr']:.3f}" if "tpr" in record else ""
         CONSOLE.print(
             f"{f'step {self.step}' if self.training else 'final pass'}: {count_before} -> {self.num_points} Gaussians "
-            f"(merged {merged}, pruned {pruned}, split {duplicated}){match}"
+            f"(merged {merged}, pruned {pruned}, split {duplicated}, born {born}){match}"
         )
         self.monitor.refined(record)
         return record

@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
+from scipy.ndimage import maximum_filter
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -120,6 +121,54 @@ def duplicate(params: Params, chosen: torch.Tensor, offset: torch.Tensor, genera
     halved[count:] -= np.log(2.0)
     new["log_weights"] = halved
     source = torch.cat([torch.arange(count, device=positions.device), torch.full_like(chosen, -1)])
+    return new, source
+
+
+def grid_points(low: np.ndarray, high: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A cubic grid over the box [low, high] (3,) A: its shape (3,) and points (prod(shape), 3),
+    ``low + spacing * index`` in C order of the shape."""
+    shape = np.floor((np.asarray(high) - np.asarray(low)) / spacing).astype(int) + 1
+    axes = [low[d] + spacing * np.arange(shape[d]) for d in range(3)]
+    return shape, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def residual_peaks(score: np.ndarray, points: np.ndarray, threshold: float, min_distance: float, spacing: float,
+                   existing: np.ndarray) -> np.ndarray:
+    """Indices of the grid points where atoms are missing: local maxima of a back-projected
+    residual ``score`` (nx, ny, nz) above ``threshold`` that lie at least ``min_distance`` A from
+    every ``existing`` Gaussian (K, 3).
+
+    ``points`` (nx * ny * nz, 3) are the grid's positions (:func:`grid_points`, ``spacing`` A).
+    A maximum is a point that no other grid point within ``min_distance`` along every axis
+    exceeds (a separable cubic maximum filter), so two maxima are about ``min_distance`` apart or
+    more. A maximum near an existing Gaussian is that Gaussian's own misfit, which the optimizer
+    corrects; only the others are new atoms.
+    """
+    size = 2 * max(1, int(min_distance / spacing)) + 1
+    peak = (score == maximum_filter(score, size=size, mode="constant", cval=-np.inf)) & (score > threshold)
+    index = np.flatnonzero(peak.reshape(-1))
+    if len(index) and len(existing):
+        distance, _ = cKDTree(existing).query(points[index], distance_upper_bound=min_distance)
+        index = index[~np.isfinite(distance)]
+    return index
+
+
+def append(params: Params, positions: torch.Tensor, log_weights: torch.Tensor) -> Tuple[Params, torch.Tensor]:
+    """Add Gaussians at ``positions`` (P, 3) A with ``log_weights`` (P,); their other parameters
+    (width, orientation) are those of the existing Gaussian of median width. The new Gaussians
+    come last, with fresh optimizer state (source -1)."""
+    count = len(params["positions"])
+    template = torch.argsort(width_of(params))[count // 2]
+    new = {}
+    for name, values in params.items():
+        if name == "positions":
+            added = positions.to(values)
+        elif name == "log_weights":
+            added = log_weights.to(values)
+        else:
+            added = values[template].expand(len(positions), *values.shape[1:])
+        new[name] = torch.cat([values, added])
+    source = torch.cat([torch.arange(count, device=positions.device), torch.full((len(positions),), -1, device=positions.device)])
     return new, source
 
 

@@ -53,6 +53,31 @@ def detector_centres(means: torch.Tensor, rotations: torch.Tensor, offsets: torc
     return torch.einsum("vij,kj->vki", rotations[:, :2, :].to(means.dtype), means) + offsets[:, None, :].to(means.dtype)
 
 
+def backproject_points(images: torch.Tensor, rotations: torch.Tensor, offsets: torch.Tensor, pixel_size: float,
+                       points: torch.Tensor) -> torch.Tensor:
+    """Unfiltered back-projection of ``images`` read at ``points``: (M,) the mean over the V views
+    of the value of the pixel that holds each point's detector position.
+
+    Args:
+        images: (V, H, W) one image per view (for example measured minus modelled projections).
+        rotations: (V, 3, 3) view matrices; offsets: (V, 2) detector offsets, as for the projector.
+        pixel_size: detector pixel size, the length unit of ``points``.
+        points: (M, 3) positions in the sample frame.
+
+    A point off the detector in a view reads 0 there. An atom that the images hold in every view
+    reads about its peak value; a feature seen in one view of V reads 1/V of it.
+    """
+    count, height, width = images.shape
+    total = images.new_zeros(points.shape[0])
+    for v in range(count):  # one view at a time: (M, 2) coordinates, never (V, M, 2)
+        centres = detector_centres(points, rotations[v : v + 1], offsets[v : v + 1])[0]
+        cols, rows = pixel_index(centres[:, 0], width, pixel_size), pixel_index(centres[:, 1], height, pixel_size)
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        values = images[v].reshape(-1)[rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)]
+        total += torch.where(inside, values, torch.zeros_like(values))
+    return total / max(count, 1)
+
+
 def window_radius(sigma_max: float, pixel_size: float, window: float = DEFAULT_WINDOW) -> int:
     """Half-width R in pixels of a window of 2R + 1 pixels centred on the pixel that holds a
     centre, so that it covers at least ``+-window * sigma_max`` around the centre."""
