@@ -125,10 +125,10 @@ def duplicate(params: Params, chosen: torch.Tensor, offset: torch.Tensor, genera
 
 
 def grid_points(low: np.ndarray, high: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
-    """A cubic grid over the box [low, high] (3,) A: its shape (3,) and points (prod(shape), 3),
-    ``low + spacing * index`` in C order of the shape."""
+    """A cubic grid over the box [low, high] (3,) A: its shape (3,) and float32 points
+    (prod(shape), 3), ``low + spacing * index`` in C order of the shape."""
     shape = np.floor((np.asarray(high) - np.asarray(low)) / spacing).astype(int) + 1
-    axes = [low[d] + spacing * np.arange(shape[d]) for d in range(3)]
+    axes = [np.float32(low[d]) + np.float32(spacing) * np.arange(shape[d], dtype=np.float32) for d in range(3)]
     return shape, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 

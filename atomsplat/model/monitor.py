@@ -8,7 +8,7 @@ through a :class:`ViewerControl`. With a viewer it shows
   similar width with a point diameter of their mean width, coloured by weight (viridis, lightest
   violet, heaviest yellow) or by species (Jmol colours, species from the weights as export labels
   them, when the dataset names its elements);
-* the last density-control pass (atoms, merged, pruned, split, TPR/FPR when the dataset has
+* the last density-control pass (atoms, merged, pruned, split, born, TPR/FPR when the dataset has
   ground truth) and the training loss as nerfstudio logs it (every ``steps_per_log`` steps);
 * the reconstructed potential in a one-voxel layer at a chosen height z (A), exact
   (:func:`atomsplat.render.voxelize.voxelize`) on the detector's pixel grid;
@@ -339,7 +339,7 @@ class TrainingMonitor(torch.nn.Module):
             rows = [("atoms", f"{self._model().num_points}")]
         else:
             header = ("density pass", f"step {record['step']}")
-            rows = [("atoms", f"{record['after']}")] + [(key, f"{record[key]}") for key in ("merged", "pruned", "split")]
+            rows = [("atoms", f"{record['after']}")] + [(key, f"{record[key]}") for key in ("merged", "pruned", "split", "born") if key in record]
             rows += [(key.upper(), f"{record[key]:.3f}") for key in ("tpr", "fpr") if key in record]
         if loss is not None:
             rows.append(("loss", f"{loss[1]:.4g} (step {loss[0]})"))

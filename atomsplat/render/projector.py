@@ -45,6 +45,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 DEFAULT_WINDOW = 4.0
 _LADDER = 1.4
+_POINT_CHUNK = 1 << 21  # points per step of backproject_points: temporaries of ~80 MB
 
 
 def detector_centres(means: torch.Tensor, rotations: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,14 @@ def backproject_points(images: torch.Tensor, rotations: torch.Tensor, offsets: t
     """
     count, height, width = images.shape
     total = images.new_zeros(points.shape[0])
-    for v in range(count):  # one view at a time: (M, 2) coordinates, never (V, M, 2)
-        centres = detector_centres(points, rotations[v : v + 1], offsets[v : v + 1])[0]
-        cols, rows = pixel_index(centres[:, 0], width, pixel_size), pixel_index(centres[:, 1], height, pixel_size)
-        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-        values = images[v].reshape(-1)[rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)]
-        total += torch.where(inside, values, torch.zeros_like(values))
+    # One view and a bounded number of points at a time: temporaries of (chunk, 2), never (V, M, 2).
+    for part, chunk in zip(total.split(_POINT_CHUNK), points.split(_POINT_CHUNK)):
+        for v in range(count):
+            centres = detector_centres(chunk, rotations[v : v + 1], offsets[v : v + 1])[0]
+            cols, rows = pixel_index(centres[:, 0], width, pixel_size), pixel_index(centres[:, 1], height, pixel_size)
+            inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+            values = images[v].reshape(-1)[rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)]
+            part += torch.where(inside, values, torch.zeros_like(values))
     return total / max(count, 1)
 
 
