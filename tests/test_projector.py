@@ -355,6 +355,18 @@ def test_anisotropic_mass_and_second_moments():
     assert torch.allclose(default.sum(dim=(1, 2)) * pixel**2, torch.full((5,), 2.5, dtype=F64), rtol=3e-4)
 
 
+def test_anisotropic_mixed_widths_use_several_windows_and_still_match():
+    """Narrow and wide Gaussians get windows of their own size; the image equals that of one
+    window wide enough for all of them, to the truncation bound of the default window."""
+    means, _, weights, rot, off, p, h, w = problem(atoms=12, height=64, width=60, seed=12)
+    cov = torch.stack([rotated_covariance(scales, seed=s) for s, scales in
+                       enumerate([[0.3, 0.4, 0.35]] * 6 + [[0.9, 1.4, 1.1]] * 6)])
+    grouped = project_anisotropic(means, cov, weights, rot, off, p, h, w)
+    wide = project_anisotropic(means, cov, weights, rot, off, p, h, w, window=9.0)
+    assert (grouped - wide).abs().max() < 2e-4 * wide.max()
+    torch.testing.assert_close(grouped.sum(dim=(1, 2)), wide.sum(dim=(1, 2)), rtol=3e-4, atol=0)
+
+
 def test_anisotropic_is_differentiable():
     means, sigmas, weights, rot, off, p, h, w = problem(atoms=3, height=16, width=18, angles=(0.0, 45.0), seed=10)
     cov = torch.stack([rotated_covariance([0.5, 0.7, 0.9], seed=s) for s in range(3)]).requires_grad_(True)

@@ -81,12 +81,6 @@ def backproject_points(images: torch.Tensor, rotations: torch.Tensor, offsets: t
     return total / max(count, 1)
 
 
-def window_radius(sigma_max: float, pixel_size: float, window: float = DEFAULT_WINDOW) -> int:
-    """Half-width R in pixels of a window of 2R + 1 pixels centred on the pixel that holds a
-    centre, so that it covers at least ``+-window * sigma_max`` around the centre."""
-    return max(1, int(math.ceil(window * sigma_max / pixel_size + 0.5)))
-
-
 def _window_start(coord: torch.Tensor, n: int, pixel_size: float, radius: int) -> torch.Tensor:
     """First pixel (long) of the window of 2R + 1 pixels around detector coordinate ``coord``.
 
@@ -456,15 +450,26 @@ def project_anisotropic(
     rot2 = rotations[:, :2, :].to(means.dtype)
     cov2 = rot2[:, None] @ covariances[None] @ rot2[:, None].transpose(-1, -2)  # (V, K, 2, 2)
     cov2 = cov2 + torch.eye(2, dtype=means.dtype, device=means.device) * (pixel_size**2 / 12.0)
-    sigma_max = float(torch.linalg.eigvalsh(cov2.detach()).max().sqrt())
-    radius = window_radius(sigma_max, pixel_size, window)
-    size = 2 * radius + 1
     centres = detector_centres(means, rotations, offsets)
+    # Windows by size, as for isotropic Gaussians: each Gaussian's largest projected width over the views.
+    radii = window_radii(torch.linalg.eigvalsh(cov2.detach())[..., -1].amax(dim=0).sqrt(), pixel_size, window)
+    image = centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
+    for radius in torch.unique(radii).tolist():
+        group = torch.nonzero(radii == radius).squeeze(1)
+        image = image + _anisotropic_windows(centres[:, group], cov2[:, group], weights[group], int(radius),
+                                             pixel_size, height, width)
+    return image
+
+
+def _anisotropic_windows(centres, cov2, weights, radius: int, pixel_size: float, height: int, width: int) -> torch.Tensor:
+    """(V, H, W) image of 2D Gaussians of detector centres (V, K, 2), covariances (V, K, 2, 2)
+    (pixel variance included) and weights (K,), each point-sampled in a window of radius R."""
+    size = 2 * radius + 1
     sx = _window_start(centres[..., 0], width, pixel_size, radius)
     sy = _window_start(centres[..., 1], height, pixel_size, radius)
-    steps = torch.arange(size, device=means.device, dtype=means.dtype)
-    dx = ((sx.to(means.dtype) + 0.5 - width / 2.0)[..., None] + steps) * pixel_size - centres[..., 0:1]
-    dy = ((sy.to(means.dtype) + 0.5 - height / 2.0)[..., None] + steps) * pixel_size - centres[..., 1:2]
+    steps = torch.arange(size, device=centres.device, dtype=centres.dtype)
+    dx = ((sx.to(centres.dtype) + 0.5 - width / 2.0)[..., None] + steps) * pixel_size - centres[..., 0:1]
+    dy = ((sy.to(centres.dtype) + 0.5 - height / 2.0)[..., None] + steps) * pixel_size - centres[..., 1:2]
     inv = torch.linalg.inv(cov2)
     quad = (
         inv[..., 0, 0, None, None] * dx[..., None, :] ** 2
