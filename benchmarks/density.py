@@ -16,8 +16,6 @@ builds it): any KD-tree neighbour search pays at least that.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 
 import numpy as np
@@ -25,7 +23,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from atomsplat.model import density
-from timing import best_time, machine, peak_rss_mb, rss_mb
+from timing import best_time, machine, peak_rss_mb, rss_mb, sized_main
 
 ATOMS_PER_A3 = 0.06
 SURPLUS = 0.75
@@ -93,14 +91,4 @@ def table(rows) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gaussians", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--json", action="store_true", help="one JSON line per measurement")
-    args = parser.parse_args()
-    rows = []
-    for count in args.gaussians:
-        rows.append(measure(count))
-        if args.json:
-            print(json.dumps(rows[-1]), flush=True)
-    if not args.json:
-        print(table(rows))
+    sized_main(__doc__, "gaussians", int, [10_000, 100_000, 1_000_000], measure, table)

@@ -8,7 +8,9 @@ Measures, each case in a fresh Python process (so that its peak resident memory 
 * the projector's forward + backward time per view and peak memory for 1k, 10k and 100k atoms
   at 128^2, 256^2 and 512^2 pixels, each beside its scatter/gather floor;
 * one density-control pass at 10k, 100k and 1M Gaussians beside a KD-tree floor
-  (``benchmarks/density.py``).
+  (``benchmarks/density.py``);
+* one birth search (back-projected residual and its maxima) at the sizes of the Au particle and
+  of the 100,000-atom sphere, beside a gather floor (``benchmarks/births.py``).
 
 On a machine with CUDA every projector case runs on the GPU as well. The tables replace the part
 of docs/performance.md between its two ``run_all`` markers; the rest of the page is left alone.
@@ -32,7 +34,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import density  # noqa: E402  (benchmarks/, the script's folder)
+import births  # noqa: E402  (benchmarks/, the script's folder)
+import density  # noqa: E402
 import projector  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +44,7 @@ BEGIN, END = "<!-- run_all: begin -->", "<!-- run_all: end -->"
 ATOMS = [1_000, 10_000, 100_000]
 PIXELS = [128, 256, 512]
 GAUSSIANS = [10_000, 100_000, 1_000_000]
+RADII = [29.0, 74.0]  # A: the Au particle's size and the 100,000-atom sphere's
 THREAD_SETTINGS = ["OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS"]
 
 
@@ -103,11 +107,12 @@ def main():
     au = run("projector.py", "--backends", "auto", "reference")
     grid = [row for atoms in ATOMS for pixels in PIXELS for row in run("projector.py", "--atoms", atoms, "--pixels", pixels, "--backends", "auto")]
     dense = [row for count in GAUSSIANS for row in run("density.py", "--gaussians", count)]
+    born = [row for radius in RADII for row in run("births.py", "--radius", radius)]
     minutes, load_after = (time.perf_counter() - start) / 60, os.getloadavg()
 
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(grid, dense, args.plot)
-    machines = sorted({r["machine"] for r in au + grid + dense})
+    machines = sorted({r["machine"] for r in au + grid + dense + born})
     settings = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_SETTINGS if name in os.environ) or "none"
     section = f"""## Measured by `python benchmarks/run_all.py`
 
@@ -140,6 +145,15 @@ Gaussians of a particle at atomic density with 0.75 surplus Gaussians per atom n
 (`benchmarks/density.py`); each size in a fresh process.
 
 {density.table(dense)}
+
+### Births
+
+One search for missing atoms, as `AtomSplatModel.backprojected_residual` and
+`density.residual_peaks` do it every 300 steps: 45 residual images back-projected onto the 0.5 A
+grid over a ball of atoms (0.06 per A^3) and the maxima far from the atoms found; the floor is 45
+bare gathers of one view's pixel values at the grid points (`benchmarks/births.py`).
+
+{births.table(born)}
 
 ![scaling: projector time per view against atoms and pixels, density pass against Gaussians]({args.plot.relative_to(args.page.parent).as_posix()})
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import resource
@@ -48,3 +50,20 @@ def machine(device: str) -> str:
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     threads = f"{torch.get_num_threads()} torch threads"
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {threads}, torch {torch.__version__}"
+
+
+def sized_main(doc: str, option: str, kind, sizes: list, measure, table) -> None:
+    """The command line of a benchmark measured at several sizes: ``--<option>`` gives the sizes
+    (default ``sizes``), each is measured by ``measure(size)`` (a dict), and the rows are printed as
+    JSON lines with ``--json`` (what ``run_all.py`` reads), else as ``table(rows)``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(f"--{option}", type=kind, nargs="+", default=sizes)
+    parser.add_argument("--json", action="store_true", help="one JSON line per measurement")
+    args = parser.parse_args()
+    rows = []
+    for size in getattr(args, option):
+        rows.append(measure(size))
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.json:
+        print(table(rows))
