@@ -109,11 +109,11 @@ def test_with_a_viser_server_the_monitor_draws(model):
 
         # a density pass and the logged loss reach the table; the loss writer leaves with training
         callbacks = monitor.training_callbacks(TrainingCallbackAttributes(None, None, None, None))
-        monitor.refined({"step": 200, "before": 310, "merged": 7, "pruned": 2, "split": 4, "after": 305,
+        monitor.refined({"step": 200, "before": 310, "merged": 7, "pruned": 2, "split": 4, "born": 3, "after": 308,
                          "tpr": 0.5, "fpr": 0.25})
         writer.put_scalar("Train Loss", torch.tensor(12.5), 210)
         writer.write_out_storage()
-        for row in ("| density pass | step 200 |", "| atoms | 305 |", "| merged | 7 |", "| TPR | 0.500 |",
+        for row in ("| density pass | step 200 |", "| atoms | 308 |", "| merged | 7 |", "| born | 3 |", "| TPR | 0.500 |",
                     "| FPR | 0.250 |", "| loss | 12.5 (step 210) |"):
             assert row in monitor.counts.content
         for callback in callbacks:
