@@ -224,6 +224,13 @@ class TorchFootprints:
         return (block @ cols[..., :, None])[..., 0], (rows[..., None, :] @ block)[..., 0, :]
 
 
+def _radius_groups(radii: torch.Tensor):
+    """Yields (R, members): each distinct window radius R (int) of ``radii`` (K,) and the (k,) long
+    indices of the Gaussians that share it (:func:`window_radii`)."""
+    for radius in torch.unique(radii).tolist():
+        yield int(radius), torch.nonzero(radii == radius).squeeze(1)
+
+
 def _windows(centres, sigmas, radii, pixel_size, height, width, kernels):
     """The windows of all Gaussians, by window radius and in chunks of bounded size.
 
@@ -232,8 +239,7 @@ def _windows(centres, sigmas, radii, pixel_size, height, width, kernels):
         (V, k), t (V, k, S + 1)); start_y, start_x (V, k) long first window pixels.
     """
     views = centres.shape[0]
-    for radius in torch.unique(radii).tolist():
-        group = torch.nonzero(radii == radius).squeeze(1)
+    for radius, group in _radius_groups(radii):
         size = 2 * radius + 1
         step = kernels.chunk(views, size)
         for first in range(0, len(group), step):
@@ -454,9 +460,8 @@ def project_anisotropic(
     # Windows by size, as for isotropic Gaussians: each Gaussian's largest projected width over the views.
     radii = window_radii(torch.linalg.eigvalsh(cov2.detach())[..., -1].amax(dim=0).sqrt(), pixel_size, window)
     image = centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
-    for radius in torch.unique(radii).tolist():
-        group = torch.nonzero(radii == radius).squeeze(1)
-        image = image + _anisotropic_windows(centres[:, group], cov2[:, group], weights[group], int(radius),
+    for radius, group in _radius_groups(radii):
+        image = image + _anisotropic_windows(centres[:, group], cov2[:, group], weights[group], radius,
                                              pixel_size, height, width)
     return image
 
