@@ -89,7 +89,9 @@ def load_preset(path: Path) -> Preset:
         raise ValueError(f"{path}: not a valid preset: {err}") from None
     unknown = [p for p in preset.particles if p not in PARTICLES] + [m for m in preset.methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"{path}: unknown particles or methods {unknown}; particles: {sorted(PARTICLES)}, methods: {METHODS}")
+        raise ValueError(
+            f"{path}: unknown particles or methods {unknown}; particles: {sorted(PARTICLES)}, methods: {METHODS}"
+        )
     for name, scheme in preset.schemes.items():
         try:
             parse_tilt_scheme(scheme)
@@ -112,7 +114,12 @@ def simulated_case(particle: str, scheme: str, preset: Preset, work: Path, size:
     if not (directory / "projections.tif").is_file():
         atoms = build_particle(particle, size, preset.seed)
         series = simulate_tilt_series(
-            atoms, parse_tilt_scheme(scheme), preset.pixel_size, preset.probe_sigma, preset.noise_sigma, seed=preset.seed
+            atoms,
+            parse_tilt_scheme(scheme),
+            preset.pixel_size,
+            preset.probe_sigma,
+            preset.noise_sigma,
+            seed=preset.seed,
         )
         series.elements = list(PARTICLES[particle].elements)
         write_tilt_series(directory, series, ground_truth=atoms, overwrite=True)
@@ -173,7 +180,9 @@ def run_atomsplat(data: Path, series: TiltSeries, options: dict, work: Path, met
         series.pixel_size,
     ).numpy()
     species = np.array(atoms.get_chemical_symbols()) if series.elements else None
-    return Found(atoms.positions, species, volume, seconds, {"weights": atoms.arrays["weight"], "gaussians": len(atoms)})
+    return Found(
+        atoms.positions, species, volume, seconds, {"weights": atoms.arrays["weight"], "gaussians": len(atoms)}
+    )
 
 
 def run_fbp(series: TiltSeries, options: dict) -> Found:
@@ -237,8 +246,9 @@ def _save_result(path: Path, settings: dict, row: dict, shown: Shown) -> None:
     partial.replace(path)  # a run killed while writing leaves no half-written result behind
 
 
-def run_case(particle: str, scheme_name: str, preset: Preset, work: Path, figures: Path,
-             log: Callable[[str], None] = print) -> list:
+def run_case(
+    particle: str, scheme_name: str, preset: Preset, work: Path, figures: Path, log: Callable[[str], None] = print
+) -> list:
     """All methods on one particle and scheme; returns result rows and draws the slice figure.
 
     Each method's row and what the figure shows of it are kept in ``work/results``; a later run
@@ -255,9 +265,17 @@ def run_case(particle: str, scheme_name: str, preset: Preset, work: Path, figure
     truth_volume = potential_volume(truth, series.pixel_size, grid_shape(series))
     rows, shown = [], {}
     for method, options in preset.methods.items():
-        settings = {"particle": particle, "size": preset.size, "tilt": scheme, "pixel_size": preset.pixel_size,
-                    "probe_sigma": preset.probe_sigma, "noise_sigma": preset.noise_sigma, "seed": preset.seed,
-                    "method": method, "options": options}
+        settings = {
+            "particle": particle,
+            "size": preset.size,
+            "tilt": scheme,
+            "pixel_size": preset.pixel_size,
+            "probe_sigma": preset.probe_sigma,
+            "noise_sigma": preset.noise_sigma,
+            "seed": preset.seed,
+            "method": method,
+            "options": options,
+        }
         path = _result_file(work, particle, preset.size, scheme_name, method)
         stored = _load_result(path, settings)
         if stored is not None:
@@ -271,20 +289,32 @@ def run_case(particle: str, scheme_name: str, preset: Preset, work: Path, figure
                 result = {"fbp": run_fbp, "sirt": run_sirt, "inr": run_inr}[method](series, options)
             labelled = result.species is not None and len(set(truth_species)) > 1
             row = method_scores(
-                result.positions, truth.positions,
-                result.species if labelled else None, truth_species if labelled else None,
-                result.volume, truth_volume,
+                result.positions,
+                truth.positions,
+                result.species if labelled else None,
+                truth_species if labelled else None,
+                result.volume,
+                truth_volume,
             )
-            row.update(particle=particle, scheme=scheme_name, tilt=scheme, method=method,
-                       seconds=round(result.seconds, 1))
+            row.update(
+                particle=particle, scheme=scheme_name, tilt=scheme, method=method, seconds=round(result.seconds, 1)
+            )
             shown[method] = Shown(result.positions, central_slab(result.volume, series.pixel_size))
             _save_result(path, settings, row, shown[method])
         rows.append(row)
-        log(f"[{particle} {scheme_name}] {method}: TPR {row['tpr']:.4f} FPR {row['fpr']:.4f} "
+        log(
+            f"[{particle} {scheme_name}] {method}: TPR {row['tpr']:.4f} FPR {row['fpr']:.4f} "
             f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 3)} SSIM {row['ssim']:.3f} "
-            f"({row['seconds']:.0f} s)")
-    plot_slices(truth, central_slab(truth_volume, series.pixel_size), shown, series.pixel_size,
-                figures / f"slices_{particle}_{scheme_name}.png", title=f"{particle}, tilts {scheme}")
+            f"({row['seconds']:.0f} s)"
+        )
+    plot_slices(
+        truth,
+        central_slab(truth_volume, series.pixel_size),
+        shown,
+        series.pixel_size,
+        figures / f"slices_{particle}_{scheme_name}.png",
+        title=f"{particle}, tilts {scheme}",
+    )
     return rows
 
 
@@ -309,13 +339,18 @@ def run_ablation(preset: Preset, work: Path, figures: Path, log: Callable[[str],
         weights_by_method[method] = (matched_weights, matched_species)
         row = method_scores(result.positions, truth.positions)
         row.update(
-            method=method, particle=spec["particle"], tilt=spec["scheme"], seconds=round(result.seconds, 1),
+            method=method,
+            particle=spec["particle"],
+            tilt=spec["scheme"],
+            seconds=round(result.seconds, 1),
             gaussians_per_atom=result.extra["gaussians"] / len(truth),
             separability=separability(matched_weights, matched_species) if len(set(matched_species)) > 1 else None,
         )
         rows.append(row)
-        log(f"[ablation] {method}: {row['gaussians_per_atom']:.2f} Gaussians per atom, TPR {row['tpr']:.4f} "
-            f"FPR {row['fpr']:.4f}, separability {row['separability']}")
+        log(
+            f"[ablation] {method}: {row['gaussians_per_atom']:.2f} Gaussians per atom, TPR {row['tpr']:.4f} "
+            f"FPR {row['fpr']:.4f}, separability {row['separability']}"
+        )
     plot_weight_histograms(weights_by_method, figures / f"ablation_{spec['particle']}_weights.png")
     return rows
 
@@ -364,25 +399,38 @@ def results_markdown(results: dict) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for scheme in schemes:
         picked = [r for r in rows if r["scheme"] == scheme]
-        lines += [f"### Tilts {picked[0]['tilt']} ({scheme})", "",
-                  "| particle | method | atoms | TPR | FPR | RMSE (A) | species acc. | SSIM | time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### Tilts {picked[0]['tilt']} ({scheme})",
+            "",
+            "| particle | method | atoms | TPR | FPR | RMSE (A) | species acc. | SSIM | time (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in picked:
-            lines.append(f"| {r['particle']} | {r['method']} | {r['n_true']} | {_fmt(r['tpr'])} | {_fmt(r['fpr'])} | "
-                         f"{_fmt(r['rmse'], 3)} | {_fmt(r['species_accuracy'], 3)} | {_fmt(r['ssim'], 3)} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {r['particle']} | {r['method']} | {r['n_true']} | {_fmt(r['tpr'])} | {_fmt(r['fpr'])} | "
+                f"{_fmt(r['rmse'], 3)} | {_fmt(r['species_accuracy'], 3)} | {_fmt(r['ssim'], 3)} | {r['seconds']:.0f} |"
+            )
         lines += ["", "Mean over particles:", "", "| method | TPR | FPR | SSIM |", "|---|---|---|---|"]
         for method in methods:
             mine = [r for r in picked if r["method"] == method]
             if mine:
-                lines.append(f"| {method} | {np.mean([r['tpr'] for r in mine]):.4f} | {np.mean([r['fpr'] for r in mine]):.4f} | "
-                             f"{np.mean([r['ssim'] for r in mine]):.3f} |")
+                lines.append(
+                    f"| {method} | {np.mean([r['tpr'] for r in mine]):.4f} | {np.mean([r['fpr'] for r in mine]):.4f} | "
+                    f"{np.mean([r['ssim'] for r in mine]):.3f} |"
+                )
         lines.append("")
     if results.get("ablation"):
-        lines += ["### Ablation", "", "| method | Gaussians per atom | TPR | FPR | species separability | time (s) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "### Ablation",
+            "",
+            "| method | Gaussians per atom | TPR | FPR | species separability | time (s) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in results["ablation"]:
-            lines.append(f"| {r['method']} | {r['gaussians_per_atom']:.2f} | {_fmt(r['tpr'])} | {_fmt(r['fpr'])} | "
-                         f"{_fmt(r['separability'], 2)} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {r['method']} | {r['gaussians_per_atom']:.2f} | {_fmt(r['tpr'])} | {_fmt(r['fpr'])} | "
+                f"{_fmt(r['separability'], 2)} | {r['seconds']:.0f} |"
+            )
         lines.append("")
     if "total_seconds" in results:
         lines.append(f"Total wall time {results['total_seconds'] / 60:.1f} min.")

@@ -77,4 +77,3 @@ def corrections_from_model(model) -> dict:
         result["background_degree"] = model.config.background_degree
         result["background"] = (params["background"].detach().cpu().double() * model.display_top).numpy().tolist()
     return result
-

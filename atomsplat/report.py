@@ -78,8 +78,15 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
         pick = missed[np.abs(truth[missed, 2]) < slab]
         ax.scatter(truth[pick, 0], truth[pick, 1], marker="x", c="k", s=60, label=f"missed ({len(missed)} in all)")
         pick = false[np.abs(found[false, 2]) < slab]
-        ax.scatter(found[pick, 0], found[pick, 1], marker="s", facecolors="none", edgecolors="r", s=80,
-                   label=f"false ({len(false)} in all)")
+        ax.scatter(
+            found[pick, 0],
+            found[pick, 1],
+            marker="s",
+            facecolors="none",
+            edgecolors="r",
+            s=80,
+            label=f"false ({len(false)} in all)",
+        )
     ax.set(title=f"atoms with |z| < {slab} A", xlabel="x (A)", ylabel="y (A)", aspect="equal")
     ax.invert_yaxis()
     ax.legend(loc="upper right", fontsize=8)
@@ -94,8 +101,9 @@ def central_slab(volume: np.ndarray, voxel: float, slab: float = SLAB) -> np.nda
     return volume[:, :, nz // 2 - half - 1 : nz // 2 + half + 1].mean(axis=2)
 
 
-def plot_slices(truth, truth_slab: np.ndarray, found: Dict, voxel: float, path: Path, title: str = "",
-                slab: float = SLAB) -> Path:
+def plot_slices(
+    truth, truth_slab: np.ndarray, found: Dict, voxel: float, path: Path, title: str = "", slab: float = SLAB
+) -> Path:
     """Central slabs of the true potential and of each method's volume with atoms marked (the
     paper's Figure 3): true atoms within ``slab`` A of z = 0 on the truth, each method's found
     atoms within the same slab on its volume (circles matched, red squares false).
@@ -143,15 +151,29 @@ def plot_bars(rows, path: Path) -> Path:
     particles = list(dict.fromkeys(r["particle"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     metrics = [("tpr", "TPR"), ("fpr", "FPR"), ("ssim", "SSIM")]
-    fig, axes = plt.subplots(len(schemes), len(metrics), figsize=(5 * len(metrics), 3.4 * len(schemes)),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(schemes),
+        len(metrics),
+        figsize=(5 * len(metrics), 3.4 * len(schemes)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     width = 0.8 / len(methods)
     for i, scheme in enumerate(schemes):
         for j, (key, label) in enumerate(metrics):
             ax = axes[i, j]
             for m, method in enumerate(methods):
-                values = [next((r[key] or 0.0 for r in rows if r["scheme"] == scheme and r["particle"] == particle
-                                and r["method"] == method), np.nan) for particle in particles]
+                values = [
+                    next(
+                        (
+                            r[key] or 0.0
+                            for r in rows
+                            if r["scheme"] == scheme and r["particle"] == particle and r["method"] == method
+                        ),
+                        np.nan,
+                    )
+                    for particle in particles
+                ]
                 ax.bar(np.arange(len(particles)) + (m - (len(methods) - 1) / 2) * width, values, width, label=method)
             ax.set_xticks(np.arange(len(particles)), particles)
             ax.set(title=f"{label}, {scheme}", ylim=(0, 1.02 if key != "fpr" else None))
@@ -164,8 +186,9 @@ def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
     method (the ablation's species separation). ``weights_by_method``: name -> (weights (M,),
     species (M,))."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(weights_by_method), figsize=(5 * len(weights_by_method), 3.6),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(weights_by_method), figsize=(5 * len(weights_by_method), 3.6), squeeze=False, constrained_layout=True
+    )
     for ax, (name, (weights, species)) in zip(axes[0], weights_by_method.items()):
         logs = np.log10(np.clip(weights, 1e-12, None))
         bins = np.linspace(logs.min(), logs.max(), 60) if len(logs) else 10
@@ -174,4 +197,3 @@ def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
         ax.set(title=name, xlabel="log10 weight", ylabel="matched atoms")
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
-

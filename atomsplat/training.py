@@ -6,8 +6,17 @@ import copy
 from pathlib import Path
 
 
-def training_config(data: Path, steps: int, output_dir: Path, method: str = "atomsplat", vis: str = "tensorboard",
-                    load_dir: Path = None, viewer_host: str = "127.0.0.1", pixel_size: float = None, **model_options):
+def training_config(
+    data: Path,
+    steps: int,
+    output_dir: Path,
+    method: str = "atomsplat",
+    vis: str = "tensorboard",
+    load_dir: Path = None,
+    viewer_host: str = "127.0.0.1",
+    pixel_size: float = None,
+    **model_options,
+):
     """The nerfstudio TrainerConfig of ``method`` on ``data``, as ``ns-train`` would build it.
 
     ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).

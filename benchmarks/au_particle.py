@@ -51,7 +51,9 @@ def run(name: str, structure: Path, scheme: str, steps: int, work: Path) -> dict
     data = work / f"{name}_{scheme}"
     start = time.perf_counter()
     if not (data / "projections.tif").is_file():
-        simulate([str(structure), f"--tilt={SCHEMES[scheme]}", "--output", str(data), "--noise-sigma", "50", "--seed", "0"])
+        simulate(
+            [str(structure), f"--tilt={SCHEMES[scheme]}", "--output", str(data), "--noise-sigma", "50", "--seed", "0"]
+        )
     simulation = time.perf_counter() - start
     start = time.perf_counter()
     config = train(data, steps, work / "runs")
@@ -61,14 +63,24 @@ def run(name: str, structure: Path, scheme: str, steps: int, work: Path) -> dict
     atoms = atoms_from_model(model)
     truth = ase.io.read(data / "ground_truth.xyz")
     report = evaluate(atoms.positions, truth.positions)
-    print(f"\n{name}, {len(truth)} atoms, tilts {SCHEMES[scheme]}, {steps} steps, {seconds:.0f} s of training, "
-          f"peak memory {peak_gib:.1f} GiB\n{report.summary()}")
+    print(
+        f"\n{name}, {len(truth)} atoms, tilts {SCHEMES[scheme]}, {steps} steps, {seconds:.0f} s of training, "
+        f"peak memory {peak_gib:.1f} GiB\n{report.summary()}"
+    )
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     plot_report(model, atoms, data / "ground_truth.xyz", out / f"{name}_{scheme}_{steps}steps.png")
-    result = {"particle": name, "atoms": len(truth), "scheme": SCHEMES[scheme], "steps": steps,
-              "simulation_seconds": round(simulation, 1), "train_seconds": round(seconds, 1),
-              "peak_memory_gib": round(peak_gib, 2), "machine": machine(), **report.as_dict()}
+    result = {
+        "particle": name,
+        "atoms": len(truth),
+        "scheme": SCHEMES[scheme],
+        "steps": steps,
+        "simulation_seconds": round(simulation, 1),
+        "train_seconds": round(seconds, 1),
+        "peak_memory_gib": round(peak_gib, 2),
+        "machine": machine(),
+        **report.as_dict(),
+    }
     (out / f"{name}_{scheme}_{steps}steps.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

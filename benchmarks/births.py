@@ -21,11 +21,11 @@ import math
 
 import numpy as np
 import torch
+from timing import best_time, machine, peak_rss_mb, rss_mb, sized_main
 
 from atomsplat.geometry import pixel_index, view_rotations
 from atomsplat.model import density
 from atomsplat.render.projector import backproject_points, detector_centres
-from timing import best_time, machine, peak_rss_mb, rss_mb, sized_main
 
 PIXEL, SPACING, MERGE, VIEWS = 0.25, 0.5, 1.6, 45
 
@@ -52,26 +52,38 @@ def measure(radius: float, seed: int = 0) -> dict:
 
     _, grid = density.grid_points(atoms.min(0) - MERGE, atoms.max(0) + MERGE, SPACING)
     centres = detector_centres(torch.from_numpy(grid), rotations[:1], offsets[:1])[0]  # the first view's (M, 2)
-    flat = (pixel_index(centres[:, 1], side, PIXEL).clamp(0, side - 1) * side
-            + pixel_index(centres[:, 0], side, PIXEL).clamp(0, side - 1))
+    flat = pixel_index(centres[:, 1], side, PIXEL).clamp(0, side - 1) * side + pixel_index(
+        centres[:, 0], side, PIXEL
+    ).clamp(0, side - 1)
     values, buffer = images[0].reshape(-1), torch.empty(flat.shape[0])
     floor = VIEWS * best_time(lambda: torch.index_select(values, 0, flat, out=buffer), "cpu", max_repeats=5)
     return {
-        "machine": machine("cpu"), "radius": radius, "atoms": count, "pixels": side, "grid_points": points,
-        "seconds": seconds, "floor_seconds": floor, "ratio": seconds / floor, "rss_before_mb": before, "peak_rss_mb": peak,
+        "machine": machine("cpu"),
+        "radius": radius,
+        "atoms": count,
+        "pixels": side,
+        "grid_points": points,
+        "seconds": seconds,
+        "floor_seconds": floor,
+        "ratio": seconds / floor,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
     }
 
 
 def table(rows) -> str:
     """Markdown table of measurements."""
     lines = [
-        "| particle radius (A) | atoms | detector | grid points | search (s) | floor: gather (s) | ratio | peak RSS (MB) |",
+        "| particle radius (A) | atoms | detector | grid points | search (s) | floor: gather (s) | ratio "
+        "| peak RSS (MB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['radius']:.0f} | {r['atoms']:,} | {r['pixels']}^2 | {r['grid_points']:,} | {r['seconds']:.2f} | "
-                     f"{r['floor_seconds']:.2f} | {r['ratio']:.1f} | {r['peak_rss_mb']:.0f} "
-                     f"({r['peak_rss_mb'] - r['rss_before_mb']:.0f} above start) |")
+        lines.append(
+            f"| {r['radius']:.0f} | {r['atoms']:,} | {r['pixels']}^2 | {r['grid_points']:,} | {r['seconds']:.2f} | "
+            f"{r['floor_seconds']:.2f} | {r['ratio']:.1f} | {r['peak_rss_mb']:.0f} "
+            f"({r['peak_rss_mb'] - r['rss_before_mb']:.0f} above start) |"
+        )
     return "\n".join(lines)
 
 

@@ -21,9 +21,9 @@ import math
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from timing import best_time, machine, peak_rss_mb, rss_mb, sized_main
 
 from atomsplat.model import density
-from timing import best_time, machine, peak_rss_mb, rss_mb, sized_main
 
 ATOMS_PER_A3 = 0.06
 SURPLUS = 0.75
@@ -68,13 +68,21 @@ def measure(count: int) -> dict:
     before = rss_mb()
     generator = torch.Generator().manual_seed(0)
     result = density_pass(params, scores, generator)
-    seconds = best_time(lambda: density_pass(params, scores, generator), "cpu", min_repeats=2, max_repeats=3, budget=0.0)
+    seconds = best_time(
+        lambda: density_pass(params, scores, generator), "cpu", min_repeats=2, max_repeats=3, budget=0.0
+    )
     peak = peak_rss_mb()
     positions = params["positions"].numpy().astype(np.float64)
     floor = best_time(lambda: cKDTree(positions, balanced_tree=False, compact_nodes=False), "cpu", max_repeats=5)
     return {
-        "machine": machine("cpu"), "gaussians": count, "after": len(result["positions"]), "seconds": seconds,
-        "floor_seconds": floor, "ratio": seconds / floor, "rss_before_mb": before, "peak_rss_mb": peak,
+        "machine": machine("cpu"),
+        "gaussians": count,
+        "after": len(result["positions"]),
+        "seconds": seconds,
+        "floor_seconds": floor,
+        "ratio": seconds / floor,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
     }
 
 
@@ -85,8 +93,10 @@ def table(rows) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['gaussians']:,} | {r['after']:,} | {r['seconds']:.2f} | {r['floor_seconds']:.3f} | "
-                     f"{r['ratio']:.1f} | {r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['rss_before_mb']:.0f} above start) |")
+        lines.append(
+            f"| {r['gaussians']:,} | {r['after']:,} | {r['seconds']:.2f} | {r['floor_seconds']:.3f} | "
+            f"{r['ratio']:.1f} | {r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] - r['rss_before_mb']:.0f} above start) |"
+        )
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import torch
+from timing import best_time, machine, peak_rss_mb, rss_mb
 
 from atomsplat.geometry import view_rotations
 from atomsplat.render.projector import (
@@ -35,7 +36,6 @@ from atomsplat.render.projector import (
     projector_backend,
     window_radii,
 )
-from timing import best_time, machine, peak_rss_mb, rss_mb
 
 STRUCTURE = Path(__file__).resolve().parents[2] / "shared" / "data" / "Au_NP.xyz"
 PIXEL = 0.25  # A
@@ -85,8 +85,12 @@ def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> di
     size = 2 * radius + 1
     centres = detector_centres(means.detach(), rotations[:1], offsets[:1])
     grid = _PaddedGrid(
-        _window_start(centres[..., 1], pixels, PIXEL, radius), _window_start(centres[..., 0], pixels, PIXEL, radius),
-        size, pixels, pixels, radius,
+        _window_start(centres[..., 1], pixels, PIXEL, radius),
+        _window_start(centres[..., 0], pixels, PIXEL, radius),
+        size,
+        pixels,
+        pixels,
+        radius,
     )
     values = grid.index.numel()
     source = torch.rand(values, device=device)
@@ -99,9 +103,17 @@ def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> di
 
     floor_seconds = best_time(floor, device)
     return {
-        "device": device, "machine": machine(device), "backend": backend, "atoms": count, "pixels": pixels,
-        "views": VIEWS, "footprint_values_per_view": values, "ms_per_view": 1e3 * seconds / VIEWS,
-        "floor_ms_per_view": 1e3 * floor_seconds, "ratio": seconds / VIEWS / floor_seconds, **memory,
+        "device": device,
+        "machine": machine(device),
+        "backend": backend,
+        "atoms": count,
+        "pixels": pixels,
+        "views": VIEWS,
+        "footprint_values_per_view": values,
+        "ms_per_view": 1e3 * seconds / VIEWS,
+        "floor_ms_per_view": 1e3 * floor_seconds,
+        "ratio": seconds / VIEWS / floor_seconds,
+        **memory,
     }
 
 
@@ -115,12 +127,18 @@ def memory(row) -> str:
 
 def table(rows, with_memory: bool = False) -> str:
     """Markdown table of measurements."""
-    head = "| device | backend | atoms | pixels | footprint values per view | fwd+bwd per view (ms) | floor per view (ms) | ratio |"
+    head = (
+        "| device | backend | atoms | pixels | footprint values per view | fwd+bwd per view (ms) "
+        "| floor per view (ms) | ratio |"
+    )
     rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
     lines = [head + (" peak memory (MB) |" if with_memory else ""), rule + (" --- |" if with_memory else "")]
     for r in rows:
-        line = (f"| {r['device']} | {r['backend']} | {r['atoms']:,} | {r['pixels']}^2 | {r['footprint_values_per_view']:,} | "
-                f"{r['ms_per_view']:.2f} | {r['floor_ms_per_view']:.2f} | {r['ratio']:.2f} |")
+        line = (
+            f"| {r['device']} | {r['backend']} | {r['atoms']:,} | {r['pixels']}^2 "
+            f"| {r['footprint_values_per_view']:,} | "
+            f"{r['ms_per_view']:.2f} | {r['floor_ms_per_view']:.2f} | {r['ratio']:.2f} |"
+        )
         lines.append(line + (f" {memory(r)} |" if with_memory else ""))
     return "\n".join(lines)
 

@@ -102,9 +102,15 @@ def main(argv=None) -> int:
         atoms = atoms_from_model(model)
         truth = ase.io.read(paths[data] / "ground_truth.xyz")
         report = evaluate(atoms.positions, truth.positions)
-        row = {"data": data, "options": options, "steps": args.steps, "tilt": args.tilt,
-               "train_seconds": round(seconds, 1), **report.as_dict(),
-               "rigid_rmse": rigid_rmse(atoms.positions, truth.positions)}
+        row = {
+            "data": data,
+            "options": options,
+            "steps": args.steps,
+            "tilt": args.tilt,
+            "train_seconds": round(seconds, 1),
+            **report.as_dict(),
+            "rigid_rmse": rigid_rmse(atoms.positions, truth.positions),
+        }
         if "view_shifts" in model.view_params:
             row["shift_rms_error"] = alignment_error(model, paths[data])
         results[name] = row
@@ -122,8 +128,10 @@ def main(argv=None) -> int:
         if name in results:
             r = results[name]
             shift = f"{r['shift_rms_error']:.3f}" if "shift_rms_error" in r else ""
-            lines.append(f"| {name} | {r['tpr']:.4f} | {r['fpr']:.4f} | {r['rmse']:.3f} | {r['rigid_rmse']:.3f} | {shift} | "
-                         f"{r['train_seconds']:.0f} |")
+            lines.append(
+                f"| {name} | {r['tpr']:.4f} | {r['fpr']:.4f} | {r['rmse']:.3f} | {r['rigid_rmse']:.3f} | {shift} | "
+                f"{r['train_seconds']:.0f} |"
+            )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

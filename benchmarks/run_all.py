@@ -32,10 +32,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 import births  # noqa: E402  (benchmarks/, the script's folder)
 import density  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 import projector  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +49,9 @@ THREAD_SETTINGS = ["OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS"]
 
 def run(script: str, *args) -> list:
     """The JSON lines that ``script --json`` prints, run in a fresh process."""
-    done = subprocess.run([sys.executable, str(HERE / script), *map(str, args), "--json"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(HERE / script), *map(str, args), "--json"], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -70,10 +71,20 @@ def plot(grid, dense, path: Path):
                 label = f"{device}, {value:,} {across}" if across == "atoms" else f"{device}, {value}^2 pixels"
                 drawn = axis.plot(x, [r["ms_per_view"] for r in line], "o-", label=label)
                 axis.plot(x, [r["floor_ms_per_view"] for r in line], "--", color=drawn[0].get_color(), alpha=0.6)
-    axes[0].set(xlabel="atoms", ylabel="forward + backward per view (ms)", xscale="log", yscale="log",
-                title="projector against atoms (dashed: floor)")
-    axes[1].set(xlabel="pixels per side", ylabel="forward + backward per view (ms)", xscale="log", yscale="log",
-                title="projector against pixels (dashed: floor)")
+    axes[0].set(
+        xlabel="atoms",
+        ylabel="forward + backward per view (ms)",
+        xscale="log",
+        yscale="log",
+        title="projector against atoms (dashed: floor)",
+    )
+    axes[1].set(
+        xlabel="pixels per side",
+        ylabel="forward + backward per view (ms)",
+        xscale="log",
+        yscale="log",
+        title="projector against pixels (dashed: floor)",
+    )
     axes[1].set_xticks(PIXELS, [str(p) for p in PIXELS])
     x = [r["gaussians"] for r in dense]
     axes[2].plot(x, [r["seconds"] for r in dense], "o-", label="merge + prune + split + duplicate")
@@ -92,7 +103,7 @@ def write(section: str, page: Path):
     text = page.read_text() if page.exists() else "# Performance\n"
     block = f"{BEGIN}\n{section}\n{END}"
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     page.write_text(text)
@@ -105,7 +116,12 @@ def main():
     args = parser.parse_args()
     start, load_before = time.perf_counter(), os.getloadavg()
     au = run("projector.py", "--backends", "auto", "reference")
-    grid = [row for atoms in ATOMS for pixels in PIXELS for row in run("projector.py", "--atoms", atoms, "--pixels", pixels, "--backends", "auto")]
+    grid = [
+        row
+        for atoms in ATOMS
+        for pixels in PIXELS
+        for row in run("projector.py", "--atoms", atoms, "--pixels", pixels, "--backends", "auto")
+    ]
     dense = [row for count in GAUSSIANS for row in run("density.py", "--gaussians", count)]
     born = [row for radius in RADII for row in run("births.py", "--radius", radius)]
     minutes, load_after = (time.perf_counter() - start) / 60, os.getloadavg()
@@ -114,11 +130,12 @@ def main():
     plot(grid, dense, args.plot)
     machines = sorted({r["machine"] for r in au + grid + dense + born})
     settings = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_SETTINGS if name in os.environ) or "none"
+    figure = args.plot.relative_to(args.page.parent).as_posix()
     section = f"""## Measured by `python benchmarks/run_all.py`
 
-{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes. Machine: {'; '.join(machines)}.
+{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes. Machine: {"; ".join(machines)}.
 Thread settings in the environment: {settings}. Load average (1, 5, 15 min)
-{', '.join(f'{x:.1f}' for x in load_before)} before the run and {', '.join(f'{x:.1f}' for x in load_after)} after it
+{", ".join(f"{x:.1f}" for x in load_before)} before the run and {", ".join(f"{x:.1f}" for x in load_after)} after it
 (other processes shared the cores); every time is the best of several runs.
 
 ### Projector at the Au particle's size
@@ -155,7 +172,7 @@ bare gathers of one view's pixel values at the grid points (`benchmarks/births.p
 
 {births.table(born)}
 
-![scaling: projector time per view against atoms and pixels, density pass against Gaussians]({args.plot.relative_to(args.page.parent).as_posix()})
+![scaling: projector time per view against atoms and pixels, density pass against Gaussians]({figure})
 """
     write(section, args.page)
     print(f"wrote {args.page} and {args.plot} in {minutes:.1f} minutes")

@@ -37,6 +37,21 @@ if __name__ == "__main__":
         structure = Path(tmp) / "PtNi_octahedron.xyz"
         ase.io.write(structure, demo_structure())
         raise SystemExit(
-            simulate([str(structure), "--tilt=-90:90:3", "--output", args.output, "--pixel-size", "0.25",
-                      "--probe-sigma", "0.5", "--noise-sigma", "50", "--seed", "0", "--overwrite"])
+            simulate(
+                [
+                    str(structure),
+                    "--tilt=-90:90:3",
+                    "--output",
+                    args.output,
+                    "--pixel-size",
+                    "0.25",
+                    "--probe-sigma",
+                    "0.5",
+                    "--noise-sigma",
+                    "50",
+                    "--seed",
+                    "0",
+                    "--overwrite",
+                ]
+            )
         )

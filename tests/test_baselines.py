@@ -39,8 +39,14 @@ def project(angles, tilt_axis_angle=0.0, shifts=None, positions=None):
     rot = torch.from_numpy(view_rotations(angles, tilt_axis_angle))
     off = torch.zeros(len(angles), 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts)
     out = project_isotropic(
-        torch.from_numpy(positions), torch.full((k,), SIGMA, dtype=torch.float64),
-        torch.from_numpy(WEIGHTS[:k]), rot, off, P, H, W,
+        torch.from_numpy(positions),
+        torch.full((k,), SIGMA, dtype=torch.float64),
+        torch.from_numpy(WEIGHTS[:k]),
+        rot,
+        off,
+        P,
+        H,
+        W,
     )
     return out.numpy().astype(np.float32)
 

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from atomsplat.cli.benchmark import CONFIGS, main, preset_path
@@ -19,9 +18,12 @@ def test_presets_in_configs_load():
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{", "not a valid preset"), ('{"particles": ["gold"]}', "unknown particles"),
-     ('{"particles": ["pd"], "colour": 1}', "not a valid preset"),
-     ('{"particles": ["pd"], "schemes": {"x": "10:0:5"}}', "tilt scheme 'x'")],
+    [
+        ("{", "not a valid preset"),
+        ('{"particles": ["gold"]}', "unknown particles"),
+        ('{"particles": ["pd"], "colour": 1}', "not a valid preset"),
+        ('{"particles": ["pd"], "schemes": {"x": "10:0:5"}}', "tilt scheme 'x'"),
+    ],
 )
 def test_bad_presets_name_the_file_and_problem(tmp_path, content, message):
     path = tmp_path / "preset.json"
@@ -33,8 +35,19 @@ def test_bad_presets_name_the_file_and_problem(tmp_path, content, message):
 
 def test_results_markdown_tables_and_means():
     rows = [
-        {"particle": p, "scheme": "wedge", "tilt": "-70:70:3", "method": m, "n_true": 100, "tpr": tpr, "fpr": fpr,
-         "rmse": 0.05, "species_accuracy": None, "ssim": 0.8, "seconds": 12.0}
+        {
+            "particle": p,
+            "scheme": "wedge",
+            "tilt": "-70:70:3",
+            "method": m,
+            "n_true": 100,
+            "tpr": tpr,
+            "fpr": fpr,
+            "rmse": 0.05,
+            "species_accuracy": None,
+            "ssim": 0.8,
+            "seconds": 12.0,
+        }
         for p, m, tpr, fpr in [("pd", "atomsplat", 1.0, 0.0), ("hea", "atomsplat", 0.9, 0.1), ("pd", "fbp", 0.8, 0.2)]
     ]
     text = results_markdown({"machine": "test machine", "rows": rows, "ablation": []})
@@ -57,8 +70,17 @@ def test_cli_refuses_to_overwrite_results(tmp_path, capsys):
 def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
     """The whole chain on the quick FePt particle in the missing wedge: every method, the table,
     the figures; atomsplat finds the atoms and tells Fe from Pt. Run again, it keeps every result."""
-    command = ["--preset", "quick", "--output", str(tmp_path / "out"), "--particles", "fept",
-               "--schemes", "wedge", "--no-ablation"]
+    command = [
+        "--preset",
+        "quick",
+        "--output",
+        str(tmp_path / "out"),
+        "--particles",
+        "fept",
+        "--schemes",
+        "wedge",
+        "--no-ablation",
+    ]
     assert main(command) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import pdist, squareform
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import pdist, squareform
 
 from atomsplat.model.density import (
     append,
@@ -161,7 +161,9 @@ def test_merge_with_anisotropic_scales_and_unordered_labels():
     w = params["log_weights"].exp()
     for c in range(3):
         members = (labels == c).nonzero().squeeze(1)
-        torch.testing.assert_close(merged["log_scales"][c], (params["log_scales"][members] * w[members, None]).sum(0) / w[members].sum())
+        torch.testing.assert_close(
+            merged["log_scales"][c], (params["log_scales"][members] * w[members, None]).sum(0) / w[members].sum()
+        )
     assert source.tolist() == [-1, -1, -1]
     assert width_of(merged).shape == (3,)
 
@@ -179,7 +181,11 @@ def test_cluster_then_merge_from_numpy_labels():
 
 def test_prune_removes_below_fraction_of_median():
     weights = torch.tensor([1.0, 2.0, 0.29, 4.0, 0.31, 3.0, 0.05], dtype=torch.float64)
-    params = {"positions": torch.randn(7, 3, dtype=torch.float64), "log_weights": weights.log(), "log_sigmas": torch.zeros(7, dtype=torch.float64)}
+    params = {
+        "positions": torch.randn(7, 3, dtype=torch.float64),
+        "log_weights": weights.log(),
+        "log_sigmas": torch.zeros(7, dtype=torch.float64),
+    }
     kept, keep = prune(params, 0.15)  # median weight 1.0: threshold 0.15
     assert keep.tolist() == [0, 1, 2, 3, 4, 5]
     kept, keep = prune(params, 0.3)  # threshold 0.3
@@ -297,10 +303,21 @@ def _model_missing_atoms(tmp_path, missing):
     from atomsplat.sim.structures import random_packing
 
     truth = torch.from_numpy(random_packing(6.0, 0.03, 2.5, np.random.default_rng(3)))
-    sigmas, weights = torch.full((len(truth),), 0.6, dtype=torch.float64), torch.full((len(truth),), 100.0, dtype=torch.float64)
+    sigmas, weights = (
+        torch.full((len(truth),), 0.6, dtype=torch.float64),
+        torch.full((len(truth),), 100.0, dtype=torch.float64),
+    )
     angles = np.arange(-60.0, 61.0, 4.0)
-    stack = project_isotropic_dense(truth, sigmas, weights, torch.from_numpy(view_rotations(angles)),
-                                    torch.zeros(len(angles), 2, dtype=torch.float64), 0.25, 64, 64)
+    stack = project_isotropic_dense(
+        truth,
+        sigmas,
+        weights,
+        torch.from_numpy(view_rotations(angles)),
+        torch.zeros(len(angles), 2, dtype=torch.float64),
+        0.25,
+        64,
+        64,
+    )
     series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25)
     write_tilt_series(tmp_path / "series", series, ground_truth=Atoms(["Pt"] * len(truth), positions=truth.numpy()))
     outputs = TomographyDataParserConfig(data=tmp_path / "series").setup().get_dataparser_outputs("train")

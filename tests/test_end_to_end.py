@@ -17,9 +17,9 @@ import torch
 
 from atomsplat.analysis.matching import evaluate
 from atomsplat.cli.demo import main as demo_main
-from atomsplat.training import train
 from atomsplat.data.dataparser import bundled_demo_path
 from atomsplat.export import atoms_from_model, load_model
+from atomsplat.training import train
 
 STEPS = 1000
 
@@ -67,8 +67,16 @@ def test_viewer_perspective_camera_renders(demo_run):
 
     _, model = demo_run
     c2w = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, -3.0], [0.0, 1.0, 0.0, 0.0]])[None]
-    camera = Cameras(camera_to_worlds=c2w, fx=200.0, fy=200.0, cx=64.0, cy=48.0, width=128, height=96,
-                     camera_type=CameraType.PERSPECTIVE)
+    camera = Cameras(
+        camera_to_worlds=c2w,
+        fx=200.0,
+        fy=200.0,
+        cx=64.0,
+        cy=48.0,
+        width=128,
+        height=96,
+        camera_type=CameraType.PERSPECTIVE,
+    )
     out = model.get_outputs_for_camera(camera)
     assert out["rgb"].shape == (96, 128, 3) and out["depth"].shape == (96, 128, 1)
     assert float(out["rgb"].min()) >= 0.0 and float(out["rgb"].max()) <= 1.0
@@ -104,8 +112,9 @@ def _abtem_series_by_hand(directory, atoms, angles, pixel_size, size):
         # x = ix * p from its cell corner: move the detector origin to ((W/2 - 0.5) p, (H/2 - 0.5) p)
         view.positions += ((size / 2 - 0.5) * pixel_size, (size / 2 - 0.5) * pixel_size, 15.0)
         view.cell = (size * pixel_size, size * pixel_size, 30.0)
-        potential = abtem.Potential(view, gpts=(size, size), slice_thickness=30.0, projection="infinite",
-                                    parametrization="lobato")
+        potential = abtem.Potential(
+            view, gpts=(size, size), slice_thickness=30.0, projection="infinite", parametrization="lobato"
+        )
         image = potential.build(lazy=False).project().array.T  # abTEM is (x, y): rows must run along y
         images.append(gaussian_filter(image, 0.5 / pixel_size, mode="constant"))
     stack = np.asarray(images, dtype=np.float32)
@@ -153,8 +162,12 @@ def test_ablation_methods_train(tmp_path, method):
 
 
 def test_ns_train_knows_the_methods():
-    result = subprocess.run([sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--help"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tomography" in result.stdout or "atomsplat" in result.stdout
 
@@ -164,9 +177,24 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path):
     import signal
     import time
 
-    command = [sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--data", str(bundled_demo_path()),
-               "--output-dir", str(tmp_path / "a"), "--max-num-iterations", "100000", "--steps-per-save", "40",
-               "--vis", "tensorboard", "--timestamp", "run"]
+    command = [
+        sys.executable,
+        "-m",
+        "nerfstudio.scripts.train",
+        "atomsplat",
+        "--data",
+        str(bundled_demo_path()),
+        "--output-dir",
+        str(tmp_path / "a"),
+        "--max-num-iterations",
+        "100000",
+        "--steps-per-save",
+        "40",
+        "--vis",
+        "tensorboard",
+        "--timestamp",
+        "run",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -189,27 +217,32 @@ def test_misaligned_series_on_a_background_is_recovered(tmp_path):
     """Unknown shifts of up to 2 pixels and a background ramp of 10 % of the maximum: with
     ``refine_shifts`` and a plane background learned jointly, the atoms are found and the shifts
     are recovered (up to the rigid translation that the atoms take instead)."""
+    from atomsplat.data.tiltseries import write_tilt_series
     from atomsplat.geometry import view_rotations
     from atomsplat.model.corrections import gauge_basis, shift_error
     from atomsplat.sim.simulate import center_structure, simulate_tilt_series
-    from atomsplat.data.tiltseries import write_tilt_series
 
     truth = center_structure(ase.io.read(bundled_demo_path() / "ground_truth.xyz"))
     angles = np.arange(-90.0, 90.0, 4.0)
-    series = simulate_tilt_series(truth, angles, noise_sigma=50.0, misalignment=2.0, background_ramp=0.1, progress=False)
+    series = simulate_tilt_series(
+        truth, angles, noise_sigma=50.0, misalignment=2.0, background_ramp=0.1, progress=False
+    )
     write_tilt_series(tmp_path / "spoilt", series, ground_truth=truth)
     # The corrections alone: births (on by default) trade atoms against the plane on this small series,
     # so that its slopes land anywhere from 6.3 to 10.9 against the bound of 7.6 from run to run
     # (rounding that depends on memory layout, amplified by training); open work, see README.
-    model, _ = load_model(train(tmp_path / "spoilt", 1000, tmp_path / "runs", refine_shifts=True, background_degree=1,
-                                birth_every=0))
+    model, _ = load_model(
+        train(tmp_path / "spoilt", 1000, tmp_path / "runs", refine_shifts=True, background_degree=1, birth_every=0)
+    )
     report = evaluate(atoms_from_model(model).positions, truth.positions)
     print(report.summary())
     assert report.tpr >= 0.95
     assert report.fpr <= 0.05
     basis = gauge_basis(torch.from_numpy(view_rotations(angles)).float())
     true_shifts = torch.tensor(series.extra["simulation"]["misalignment_shifts"], dtype=torch.float32)
-    assert shift_error(model.view_params["view_shifts"].detach(), true_shifts, basis) < 0.05  # A; misaligned up to 0.5 A
+    assert (
+        shift_error(model.view_params["view_shifts"].detach(), true_shifts, basis) < 0.05
+    )  # A; misaligned up to 0.5 A
     background = model.view_params["background"].detach() * model.display_top
     expected = torch.tensor(series.extra["simulation"]["background_coefficients"], dtype=torch.float32)
     assert float((background - expected).abs().max()) < 0.05 * float(expected[:, 0].max())

@@ -106,9 +106,16 @@ def test_mrc_pixel_size_sources_and_precedence(tmp_path):
         with pytest.raises(TiltSeriesError, match=r"tilt\.mrc: no pixel size.*placeholder.*pixel_size.*metadata\.json"):
             read_tilt_series(path)
         assert read_tilt_series(path, pixel_size=0.33).pixel_size == 0.33
-    (tmp_path / METADATA).write_text(json.dumps({"pixel_size": 0.27, "tilt_axis_angle": 4.0, "elements": ["Pt"], "note": 1}))
+    (tmp_path / METADATA).write_text(
+        json.dumps({"pixel_size": 0.27, "tilt_axis_angle": 4.0, "elements": ["Pt"], "note": 1})
+    )
     series = read_tilt_series(path)
-    assert (series.pixel_size, series.tilt_axis_angle, series.elements, series.extra) == (0.27, 4.0, ["Pt"], {"note": 1})
+    assert (series.pixel_size, series.tilt_axis_angle, series.elements, series.extra) == (
+        0.27,
+        4.0,
+        ["Pt"],
+        {"note": 1},
+    )
     # the header's own pixel size, when set; metadata.json wins over it (with a warning if they differ)
     path = write_mrc(tmp_path / "tilt.mrc", data, voxel_size=0.5)
     with pytest.warns(UserWarning, match=r"metadata\.json: pixel_size 0\.27 A differs from the voxel size 0\.5 A"):
@@ -133,7 +140,9 @@ def test_mrc_angle_file_choice(tmp_path):
 
 def test_mrc_missing_angle_file(tmp_path):
     path = write_mrc(tmp_path / "tilt.st", counts(), voxel_size=0.5, angles=None)
-    with pytest.raises(TiltSeriesError, match=r"tilt\.st: no tilt angles: expected tilt\.rawtlt or tilt\.tlt beside it"):
+    with pytest.raises(
+        TiltSeriesError, match=r"tilt\.st: no tilt angles: expected tilt\.rawtlt or tilt\.tlt beside it"
+    ):
         read_tilt_series(path)
 
 
@@ -162,7 +171,9 @@ def test_mrc_nan_values(tmp_path):
     data = counts().astype(np.float32)
     data[4, 2, 3] = np.nan
     path = write_mrc(tmp_path / "tilt.mrc", data, voxel_size=0.5)
-    with pytest.raises(TiltSeriesError, match=r"tilt\.mrc: projections contain 1 NaN or infinite values \(pages \[4\]\)"):
+    with pytest.raises(
+        TiltSeriesError, match=r"tilt\.mrc: projections contain 1 NaN or infinite values \(pages \[4\]\)"
+    ):
         read_tilt_series(path)
 
 
@@ -182,13 +193,17 @@ def test_mrc_refuses_8_bit_data(tmp_path):
 @pytest.mark.parametrize("voxel_size", [1e-10, 0.004, 35.0, -0.5])
 def test_mrc_absurd_header_pixel_size(tmp_path, voxel_size):
     path = write_mrc(tmp_path / "tilt.mrc", counts(), voxel_size=voxel_size)
-    with pytest.raises(TiltSeriesError, match=r"tilt\.mrc: the voxel size in the MRC header: pixel_size must be a number of Angstrom"):
+    with pytest.raises(
+        TiltSeriesError, match=r"tilt\.mrc: the voxel size in the MRC header: pixel_size must be a number of Angstrom"
+    ):
         read_tilt_series(path)
 
 
 def test_absurd_pixel_size_override(tmp_path):
     path = write_mrc(tmp_path / "tilt.mrc", counts(), voxel_size=0.5)
-    with pytest.raises(TiltSeriesError, match=r"tilt\.mrc: the pixel_size override: pixel_size must be a number of Angstrom"):
+    with pytest.raises(
+        TiltSeriesError, match=r"tilt\.mrc: the pixel_size override: pixel_size must be a number of Angstrom"
+    ):
         read_tilt_series(path, pixel_size=250.0)
 
 
@@ -223,8 +238,16 @@ def write_paper_layout(directory, projections, thetas, offsets=None, pixel_size=
         offset = (0.0, 0.0) if offsets is None else offsets[k]
         frames.append({"file_path": name, "transform_matrix": paper_camera_to_world(theta, offset).tolist()})
     n, height, width = projections.shape
-    transforms = {"camera_model": "ORTHOPHOTO", "fl_x": width, "fl_y": height, "cx": width / 2, "cy": height / 2,
-                  "w": width, "h": height, "frames": frames}
+    transforms = {
+        "camera_model": "ORTHOPHOTO",
+        "fl_x": width,
+        "fl_y": height,
+        "cx": width / 2,
+        "cy": height / 2,
+        "w": width,
+        "h": height,
+        "frames": frames,
+    }
     (directory / TRANSFORMS).write_text(json.dumps(transforms, indent=2))
     if pixel_size is not None:
         (directory / METADATA).write_text(json.dumps({"pixel_size": pixel_size, "elements": ["Au"]}))
@@ -256,9 +279,12 @@ def render_through_nerfstudio(c2w, centres, sigma, width, height, oversample=4):
     of nerfstudio ORTHOPHOTO cameras with the paper's intrinsics (fl_x = W, fl_y = H, centred)."""
     cameras = Cameras(
         camera_to_worlds=torch.from_numpy(c2w[:, :3, :4]).float(),
-        fx=float(width * oversample), fy=float(height * oversample),
-        cx=width * oversample / 2.0, cy=height * oversample / 2.0,
-        width=width * oversample, height=height * oversample,
+        fx=float(width * oversample),
+        fy=float(height * oversample),
+        cx=width * oversample / 2.0,
+        cy=height * oversample / 2.0,
+        width=width * oversample,
+        height=height * oversample,
         camera_type=CameraType.ORTHOPHOTO,
     )
     images = []
@@ -297,7 +323,9 @@ def test_paper_view_is_our_view_of_minus_theta(tmp_path):
     sample = centres @ SCENE_TO_SAMPLE.T * width * pixel  # A
 
     def ours(angles):
-        image = project(sample, angles, shifts=series.shifts, pixel=pixel, shape=(height, width), sigma=sigma * width * pixel)
+        image = project(
+            sample, angles, shifts=series.shifts, pixel=pixel, shape=(height, width), sigma=sigma * width * pixel
+        )
         return 256.0 * image / image.max()
 
     # 8-bit truncation (< 1) and pixel means of 4 x 4 samples against exact pixel integrals
@@ -312,7 +340,9 @@ def test_transforms_frame_not_a_tilt_about_x(tmp_path):
     c2w[:3, :3] = Rotation.from_euler("zyx", (15.0, 0.0, -80.0), degrees=True).as_matrix()
     transforms["frames"][1]["transform_matrix"] = c2w.tolist()
     (directory / TRANSFORMS).write_text(json.dumps(transforms))
-    with pytest.raises(TiltSeriesError, match=r"transforms\.json: frame 1 \(images/frame_00001\.png\): .*not a tilt about the x axis"):
+    with pytest.raises(
+        TiltSeriesError, match=r"transforms\.json: frame 1 \(images/frame_00001\.png\): .*not a tilt about the x axis"
+    ):
         read_tilt_series(directory)
     transforms["frames"][1]["transform_matrix"] = (2 * c2w).tolist()
     (directory / TRANSFORMS).write_text(json.dumps(transforms))
@@ -326,8 +356,11 @@ def test_transforms_frame_not_a_tilt_about_x(tmp_path):
 
 def test_transforms_needs_a_pixel_size(tmp_path):
     directory = write_paper_layout(tmp_path / "paper", np.ones((3, 4, 4)), [-10.0, 0.0, 10.0])
-    with pytest.raises(TiltSeriesError, match=r"transforms\.json: no pixel size: this layout does not store it.*"
-                                              r"\{\"pixel_size\": 0\.25\} in metadata\.json.*pixel-size"):
+    with pytest.raises(
+        TiltSeriesError,
+        match=r"transforms\.json: no pixel size: this layout does not store it.*"
+        r"\{\"pixel_size\": 0\.25\} in metadata\.json.*pixel-size",
+    ):
         read_tilt_series(directory)
     assert read_tilt_series(directory, pixel_size=0.2).pixel_size == 0.2
     (directory / METADATA).write_text(json.dumps({"pixel_size": 0.3, "tilt_axis_angle": 90}))
@@ -350,7 +383,9 @@ def test_transforms_bad_images(tmp_path):
     with pytest.raises(TiltSeriesError, match=r"frame_00001\.png: image mode RGBA"):
         read_tilt_series(directory)
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(frame)
-    with pytest.raises(TiltSeriesError, match=r"frame 1 \(images/frame_00001\.png\): image of 4 x 5 pixels, the first frame's is 4 x 4"):
+    with pytest.raises(
+        TiltSeriesError, match=r"frame 1 \(images/frame_00001\.png\): image of 4 x 5 pixels, the first frame's is 4 x 4"
+    ):
         read_tilt_series(directory)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(frame)
     frame.write_bytes(frame.read_bytes()[:60])  # truncated
@@ -368,7 +403,10 @@ def test_transforms_bad_file(tmp_path):
         ({"camera_model": "OPENCV"}, r"camera_model is 'OPENCV'; .*ORTHOPHOTO"),
         ({"frames": []}, r"no \"frames\""),
         ({"cx": 1.0}, r"\"cx\" is 1\.0 but the images are 4 x 4 pixels"),
-        ({"frames": [{"file_path": "images/frame_00000.png"}]}, r"frame 0 needs a \"file_path\" and a \"transform_matrix\""),
+        (
+            {"frames": [{"file_path": "images/frame_00000.png"}]},
+            r"frame 0 needs a \"file_path\" and a \"transform_matrix\"",
+        ),
     ]:
         (directory / TRANSFORMS).write_text(json.dumps({**transforms, **change}))
         with pytest.raises(TiltSeriesError, match=r"transforms\.json: " + message):
@@ -383,17 +421,23 @@ def test_transforms_bad_file(tmp_path):
 
 def test_reader_dispatch(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(TiltSeriesError, match=r"notes\.txt: not a tilt series: .*MRC stack \(\.mrc, \.mrcs, \.st, \.ali, \.preali\)"):
+    with pytest.raises(
+        TiltSeriesError, match=r"notes\.txt: not a tilt series: .*MRC stack \(\.mrc, \.mrcs, \.st, \.ali, \.preali\)"
+    ):
         read_tilt_series(tmp_path / "notes.txt")
     with pytest.raises(TiltSeriesError, match=r"nowhere: no such file or directory"):
         read_tilt_series(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TiltSeriesError, match=r"projections\.tif: missing \(a dataset directory holds .*transforms\.json"):
+    with pytest.raises(
+        TiltSeriesError, match=r"projections\.tif: missing \(a dataset directory holds .*transforms\.json"
+    ):
         read_tilt_series(tmp_path / "empty")
     # a directory with both layouts is read from its float32 stack
     both = write_paper_layout(tmp_path / "both", np.ones((2, 4, 4)), [0.0, 10.0], pixel_size=0.3)
     (both / METADATA).unlink()
-    write_tilt_series(both, TiltSeries(projections=np.full((2, 4, 4), 7.5, np.float32), tilt_angles=[0.0, 10.0], pixel_size=0.4))
+    write_tilt_series(
+        both, TiltSeries(projections=np.full((2, 4, 4), 7.5, np.float32), tilt_angles=[0.0, 10.0], pixel_size=0.4)
+    )
     series = read_tilt_series(both)
     assert series.source == both / PROJECTIONS and series.images is None
     np.testing.assert_array_equal(series.projections, 7.5)
@@ -443,21 +487,32 @@ def test_tilt_axis_check_gives_no_verdict_on_noise_or_flat_series():
 def test_reader_warns_about_a_wrong_tilt_axis(tmp_path):
     """A series tilted about the detector y axis but declared about x (tilt_axis_angle 0)."""
     angles = np.arange(-70.0, 71.0, 10.0)
-    truth = TiltSeries(projections=noisy_series(90.0, angles).astype(np.float32), tilt_angles=angles, pixel_size=0.5,
-                       tilt_axis_angle=90.0)
+    truth = TiltSeries(
+        projections=noisy_series(90.0, angles).astype(np.float32),
+        tilt_angles=angles,
+        pixel_size=0.5,
+        tilt_axis_angle=90.0,
+    )
     right = write_tilt_series(tmp_path / "right", truth)
-    wrong = write_tilt_series(tmp_path / "wrong", TiltSeries(projections=truth.projections, tilt_angles=angles, pixel_size=0.5))
+    wrong = write_tilt_series(
+        tmp_path / "wrong", TiltSeries(projections=truth.projections, tilt_angles=angles, pixel_size=0.5)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", TiltAxisWarning)
         read_tilt_series(right)
-    message = r"wrong/projections\.tif: the projections look tilted about the detector axis at 90 degrees, not about the declared tilt axis \(tilt_axis_angle 0 degrees\)"
+    message = (
+        r"wrong/projections\.tif: the projections look tilted about the detector axis at 90 degrees, "
+        r"not about the declared tilt axis \(tilt_axis_angle 0 degrees\)"
+    )
     with pytest.warns(TiltAxisWarning, match=message):
         read_tilt_series(wrong)
     with pytest.warns(TiltAxisWarning, match=message):  # the DataParser reads through the same reader
         TomographyDataParserConfig(data=wrong).setup().get_dataparser_outputs("train")
     # an MRC stack of the same series, with its axis declared beside it or not
     (tmp_path / "mrc").mkdir()
-    stack = write_mrc(tmp_path / "mrc" / "tilt.ali", truth.projections, voxel_size=0.5, angles=angles, angle_suffix=".tlt")
+    stack = write_mrc(
+        tmp_path / "mrc" / "tilt.ali", truth.projections, voxel_size=0.5, angles=angles, angle_suffix=".tlt"
+    )
     with pytest.warns(TiltAxisWarning, match=r"tilt\.ali: .*detector axis at 90 degrees"):
         read_tilt_series(stack)
     (tmp_path / "mrc" / METADATA).write_text(json.dumps({"tilt_axis_angle": 90.0}))
@@ -468,7 +523,9 @@ def test_reader_warns_about_a_wrong_tilt_axis(tmp_path):
 
 def test_tiff_rule_for_non_float_data_is_unchanged(tmp_path):
     """MRC integers are converted; a TIFF stack of integers is still refused."""
-    directory = write_tilt_series(tmp_path / "d", TiltSeries(projections=np.ones((2, 4, 4), np.float32), tilt_angles=[0.0, 5.0], pixel_size=0.5))
+    directory = write_tilt_series(
+        tmp_path / "d", TiltSeries(projections=np.ones((2, 4, 4), np.float32), tilt_angles=[0.0, 5.0], pixel_size=0.5)
+    )
     tifffile.imwrite(directory / PROJECTIONS, np.ones((2, 4, 4), np.uint16))
     with pytest.raises(TiltSeriesError, match=r"/d: projections must be floating point \(float32\), got uint16"):
         read_tilt_series(directory)

@@ -129,7 +129,9 @@ def test_views_from_camera_to_worlds_inverts_orthophoto_camera_to_worlds():
 
 
 def test_camera_rotation_is_proper():
-    c2w = orthophoto_camera_to_worlds(torch.from_numpy(view_rotations(ANGLES, 50.0)), torch.zeros(len(ANGLES), 2, dtype=torch.float64), 2.0)
+    c2w = orthophoto_camera_to_worlds(
+        torch.from_numpy(view_rotations(ANGLES, 50.0)), torch.zeros(len(ANGLES), 2, dtype=torch.float64), 2.0
+    )
     rot = c2w[:, :, :3]
     torch.testing.assert_close(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(len(ANGLES), 3, 3))
     torch.testing.assert_close(torch.linalg.det(rot), torch.ones(len(ANGLES), dtype=torch.float64))

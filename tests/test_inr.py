@@ -21,8 +21,14 @@ WEIGHTS = np.array([10.0, 7.0, 9.0, 6.0])
 
 def series():
     out = project_isotropic(
-        torch.from_numpy(ATOMS), torch.full((4,), 0.6, dtype=torch.float64), torch.from_numpy(WEIGHTS),
-        torch.from_numpy(view_rotations(ANGLES)), torch.zeros(len(ANGLES), 2, dtype=torch.float64), P, SIZE, SIZE,
+        torch.from_numpy(ATOMS),
+        torch.full((4,), 0.6, dtype=torch.float64),
+        torch.from_numpy(WEIGHTS),
+        torch.from_numpy(view_rotations(ANGLES)),
+        torch.zeros(len(ANGLES), 2, dtype=torch.float64),
+        P,
+        SIZE,
+        SIZE,
     )
     return out.numpy().astype(np.float32)
 

@@ -22,7 +22,7 @@ def _atoms_volume(shape=(24, 22, 20), count=12, sigma=0.9, seed=0):
 
 def _brute_force_ssim(t, r, sigma=1.5, k1=0.01, k2=0.03):
     """Wang et al.'s SSIM with an explicit 11^3 Gaussian window at every voxel it fits around."""
-    g = np.exp(-np.arange(-5, 6) ** 2 / (2 * sigma**2))
+    g = np.exp(-(np.arange(-5, 6) ** 2) / (2 * sigma**2))
     g /= g.sum()
     w = g[:, None, None] * g[None, :, None] * g[None, None, :]
     c1, c2 = k1**2, k2**2  # t and r on the scale of a truth in [0, 1]

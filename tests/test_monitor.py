@@ -70,8 +70,15 @@ def test_with_a_viser_server_the_monitor_draws(model):
         # what nerfstudio's viewer does: install the elements it finds, then set up the controls
         found = [element for _, element in parse_object(model, ViewerElement, "Custom Elements")]
         monitor = model.monitor
-        assert {monitor.atoms, monitor.colour, monitor.counts, monitor.height, monitor.slice, monitor.tilt,
-                monitor.view} <= set(found)
+        assert {
+            monitor.atoms,
+            monitor.colour,
+            monitor.counts,
+            monitor.height,
+            monitor.slice,
+            monitor.tilt,
+            monitor.view,
+        } <= set(found)
         for element in found:
             element.install(server)
         monitor.control._setup(SimpleNamespace(viser_server=server, train_lock=None))
@@ -87,8 +94,14 @@ def test_with_a_viser_server_the_monitor_draws(model):
         p = series.pixel_size
         slice_image = _image(monitor.slice.content)
         factor = slice_image.shape[1] // width
-        layer = voxelize(model.positions.detach(), model.sigmas.detach(), model.weights.detach(),
-                         (-width * p / 2, -height * p / 2, -p / 2), (width, height, 1), p)[:, :, 0].T
+        layer = voxelize(
+            model.positions.detach(),
+            model.sigmas.detach(),
+            model.weights.detach(),
+            (-width * p / 2, -height * p / 2, -p / 2),
+            (width, height, 1),
+            p,
+        )[:, :, 0].T
         brightest = np.unravel_index(int(layer.argmax()), layer.shape)
         assert slice_image.shape[:2] == (height * factor, width * factor)
         assert slice_image[brightest[0] * factor, brightest[1] * factor].sum() == slice_image.sum(axis=2).max()
@@ -109,12 +122,30 @@ def test_with_a_viser_server_the_monitor_draws(model):
 
         # a density pass and the logged loss reach the table; the loss writer leaves with training
         callbacks = monitor.training_callbacks(TrainingCallbackAttributes(None, None, None, None))
-        monitor.refined({"step": 200, "before": 310, "merged": 7, "pruned": 2, "split": 4, "born": 3, "after": 308,
-                         "tpr": 0.5, "fpr": 0.25})
+        monitor.refined(
+            {
+                "step": 200,
+                "before": 310,
+                "merged": 7,
+                "pruned": 2,
+                "split": 4,
+                "born": 3,
+                "after": 308,
+                "tpr": 0.5,
+                "fpr": 0.25,
+            }
+        )
         writer.put_scalar("Train Loss", torch.tensor(12.5), 210)
         writer.write_out_storage()
-        for row in ("| density pass | step 200 |", "| atoms | 308 |", "| merged | 7 |", "| born | 3 |", "| TPR | 0.500 |",
-                    "| FPR | 0.250 |", "| loss | 12.5 (step 210) |"):
+        for row in (
+            "| density pass | step 200 |",
+            "| atoms | 308 |",
+            "| merged | 7 |",
+            "| born | 3 |",
+            "| TPR | 0.500 |",
+            "| FPR | 0.250 |",
+            "| loss | 12.5 (step 210) |",
+        ):
             assert row in monitor.counts.content
         for callback in callbacks:
             callback.run_callback_at_location(210, TrainingCallbackLocation.AFTER_TRAIN)
@@ -142,6 +173,6 @@ def test_colours_and_width_groups():
     assert colours.dtype == np.uint8 and colours.shape == (3, 3)
     assert tuple(colours[0]) == (68, 1, 84) and tuple(colours[2]) == (253, 231, 37)  # viridis' ends
     assert np.all(weight_colours(np.array([2.0, 2.0])) == weight_colours(np.array([1.0, 2.0]))[0])
-    groups = width_groups(np.array([0.5, 0.5 * 2 ** 0.5, 1.0, 0.99]))
+    groups = width_groups(np.array([0.5, 0.5 * 2**0.5, 1.0, 0.99]))
     assert groups.tolist() == [0, 2, 3, 3]
     assert width_groups(np.array([0.6, 0.6])).tolist() == [0, 0]

@@ -61,8 +61,12 @@ def test_moving_an_atom_one_voxel_moves_the_volume_one_voxel():
         step = np.zeros(3)
         step[axis] = VOXEL
         after = potential_volume(Atoms("Au", positions=[position + step]), VOXEL, SHAPE)
-        np.testing.assert_allclose(np.roll(before, 1, axis=axis)[1:-1, 1:-1, 1:-1], after[1:-1, 1:-1, 1:-1],
-                                   rtol=1e-5, atol=1e-6 * before.max())
+        np.testing.assert_allclose(
+            np.roll(before, 1, axis=axis)[1:-1, 1:-1, 1:-1],
+            after[1:-1, 1:-1, 1:-1],
+            rtol=1e-5,
+            atol=1e-6 * before.max(),
+        )
 
 
 def test_a_sub_grid_holds_the_same_values_and_outside_atoms_add_their_tails():

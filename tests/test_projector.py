@@ -20,8 +20,18 @@ from atomsplat.render.projector import (
 F64 = torch.float64
 
 
-def problem(atoms=30, angles=(-60.0, -13.0, 0.0, 37.0, 71.0), axis=17.0, pixel=0.4, height=40, width=56,
-            sigma_range=(0.3, 1.5), extent=0.35, seed=0, dtype=F64):
+def problem(
+    atoms=30,
+    angles=(-60.0, -13.0, 0.0, 37.0, 71.0),
+    axis=17.0,
+    pixel=0.4,
+    height=40,
+    width=56,
+    sigma_range=(0.3, 1.5),
+    extent=0.35,
+    seed=0,
+    dtype=F64,
+):
     """Random atoms inside the field of view, views with a rotated tilt axis and non-zero offsets."""
     gen = torch.Generator().manual_seed(seed)
     half = extent * min(height, width) * pixel
@@ -151,7 +161,9 @@ def test_oracle_matches_brute_force_line_integrals(sigma_in_pixels):
         for dx, dy in det:
             jc, ic = int(dx // pixel + width / 2), int(dy // pixel + height / 2)
             pixels |= {(ic, jc), (ic + 1, jc), (ic, jc - 1), (ic - 1, jc + 1), (ic + 2, jc - 2)}
-        brute = np.array([brute_force_pixel(means, sigmas, weights, rot, shift, pixel, height, width, i, j) for i, j in pixels])
+        brute = np.array(
+            [brute_force_pixel(means, sigmas, weights, rot, shift, pixel, height, width, i, j) for i, j in pixels]
+        )
         ours = np.array([image[v, i, j] for i, j in pixels])
         assert brute.max() > 0.2 * (weights / (2 * np.pi * sigmas**2)).min()  # the pixels hold real signal
         err = np.abs(ours - brute).max() / brute.max()
@@ -345,9 +357,15 @@ def test_anisotropic_mass_and_second_moments():
         expected_centre = rot[v, :2] @ mean[0] + off[v]
         assert torch.allclose(torch.stack([cx, cy]), expected_centre, atol=1e-6)
         dx, dy = gx - cx, gy - cy
-        moments = torch.stack(
-            [torch.stack([(img * dx * dx).sum(), (img * dx * dy).sum()]), torch.stack([(img * dx * dy).sum(), (img * dy * dy).sum()])]
-        ) / img.sum()
+        moments = (
+            torch.stack(
+                [
+                    torch.stack([(img * dx * dx).sum(), (img * dx * dy).sum()]),
+                    torch.stack([(img * dx * dy).sum(), (img * dy * dy).sum()]),
+                ]
+            )
+            / img.sum()
+        )
         expected = (rot[v] @ cov @ rot[v].T)[:2, :2] + torch.eye(2, dtype=F64) * pixel**2 / 12
         assert torch.allclose(moments, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     # the default +-4 sigma window conserves mass to the truncation bound
@@ -359,8 +377,9 @@ def test_anisotropic_mixed_widths_use_several_windows_and_still_match():
     """Narrow and wide Gaussians get windows of their own size; the image equals that of one
     window wide enough for all of them, to the truncation bound of the default window."""
     means, _, weights, rot, off, p, h, w = problem(atoms=12, height=64, width=60, seed=12)
-    cov = torch.stack([rotated_covariance(scales, seed=s) for s, scales in
-                       enumerate([[0.3, 0.4, 0.35]] * 6 + [[0.9, 1.4, 1.1]] * 6)])
+    cov = torch.stack(
+        [rotated_covariance(scales, seed=s) for s, scales in enumerate([[0.3, 0.4, 0.35]] * 6 + [[0.9, 1.4, 1.1]] * 6)]
+    )
     grouped = project_anisotropic(means, cov, weights, rot, off, p, h, w)
     wide = project_anisotropic(means, cov, weights, rot, off, p, h, w, window=9.0)
     assert (grouped - wide).abs().max() < 2e-4 * wide.max()
@@ -399,7 +418,9 @@ def test_float32_matches_float64():
 
 def _good():
     means, sigmas, weights, rot, off, p, h, w = problem(atoms=4, angles=(0.0, 30.0), height=8, width=8)
-    return dict(means=means, sigmas=sigmas, weights=weights, rotations=rot, offsets=off, pixel_size=p, height=h, width=w)
+    return dict(
+        means=means, sigmas=sigmas, weights=weights, rotations=rot, offsets=off, pixel_size=p, height=h, width=w
+    )
 
 
 @pytest.mark.parametrize(

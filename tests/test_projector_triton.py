@@ -136,8 +136,12 @@ if __name__ == "__main__":  # the interpreted run (TRITON_INTERPRET=1 set by the
 
     from atomsplat.render import projector_triton
 
-    print(json.dumps({
-        "interpreted": isinstance(projector_triton._add_kernel, InterpretedFunction),
-        "float64": compare(torch.float64, seed=0),
-        "float32": compare(torch.float32, seed=1),
-    }))
+    print(
+        json.dumps(
+            {
+                "interpreted": isinstance(projector_triton._add_kernel, InterpretedFunction),
+                "float64": compare(torch.float64, seed=0),
+                "float32": compare(torch.float32, seed=1),
+            }
+        )
+    )

@@ -15,7 +15,15 @@ P = 0.25
 # A small Pt/Au cluster well inside a 32 x 32 A field of view at every tilt.
 CLUSTER = Atoms(
     "Pt4Au3",
-    positions=[(0, 0, 0), (2.8, 0, 0), (0, 2.8, 0), (0, 0, 2.8), (-2.0, -2.0, 1.0), (1.5, -2.5, -2.0), (-1.0, 2.0, -2.5)],
+    positions=[
+        (0, 0, 0),
+        (2.8, 0, 0),
+        (0, 2.8, 0),
+        (0, 0, 2.8),
+        (-2.0, -2.0, 1.0),
+        (1.5, -2.5, -2.0),
+        (-1.0, 2.0, -2.5),
+    ],
 )
 
 
@@ -29,7 +37,9 @@ def centroids(projections):
     _, h, w = projections.shape
     x, y = geometry.pixel_centers(w, P), geometry.pixel_centers(h, P)
     total = projections.sum(axis=(1, 2))
-    return np.stack([(projections * x).sum(axis=(1, 2)) / total, (projections * y[:, None]).sum(axis=(1, 2)) / total], -1)
+    return np.stack(
+        [(projections * x).sum(axis=(1, 2)) / total, (projections * y[:, None]).sum(axis=(1, 2)) / total], -1
+    )
 
 
 def test_rotate_to_view_matches_view_rotations():

@@ -19,8 +19,8 @@ from atomsplat.data.tiltseries import (
     PROJECTIONS,
     TiltSeries,
     TiltSeriesError,
-    parse_tilt_scheme,
     ground_truth_path,
+    parse_tilt_scheme,
     read_tilt_series,
     write_tilt_series,
 )
@@ -75,8 +75,11 @@ def test_round_trip_minimal(tmp_path):
 
 
 def test_single_page_stack_reads_as_one_projection(tmp_path):
-    back = read_tilt_series(write_tilt_series(tmp_path / "d", make_series(projections=np.ones((1, 4, 5), np.float32),
-                                                                             tilt_angles=[3.0], shifts=None)))
+    back = read_tilt_series(
+        write_tilt_series(
+            tmp_path / "d", make_series(projections=np.ones((1, 4, 5), np.float32), tilt_angles=[3.0], shifts=None)
+        )
+    )
     assert back.shape == (1, 4, 5)
 
 
@@ -265,8 +268,22 @@ def test_parse_tilt_scheme():
     np.testing.assert_array_equal(parse_tilt_scheme("5:5:1"), [5.0])
 
 
-@pytest.mark.parametrize("text", ["", "-70:70", "-70:70:3:1", "a:b:c", "-70:70:0", "-70:70:-3", "70:-70:3",
-                                  "0:inf:1", "nan:10:1", "0:10:nan", "-70,70,3"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "-70:70",
+        "-70:70:3:1",
+        "a:b:c",
+        "-70:70:0",
+        "-70:70:-3",
+        "70:-70:3",
+        "0:inf:1",
+        "nan:10:1",
+        "0:10:nan",
+        "-70,70,3",
+    ],
+)
 def test_parse_tilt_scheme_rejects_bad_strings(text):
     with pytest.raises(ValueError, match="tilt scheme"):
         parse_tilt_scheme(text)

@@ -48,6 +48,7 @@ def training(tmp_path):
     # far more steps than the test lasts: training is alive throughout
     config = training_config(bundled_demo_path(), 20000, tmp_path / "runs", vis="viewer")
     from nerfstudio.utils import writer  # after the methods: nerfstudio imports in an order that works
+
     config.viewer.websocket_port = _free_port()
     config.set_timestamp()
     config.save_config()
@@ -90,8 +91,16 @@ def test_viewer_shows_atoms_and_projections(training, tmp_path):
             str(tmp_path / "chromium-profile"),
             executable_path=str(CHROMIUM),
             headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
             viewport=VIEWPORT,
         )
         try:

@@ -32,8 +32,15 @@ def test_single_gaussian_matches_brute_force_integral(sigma):
     """Mean density of each voxel from 24^3 midpoint samples of the 3D Gaussian inside it."""
     centre = np.array([0.13, -0.21, 0.37])
     voxel, weight, shape, origin = 0.4, 3.0, (6, 6, 6), np.array([-1.2, -1.2, -1.2])
-    volume = voxelize(torch.tensor(centre)[None], torch.tensor([sigma], dtype=torch.float64),
-                      torch.tensor([weight], dtype=torch.float64), origin, shape, voxel, window=8.0).numpy()
+    volume = voxelize(
+        torch.tensor(centre)[None],
+        torch.tensor([sigma], dtype=torch.float64),
+        torch.tensor([weight], dtype=torch.float64),
+        origin,
+        shape,
+        voxel,
+        window=8.0,
+    ).numpy()
     sub = 24
     offsets = (np.arange(sub) + 0.5) / sub * voxel
     expected = np.empty(shape)

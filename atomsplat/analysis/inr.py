@@ -137,8 +137,11 @@ class _Project(torch.autograd.Function):
 def _torch_csr(a) -> torch.Tensor:
     """A scipy CSR matrix as a torch sparse CSR tensor (sharing nothing)."""
     return torch.sparse_csr_tensor(
-        torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64)),
-        torch.from_numpy(a.data.astype(np.float32)), size=a.shape, check_invariants=False,
+        torch.from_numpy(a.indptr.astype(np.int64)),
+        torch.from_numpy(a.indices.astype(np.int64)),
+        torch.from_numpy(a.data.astype(np.float32)),
+        size=a.shape,
+        check_invariants=False,
     )
 
 

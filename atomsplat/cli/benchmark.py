@@ -27,8 +27,9 @@ def preset_path(name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="atomsplat-benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="atomsplat-benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="quick", help="quick, full, or a preset file (default: %(default)s)")
     parser.add_argument("--output", type=Path, required=True, help="results directory to write")
     parser.add_argument("--work", type=Path, help="simulated data and training runs (default: OUTPUT/work)")
@@ -45,9 +46,11 @@ def main(argv=None) -> int:
         preset = load_preset(preset_path(args.preset))
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    for name, chosen, available in (("particles", args.particles, preset.particles),
-                                     ("schemes", args.schemes, list(preset.schemes)),
-                                     ("methods", args.methods, list(preset.methods))):
+    for name, chosen, available in (
+        ("particles", args.particles, preset.particles),
+        ("schemes", args.schemes, list(preset.schemes)),
+        ("methods", args.methods, list(preset.methods)),
+    ):
         if chosen and set(chosen) - set(available):
             parser.error(f"--{name}: {sorted(set(chosen) - set(available))} not in the preset ({available})")
     if args.particles:
@@ -59,9 +62,14 @@ def main(argv=None) -> int:
     if args.no_ablation:
         preset.ablation = None
     previous = args.output / "results.json"
-    if previous.exists() and not args.overwrite and json.loads(previous.read_text()).get("preset") != json.loads(
-            json.dumps(asdict(preset))):
-        parser.error(f"{args.output} already holds results of other settings; choose another --output or pass --overwrite")
+    if (
+        previous.exists()
+        and not args.overwrite
+        and json.loads(previous.read_text()).get("preset") != json.loads(json.dumps(asdict(preset)))
+    ):
+        parser.error(
+            f"{args.output} already holds results of other settings; choose another --output or pass --overwrite"
+        )
     results = run_comparison(preset, args.output, args.work or args.output / "work")
     print((args.output / "results.md").read_text())
     print(f"results: {args.output / 'results.md'}, figures: {args.output / 'figures'}")

@@ -21,18 +21,29 @@ from atomsplat.training import train
 def main(argv=None) -> int:
     from atomsplat.data.dataparser import bundled_demo_path
 
-    parser = argparse.ArgumentParser(prog="atomsplat-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data", type=Path, default=bundled_demo_path(),
-        help="dataset directory (projections.tif or the paper's transforms.json) or MRC stack (default: the bundled Pt-Ni particle)",
+    parser = argparse.ArgumentParser(
+        prog="atomsplat-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--pixel-size", type=float, metavar="A",
+        "--data",
+        type=Path,
+        default=bundled_demo_path(),
+        help="dataset directory (projections.tif or the paper's transforms.json) or MRC stack "
+        "(default: the bundled Pt-Ni particle)",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="A",
         help="detector pixel size in A, overriding metadata.json and the MRC header (needed where neither gives it)",
     )
     parser.add_argument("--steps", type=int, default=2000, help="training steps (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where runs are written (default: %(default)s)")
-    parser.add_argument("--max-distance", type=float, default=0.75, help="matching distance for evaluation, A (default: %(default)s)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("outputs"), help="where runs are written (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-distance", type=float, default=0.75, help="matching distance for evaluation, A (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     from atomsplat.analysis.matching import evaluate
@@ -57,7 +68,8 @@ def main(argv=None) -> int:
         truth = ase.io.read(truth_path)
         labelled = set(atoms.get_chemical_symbols()) != {"X"}
         report = evaluate(
-            atoms.positions, truth.positions,
+            atoms.positions,
+            truth.positions,
             atoms.get_chemical_symbols() if labelled else None,
             truth.get_chemical_symbols() if labelled else None,
             args.max_distance,

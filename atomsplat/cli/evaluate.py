@@ -1,6 +1,6 @@
 """``atomsplat-eval``: compare identified atoms with the true atoms.
 
-    atomsplat-eval PRED.xyz TRUE.xyz [--max-distance 0.75] [--json OUT.json]
+atomsplat-eval PRED.xyz TRUE.xyz [--max-distance 0.75] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         type=float,
         default=PAPER_MAX_DISTANCE,
         metavar="A",
-        help="largest distance in A at which an identified atom finds a true atom (default: %(default)s, as in the paper)",
+        help="largest distance in A at which an identified atom finds a true atom "
+        "(default: %(default)s, as in the paper)",
     )
     parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON here")
     args = parser.parse_args(argv)

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     print(f"{len(atoms)} atoms from step {step} written to {args.output}")
     if corrections:
         sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
-        print(f"learned per-projection corrections ({', '.join(k for k in ('shifts', 'background') if k in corrections)}) written to {sidecar}")
+        learned = ", ".join(k for k in ("shifts", "background") if k in corrections)
+        print(f"learned per-projection corrections ({learned}) written to {sidecar}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """``atomsplat-simulate``: simulate a tilt-series dataset of an atomic structure with abTEM.
 
-    atomsplat-simulate STRUCTURE --tilt=-70:70:3 --output DIR [--pixel-size 0.25]
-        [--probe-sigma 0.5] [--noise-sigma 50 | --dose D] [--seed 0] [--shape H W]
-        [--tilt-axis-angle 0] [--overwrite]
+atomsplat-simulate STRUCTURE --tilt=-70:70:3 --output DIR [--pixel-size 0.25]
+    [--probe-sigma 0.5] [--noise-sigma 50 | --dose D] [--seed 0] [--shape H W]
+    [--tilt-axis-angle 0] [--overwrite]
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def main(argv=None) -> int:
             "directory holds the projections, angles, metadata and the centred atoms as ground truth."
         ),
     )
-    parser.add_argument("structure", help="atomic structure, any file ase.io.read reads (e.g. .xyz, .cif); positions in A")
+    parser.add_argument(
+        "structure", help="atomic structure, any file ase.io.read reads (e.g. .xyz, .cif); positions in A"
+    )
     parser.add_argument(
         "--tilt",
         required=True,
@@ -39,16 +41,23 @@ def main(argv=None) -> int:
         help="tilt angles in degrees from START to STOP (included) in steps of STEP, e.g. -70:70:3",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="dataset directory to write")
-    parser.add_argument("--pixel-size", type=float, default=0.25, metavar="A", help="pixel size in A (default: %(default)s)")
     parser.add_argument(
-        "--probe-sigma", type=float, default=0.5, metavar="A", help="Gaussian probe standard deviation in A, 0 for none (default: %(default)s)"
+        "--pixel-size", type=float, default=0.25, metavar="A", help="pixel size in A (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--probe-sigma",
+        type=float,
+        default=0.5,
+        metavar="A",
+        help="Gaussian probe standard deviation in A, 0 for none (default: %(default)s)",
     )
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument(
         "--noise-sigma",
         type=float,
         metavar="VA",
-        help=f"standard deviation of additive Gaussian noise in V A (default: {PAPER_NOISE_SIGMA:g}, as in the paper; 0 for none)",
+        help=f"standard deviation of additive Gaussian noise in V A (default: {PAPER_NOISE_SIGMA:g}, "
+        "as in the paper; 0 for none)",
     )
     noise.add_argument(
         "--dose",
@@ -62,14 +71,16 @@ def main(argv=None) -> int:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="projection size in pixels (default: the cell's y and x extent, or a square holding the structure at every tilt)",
+        help="projection size in pixels (default: the cell's y and x extent, "
+        "or a square holding the structure at every tilt)",
     )
     parser.add_argument(
         "--tilt-axis-angle",
         type=float,
         default=0.0,
         metavar="DEG",
-        help="in-plane angle of the tilt axis from the detector x axis, counter-clockwise, degrees (default: %(default)s)",
+        help="in-plane angle of the tilt axis from the detector x axis, counter-clockwise, degrees "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--misalign",
@@ -109,7 +120,9 @@ def main(argv=None) -> int:
     except FileExistsError as err:
         parser.exit(2, f"atomsplat-simulate: error: {err} (--overwrite)\n")
     atoms = center_structure(atoms)
-    noise_sigma = args.noise_sigma if args.noise_sigma is not None else (0.0 if args.dose is not None else PAPER_NOISE_SIGMA)
+    noise_sigma = (
+        args.noise_sigma if args.noise_sigma is not None else (0.0 if args.dose is not None else PAPER_NOISE_SIGMA)
+    )
     try:
         series = simulate_tilt_series(
             atoms,

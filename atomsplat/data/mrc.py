@@ -128,5 +128,11 @@ def read_mrc_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
             f"{path}: no pixel size: the voxel size in the MRC header is unset (0, or the placeholder 1.0 A); "
             f"{PIXEL_SIZE_HINT} (beside the stack: {meta_path})"
         )
-    return build_series(path, projections=stack, tilt_angles=angles, pixel_size=pixel_size,
-                        **metadata_fields(meta, meta_path), source=path)
+    return build_series(
+        path,
+        projections=stack,
+        tilt_angles=angles,
+        pixel_size=pixel_size,
+        **metadata_fields(meta, meta_path),
+        source=path,
+    )

@@ -142,7 +142,9 @@ def validate(series: TiltSeries, where: str) -> None:
         raise TiltSeriesError(f"{where}: tilt_axis_angle must be finite, got {series.tilt_axis_angle!r}")
     if series.shifts is not None:
         if series.shifts.shape != (n, 2) or not np.all(np.isfinite(series.shifts)):
-            raise TiltSeriesError(f"{where}: shifts must be {n} finite pairs [x, y] in A, got shape {series.shifts.shape}")
+            raise TiltSeriesError(
+                f"{where}: shifts must be {n} finite pairs [x, y] in A, got shape {series.shifts.shape}"
+            )
 
 
 def check_pixel_size(value, where: str) -> float:
@@ -199,7 +201,7 @@ def read_metadata(path: Path, optional: bool = False) -> dict:
         if optional:
             return {}
         raise TiltSeriesError(
-            f"{path}: missing (it must give at least the pixel size, e.g. {{\"pixel_size\": 0.25}}, "
+            f'{path}: missing (it must give at least the pixel size, e.g. {{"pixel_size": 0.25}}, '
             "unless an override gives it)"
         ) from err
     except (OSError, ValueError) as err:
@@ -215,7 +217,7 @@ def metadata_number(meta: dict, key: str, path: Path, default=None) -> float:
     try:
         return float(value)
     except (TypeError, ValueError) as err:
-        raise TiltSeriesError(f"{path}: \"{key}\" must be a number, got {value!r}") from err
+        raise TiltSeriesError(f'{path}: "{key}" must be a number, got {value!r}') from err
 
 
 def metadata_fields(meta: dict, path: Path) -> dict:
@@ -224,7 +226,7 @@ def metadata_fields(meta: dict, path: Path) -> dict:
     try:
         shifts = None if meta.get("shifts") is None else np.asarray(meta["shifts"], dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TiltSeriesError(f"{path}: \"shifts\" must be a list of [x, y] pairs in A") from err
+        raise TiltSeriesError(f'{path}: "shifts" must be a list of [x, y] pairs in A') from err
     known = {"pixel_size", "tilt_axis_angle", "shifts", "elements"}
     return dict(
         tilt_axis_angle=metadata_number(meta, "tilt_axis_angle", path, 0.0),
@@ -260,13 +262,14 @@ def read_tiff_dataset(directory, pixel_size: Optional[float] = None) -> TiltSeri
     meta = read_metadata(directory / METADATA, optional=pixel_size is not None)
     if pixel_size is None and "pixel_size" not in meta:
         raise TiltSeriesError(
-            f"{directory / METADATA}: no \"pixel_size\" (detector pixel size in Angstrom) given; {PIXEL_SIZE_HINT}"
+            f'{directory / METADATA}: no "pixel_size" (detector pixel size in Angstrom) given; {PIXEL_SIZE_HINT}'
         )
     stack = read_projections(directory / PROJECTIONS)
     angles = read_angles(directory / ANGLES)
     if len(angles) != len(stack):
         raise TiltSeriesError(
-            f"{directory / ANGLES}: {len(angles)} tilt angles, but {directory / PROJECTIONS} holds {len(stack)} projections"
+            f"{directory / ANGLES}: {len(angles)} tilt angles, "
+            f"but {directory / PROJECTIONS} holds {len(stack)} projections"
         )
     if pixel_size is None:
         pixel_size = metadata_number(meta, "pixel_size", directory / METADATA)
@@ -330,7 +333,9 @@ def check_writable(directory, overwrite: bool = False) -> None:
     directory = Path(directory)
     existing = [n for n in (PROJECTIONS, ANGLES, METADATA, GROUND_TRUTH) if (directory / n).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{directory}: already holds {', '.join(existing)}; choose another output or pass overwrite")
+        raise FileExistsError(
+            f"{directory}: already holds {', '.join(existing)}; choose another output or pass overwrite"
+        )
 
 
 def write_tilt_series(directory, series: TiltSeries, ground_truth=None, overwrite: bool = False) -> Path:

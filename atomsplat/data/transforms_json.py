@@ -115,13 +115,13 @@ def check_intrinsics(transforms: dict, shape, path: Path, need_focal: bool):
         for key, expected in (("w", width), ("h", height), ("cx", width / 2.0), ("cy", height / 2.0)):
             if key in transforms and abs(float(transforms[key]) - expected) > 1e-6:
                 raise TiltSeriesError(
-                    f"{path}: \"{key}\" is {transforms[key]!r} but the images are {width} x {height} pixels "
+                    f'{path}: "{key}" is {transforms[key]!r} but the images are {width} x {height} pixels '
                     f"(expected {expected:g}: the principal point at the image centre)"
                 )
         if not need_focal:
             return None
         if "fl_x" not in transforms or "fl_y" not in transforms:
-            raise TiltSeriesError(f"{path}: frames are shifted off the viewing axis, which needs \"fl_x\" and \"fl_y\"")
+            raise TiltSeriesError(f'{path}: frames are shifted off the viewing axis, which needs "fl_x" and "fl_y"')
         return np.array([float(transforms["fl_x"]), float(transforms["fl_y"])])
     except (TypeError, ValueError) as err:
         raise TiltSeriesError(f"{path}: camera intrinsics must be numbers ({err})") from None
@@ -145,16 +145,18 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
     model = transforms.get("camera_model")
     if model != "ORTHOPHOTO":
         raise TiltSeriesError(
-            f"{path}: camera_model is {model!r}; a tilt series in this layout has \"camera_model\": \"ORTHOPHOTO\""
+            f'{path}: camera_model is {model!r}; a tilt series in this layout has "camera_model": "ORTHOPHOTO"'
         )
     frames = transforms.get("frames")
     if not isinstance(frames, list) or not frames:
-        raise TiltSeriesError(f"{path}: no \"frames\"")
+        raise TiltSeriesError(f'{path}: no "frames"')
     meta_path = directory / METADATA
     meta = read_metadata(meta_path, optional=True)
     for key in ("tilt_axis_angle", "shifts"):
         if key in meta:
-            raise TiltSeriesError(f"{meta_path}: \"{key}\" is not used with {path.name}: its transform matrices give the views")
+            raise TiltSeriesError(
+                f'{meta_path}: "{key}" is not used with {path.name}: its transform matrices give the views'
+            )
     if pixel_size is not None:
         pixel_size = check_pixel_size(pixel_size, f"{path}: the pixel_size override")
     elif "pixel_size" in meta:
@@ -167,8 +169,12 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
 
     images, projections, angles, shifts = [], [], [], []
     for k, frame in enumerate(frames):
-        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str) or "transform_matrix" not in frame:
-            raise TiltSeriesError(f"{path}: frame {k} needs a \"file_path\" and a \"transform_matrix\"")
+        if (
+            not isinstance(frame, dict)
+            or not isinstance(frame.get("file_path"), str)
+            or "transform_matrix" not in frame
+        ):
+            raise TiltSeriesError(f'{path}: frame {k} needs a "file_path" and a "transform_matrix"')
         where = f"{path}: frame {k} ({frame['file_path']})"
         try:
             angle, shift = view_of_frame(frame["transform_matrix"])
@@ -177,8 +183,10 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
         image_path = directory / frame["file_path"]
         image = read_frame_image(image_path)
         if projections and image.shape != projections[0].shape:
-            raise TiltSeriesError(f"{where}: image of {image.shape[1]} x {image.shape[0]} pixels, the first frame's is "
-                                  f"{projections[0].shape[1]} x {projections[0].shape[0]}")
+            raise TiltSeriesError(
+                f"{where}: image of {image.shape[1]} x {image.shape[0]} pixels, the first frame's is "
+                f"{projections[0].shape[1]} x {projections[0].shape[0]}"
+            )
         images.append(image_path)
         projections.append(image)
         angles.append(angle)

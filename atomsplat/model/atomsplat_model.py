@@ -135,7 +135,9 @@ class AtomSplatModel(SplatfactoModel):
         self._setup_corrections(series, stack)
         signal = stack
         if "background" in self.view_params:
-            signal = signal - self.display_top * corrections.background(self.view_params["background"].detach(), self._background_basis)
+            signal = signal - self.display_top * corrections.background(
+                self.view_params["background"].detach(), self._background_basis
+            )
         positions = initial_positions(series, signal, self.config, self.generator)
         mass = float(signal.sum(dim=(1, 2)).mean()) * series.pixel_size**2
         log_weight = math.log(max(mass, 1e-12) / len(positions))
@@ -147,7 +149,9 @@ class AtomSplatModel(SplatfactoModel):
             params["log_sigmas"] = torch.full((len(positions),), math.log(self.config.init_sigma))
         else:
             params["log_scales"] = torch.full((len(positions), 3), math.log(self.config.init_sigma))
-            params["quats"] = torch.nn.functional.normalize(torch.randn(len(positions), 4, generator=self.generator), dim=1)
+            params["quats"] = torch.nn.functional.normalize(
+                torch.randn(len(positions), 4, generator=self.generator), dim=1
+            )
         self.gauss_params = torch.nn.ParameterDict({k: Parameter(v) for k, v in params.items()})
         self.background_color = torch.zeros(3)
         self.crop_box = None
@@ -247,9 +251,15 @@ class AtomSplatModel(SplatfactoModel):
         w, x, y, z = q.unbind(1)
         rot = torch.stack(
             [
-                1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+                1 - 2 * (y * y + z * z),
+                2 * (x * y - w * z),
+                2 * (x * z + w * y),
+                2 * (x * y + w * z),
+                1 - 2 * (x * x + z * z),
+                2 * (y * z - w * x),
+                2 * (x * z - w * y),
+                2 * (y * z + w * x),
+                1 - 2 * (x * x + y * y),
             ],
             dim=1,
         ).view(-1, 3, 3)
@@ -285,7 +295,10 @@ class AtomSplatModel(SplatfactoModel):
         else:
             pixel = float(c2w[0, :, 3].norm()) / (fx * self.scale)
         centre = torch.stack(
-            [cameras.width.reshape(-1) / 2.0 - cameras.cx.reshape(-1), cameras.height.reshape(-1) / 2.0 - cameras.cy.reshape(-1)],
+            [
+                cameras.width.reshape(-1) / 2.0 - cameras.cx.reshape(-1),
+                cameras.height.reshape(-1) / 2.0 - cameras.cy.reshape(-1),
+            ],
             dim=-1,
         )
         return rotations, shifts / self.scale - centre.to(shifts) * pixel, pixel
@@ -298,7 +311,15 @@ class AtomSplatModel(SplatfactoModel):
                 self.positions, self.sigmas, weights, rotations, offsets, pixel_size, height, width, self.config.window
             )
         return project_anisotropic(
-            self.positions, self.covariances(), weights, rotations, offsets, pixel_size, height, width, self.config.window
+            self.positions,
+            self.covariances(),
+            weights,
+            rotations,
+            offsets,
+            pixel_size,
+            height,
+            width,
+            self.config.window,
         )
 
     def get_outputs(self, camera: Cameras) -> Dict[str, torch.Tensor]:
@@ -325,7 +346,9 @@ class AtomSplatModel(SplatfactoModel):
         of the whole series: known shifts, plus the learned ones when enabled."""
         series = self.kwargs["metadata"]["tilt_series"]
         chosen = indices.cpu().numpy()
-        rotations = torch.from_numpy(view_rotations(series.tilt_angles[chosen], series.tilt_axis_angle)).to(self.positions)
+        rotations = torch.from_numpy(view_rotations(series.tilt_angles[chosen], series.tilt_axis_angle)).to(
+            self.positions
+        )
         offsets = torch.from_numpy(series.shifts_or_zeros()[chosen]).to(self.positions)
         if "view_shifts" in self.view_params:
             offsets = offsets + self.view_params["view_shifts"][indices]
@@ -372,7 +395,9 @@ class AtomSplatModel(SplatfactoModel):
         pad = self.config.merge_distance
         shape, points = density.grid_points(positions.min(0) - pad, positions.max(0) + pad, self.config.birth_spacing)
         rotations, offsets = self._series_views(indices)
-        score = backproject_points(residual, rotations, offsets, series.pixel_size, torch.from_numpy(points).to(residual))
+        score = backproject_points(
+            residual, rotations, offsets, series.pixel_size, torch.from_numpy(points).to(residual)
+        )
         score = score.cpu().numpy().reshape(shape)
         peaks = self.weights / (2.0 * math.pi * self.sigmas**2)
         noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
@@ -403,7 +428,12 @@ class AtomSplatModel(SplatfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
         loss = data_loss(
-            outputs["projection"], target, self.config.loss, 1e-3 * self.display_top, self.config.gain, self.config.read_noise
+            outputs["projection"],
+            target,
+            self.config.loss,
+            1e-3 * self.display_top,
+            self.config.gain,
+            self.config.read_noise,
         )
         return {self.config.loss: loss}
 
@@ -432,7 +462,9 @@ class AtomSplatModel(SplatfactoModel):
         if attributes.trainer is not None:
             self.max_steps = attributes.trainer.config.max_num_iterations
         return [
-            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_step, args=[attributes.optimizers]),
+            TrainingCallback(
+                [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_step, args=[attributes.optimizers]
+            ),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step),
             *self.monitor.training_callbacks(attributes),
         ]
@@ -524,16 +556,29 @@ class AtomSplatModel(SplatfactoModel):
         born = 0
         if residual is not None:
             score, points, threshold = residual
-            found = density.residual_peaks(score, points, threshold, self.config.merge_distance,
-                                           self.config.birth_spacing, params["positions"].cpu().numpy())
+            found = density.residual_peaks(
+                score,
+                points,
+                threshold,
+                self.config.merge_distance,
+                self.config.birth_spacing,
+                params["positions"].cpu().numpy(),
+            )
             # The weight that explains the residual's peak with a Gaussian of the median width.
             area = 2.0 * math.pi * float(density.width_of(params).median()) ** 2
             log_weights = torch.from_numpy(np.log(score.reshape(-1)[found] * area))
             params, new_source = density.append(params, torch.from_numpy(points[found]), log_weights)
             source, born = _follow(source, new_source, -1), len(found)
         self._replace(params, source)
-        record = {"step": self.step, "before": count_before, "merged": merged, "pruned": pruned,
-                  "split": duplicated, "born": born, "after": self.num_points}
+        record = {
+            "step": self.step,
+            "before": count_before,
+            "merged": merged,
+            "pruned": pruned,
+            "split": duplicated,
+            "born": born,
+            "after": self.num_points,
+        }
         if self._truth is not None:
             report = evaluate(self.positions.cpu().numpy(), self._truth)
             record.update(tpr=report.tpr, fpr=report.fpr)
@@ -589,7 +634,9 @@ def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:
     return out
 
 
-def initial_positions(series, signal: torch.Tensor, config: AtomSplatModelConfig, generator: torch.Generator) -> torch.Tensor:
+def initial_positions(
+    series, signal: torch.Tensor, config: AtomSplatModelConfig, generator: torch.Generator
+) -> torch.Tensor:
     """(K, 3) random initial positions, A, sample frame, from the projections ``signal`` (N, H, W)
     of the atoms (the series less any fitted background).
 
@@ -608,7 +655,9 @@ def initial_positions(series, signal: torch.Tensor, config: AtomSplatModelConfig
     level = config.hull_threshold * float(stack.max())
 
     def sphere(count):
-        direction = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=1)
+        direction = torch.nn.functional.normalize(
+            torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=1
+        )
         return direction * radius * torch.rand(count, 1, generator=generator, dtype=torch.float64) ** (1.0 / 3.0)
 
     def in_hull(points):

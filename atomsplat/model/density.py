@@ -13,8 +13,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
 from scipy.ndimage import maximum_filter
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -50,7 +50,9 @@ def close_pairs(positions: np.ndarray, distance: float, neighbours: int, neighbo
     return np.concatenate(parts)
 
 
-def cluster_labels(positions: np.ndarray, distance: float, neighbours: int = 20, neighbours_above: int = 10000) -> np.ndarray:
+def cluster_labels(
+    positions: np.ndarray, distance: float, neighbours: int = 20, neighbours_above: int = 10000
+) -> np.ndarray:
     """Label (K,) of each Gaussian's cluster: connected components of the "closer than distance" graph."""
     count = len(positions)
     pairs = close_pairs(positions, distance, neighbours, neighbours_above)
@@ -73,7 +75,9 @@ def merge(params: Params, labels: torch.Tensor, mode: str = "weighted") -> Tuple
     """
     count = int(labels.max()) + 1 if len(labels) else 0
     weights = params["log_weights"].exp()
-    sizes = torch.zeros(count, dtype=weights.dtype, device=weights.device).index_add_(0, labels, torch.ones_like(weights))
+    sizes = torch.zeros(count, dtype=weights.dtype, device=weights.device).index_add_(
+        0, labels, torch.ones_like(weights)
+    )
     if mode == "weighted":
         share = weights
     elif mode == "mean":
@@ -103,7 +107,9 @@ def prune(params: Params, fraction: float) -> Tuple[Params, torch.Tensor]:
     return {name: values[keep] for name, values in params.items()}, keep
 
 
-def duplicate(params: Params, chosen: torch.Tensor, offset: torch.Tensor, generator: torch.Generator = None) -> Tuple[Params, torch.Tensor]:
+def duplicate(
+    params: Params, chosen: torch.Tensor, offset: torch.Tensor, generator: torch.Generator = None
+) -> Tuple[Params, torch.Tensor]:
     """Replace each Gaussian in ``chosen`` (long indices) by two copies of half its weight.
 
     The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite random
@@ -113,7 +119,9 @@ def duplicate(params: Params, chosen: torch.Tensor, offset: torch.Tensor, genera
     count = len(params["positions"])
     positions = params["positions"]
     direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
-    step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(-1, 1)
+    step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(
+        -1, 1
+    )
     new = {name: torch.cat([values, values[chosen]]) for name, values in params.items()}
     new["positions"] = torch.cat([positions.index_add(0, chosen, step), positions[chosen] - step])
     halved = new["log_weights"].clone()
@@ -132,8 +140,9 @@ def grid_points(low: np.ndarray, high: np.ndarray, spacing: float) -> Tuple[np.n
     return shape, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-def residual_peaks(score: np.ndarray, points: np.ndarray, threshold: float, min_distance: float, spacing: float,
-                   existing: np.ndarray) -> np.ndarray:
+def residual_peaks(
+    score: np.ndarray, points: np.ndarray, threshold: float, min_distance: float, spacing: float, existing: np.ndarray
+) -> np.ndarray:
     """Indices of the grid points where atoms are missing: local maxima of a back-projected
     residual ``score`` (nx, ny, nz) above ``threshold`` that lie at least ``min_distance`` A from
     every ``existing`` Gaussian (K, 3).
@@ -168,7 +177,9 @@ def append(params: Params, positions: torch.Tensor, log_weights: torch.Tensor) -
         else:
             added = values[template].expand(len(positions), *values.shape[1:])
         new[name] = torch.cat([values, added])
-    source = torch.cat([torch.arange(count, device=positions.device), torch.full((len(positions),), -1, device=positions.device)])
+    source = torch.cat(
+        [torch.arange(count, device=positions.device), torch.full((len(positions),), -1, device=positions.device)]
+    )
     return new, source
 
 

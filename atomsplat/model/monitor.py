@@ -112,7 +112,9 @@ class _LossWriter(writer.Writer):
     def write_scalar_dict(self, name, scalar_dict, step) -> None:
         monitor = self._monitor()
         if monitor is not None and name == "Train Loss Dict":
-            monitor.loss_terms_logged({key: float(torch.as_tensor(value).detach()) for key, value in scalar_dict.items()})
+            monitor.loss_terms_logged(
+                {key: float(torch.as_tensor(value).detach()) for key, value in scalar_dict.items()}
+            )
 
     def write_image(self, name, image, step) -> None:
         pass
@@ -186,18 +188,40 @@ class TrainingMonitor(torch.nn.Module):
         self._watchers = set()  # ids of the connected browsers
         self.control = _MonitorControl(self._viewer_ready)
         # nerfstudio installs the elements in the order of their attribute names.
-        self.atoms = ViewerCheckbox("Show atoms", True, cb_hook=lambda _: self._show_atoms(),
-                                    hint="Atoms as points: diameter = width, colour below")
+        self.atoms = ViewerCheckbox(
+            "Show atoms",
+            True,
+            cb_hook=lambda _: self._show_atoms(),
+            hint="Atoms as points: diameter = width, colour below",
+        )
         options = ("weight", "species") if series.elements else ("weight",)
-        self.colour = ViewerDropdown("Atom colour", "weight", options, cb_hook=lambda _: self.draw_atoms(),
-                                     hint="weight: viridis, light to heavy; species: from the weights")
+        self.colour = ViewerDropdown(
+            "Atom colour",
+            "weight",
+            options,
+            cb_hook=lambda _: self.draw_atoms(),
+            hint="weight: viridis, light to heavy; species: from the weights",
+        )
         self.counts = ViewerMarkdown("counts", "Waiting for the viewer.")
-        self.height = ViewerSlider("Slice height (A)", 0.0, -reach, reach, step=series.pixel_size,
-                                   cb_hook=lambda _: self.draw_slice(),
-                                   hint="z of the one-voxel layer of the potential shown below")
+        self.height = ViewerSlider(
+            "Slice height (A)",
+            0.0,
+            -reach,
+            reach,
+            step=series.pixel_size,
+            cb_hook=lambda _: self.draw_slice(),
+            hint="z of the one-voxel layer of the potential shown below",
+        )
         self.slice = ViewerMarkdown("slice")
-        self.tilt = ViewerSlider("Tilt index", upright, 0, count - 1, step=1, cb_hook=lambda _: self.draw_view(),
-                                 hint="Projection shown below: measured left, rendered right")
+        self.tilt = ViewerSlider(
+            "Tilt index",
+            upright,
+            0,
+            count - 1,
+            step=1,
+            cb_hook=lambda _: self.draw_view(),
+            hint="Projection shown below: measured left, rendered right",
+        )
         self.view = ViewerMarkdown("view")
 
     # ----------------------------------------------------------------------------- hooks
@@ -339,7 +363,9 @@ class TrainingMonitor(torch.nn.Module):
             rows = [("atoms", f"{self._model().num_points}")]
         else:
             header = ("density pass", f"step {record['step']}")
-            rows = [("atoms", f"{record['after']}")] + [(key, f"{record[key]}") for key in ("merged", "pruned", "split", "born") if key in record]
+            rows = [("atoms", f"{record['after']}")] + [
+                (key, f"{record[key]}") for key in ("merged", "pruned", "split", "born") if key in record
+            ]
             rows += [(key.upper(), f"{record[key]:.3f}") for key in ("tpr", "fpr") if key in record]
         if loss is not None:
             rows.append(("loss", f"{loss[1]:.4g} (step {loss[0]})"))
@@ -363,14 +389,13 @@ class TrainingMonitor(torch.nn.Module):
         p = series.pixel_size
         z = float(self.height.value)
         positions, sigmas, weights = model.positions.detach(), model.sigmas.detach(), model.weights.detach()
-        layer = voxelize(positions, sigmas, weights, (-width * p / 2, -height * p / 2, z - p / 2), (width, height, 1), p)
+        layer = voxelize(
+            positions, sigmas, weights, (-width * p / 2, -height * p / 2, z - p / 2), (width, height, 1), p
+        )
         peak = float((weights * (2.0 * np.pi * sigmas**2) ** -1.5).max()) if len(weights) else 0.0
         level = (layer[:, :, 0].T / max(peak, 1e-30)).clamp(0.0, 1.0).cpu().numpy()
         image = (colormaps["inferno"](level)[..., :3] * 255.0 + 0.5).astype(np.uint8)
-        self.slice.content = (
-            f"Potential, z = {z:.2f} A ({p:g} A layer)\n\n"
-            f"![potential slice]({png_data_url(image)})"
-        )
+        self.slice.content = f"Potential, z = {z:.2f} A ({p:g} A layer)\n\n![potential slice]({png_data_url(image)})"
 
     @torch.no_grad()
     def draw_view(self) -> None:
@@ -385,7 +410,9 @@ class TrainingMonitor(torch.nn.Module):
         rendered = model.model_of_projection(k).cpu()
         measured = torch.from_numpy(np.asarray(series.projections[k], dtype=np.float32))
         gap = torch.ones(height, max(1, width // 32), 3)
-        both = torch.cat([display_image(measured, model.display_top), gap, display_image(rendered, model.display_top)], 1)
+        both = torch.cat(
+            [display_image(measured, model.display_top), gap, display_image(rendered, model.display_top)], 1
+        )
         self.view.content = (
             f"Tilt {k} ({float(series.tilt_angles[k]):.1f} deg): measured, rendered\n\n"
             f"![measured and rendered projection]({png_data_url(_to_uint8(both))})"

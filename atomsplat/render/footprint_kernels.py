@@ -91,13 +91,27 @@ class NumbaFootprints:
         """``image`` (V, H, W), contiguous, += each footprint, in place."""
         views = image.shape[0]
         bands = max(1, math.ceil(2 * numba.get_num_threads() / views))
-        _add(image.numpy(), _array(rows.to(image.dtype)), _array(cols.to(image.dtype)), _array(start_y), _array(start_x), bands)
+        _add(
+            image.numpy(),
+            _array(rows.to(image.dtype)),
+            _array(cols.to(image.dtype)),
+            _array(start_y),
+            _array(start_x),
+            bands,
+        )
 
     @staticmethod
     def contract(image, rows, cols, start_y, start_x):
         """(V, k, S) sums along each window's rows and columns (see TorchFootprints.contract)."""
         along_rows = torch.empty_like(rows)
         along_cols = torch.empty_like(cols)
-        _contract(_array(image.to(rows.dtype)), _array(rows), _array(cols), _array(start_y), _array(start_x),
-                  along_rows.numpy(), along_cols.numpy())
+        _contract(
+            _array(image.to(rows.dtype)),
+            _array(rows),
+            _array(cols),
+            _array(start_y),
+            _array(start_x),
+            along_rows.numpy(),
+            along_cols.numpy(),
+        )
         return along_rows, along_cols

@@ -54,8 +54,9 @@ def detector_centres(means: torch.Tensor, rotations: torch.Tensor, offsets: torc
     return torch.einsum("vij,kj->vki", rotations[:, :2, :].to(means.dtype), means) + offsets[:, None, :].to(means.dtype)
 
 
-def backproject_points(images: torch.Tensor, rotations: torch.Tensor, offsets: torch.Tensor, pixel_size: float,
-                       points: torch.Tensor) -> torch.Tensor:
+def backproject_points(
+    images: torch.Tensor, rotations: torch.Tensor, offsets: torch.Tensor, pixel_size: float, points: torch.Tensor
+) -> torch.Tensor:
     """Unfiltered back-projection of ``images`` read at ``points``: (M,) the mean over the V views
     of the value of the pixel that holds each point's detector position.
 
@@ -303,7 +304,8 @@ def _check(means, sigmas, weights, rotations, offsets):
         )
     if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or offsets.shape != (rotations.shape[0], 2):
         raise ValueError(
-            f"projector: rotations (V, 3, 3) and offsets (V, 2) expected, got {tuple(rotations.shape)}, {tuple(offsets.shape)}"
+            "projector: rotations (V, 3, 3) and offsets (V, 2) expected, "
+            f"got {tuple(rotations.shape)}, {tuple(offsets.shape)}"
         )
 
 
@@ -405,7 +407,9 @@ def project_isotropic(
         return centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
     kernels = _kernels(projector_backend(centres.device))
     radii = window_radii(sigmas, pixel_size, window)
-    return _WindowedIsotropic.apply(centres, sigmas, weights, radii, float(pixel_size), int(height), int(width), kernels)
+    return _WindowedIsotropic.apply(
+        centres, sigmas, weights, radii, float(pixel_size), int(height), int(width), kernels
+    )
 
 
 def project_isotropic_dense(means, sigmas, weights, rotations, offsets, pixel_size, height, width) -> torch.Tensor:
@@ -461,12 +465,15 @@ def project_anisotropic(
     radii = window_radii(torch.linalg.eigvalsh(cov2.detach())[..., -1].amax(dim=0).sqrt(), pixel_size, window)
     image = centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
     for radius, group in _radius_groups(radii):
-        image = image + _anisotropic_windows(centres[:, group], cov2[:, group], weights[group], radius,
-                                             pixel_size, height, width)
+        image = image + _anisotropic_windows(
+            centres[:, group], cov2[:, group], weights[group], radius, pixel_size, height, width
+        )
     return image
 
 
-def _anisotropic_windows(centres, cov2, weights, radius: int, pixel_size: float, height: int, width: int) -> torch.Tensor:
+def _anisotropic_windows(
+    centres, cov2, weights, radius: int, pixel_size: float, height: int, width: int
+) -> torch.Tensor:
     """(V, H, W) image of 2D Gaussians of detector centres (V, K, 2), covariances (V, K, 2, 2)
     (pixel variance included) and weights (K,), each point-sampled in a window of radius R."""
     size = 2 * radius + 1

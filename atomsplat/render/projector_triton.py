@@ -48,8 +48,9 @@ def _add_kernel(image, rows, cols, start_y, start_x, count, size, height, width,
 
 
 @triton.jit
-def _contract_kernel(image, rows, cols, start_y, start_x, along_rows, along_cols, count, size, height, width,
-                     BLOCK: tl.constexpr):
+def _contract_kernel(
+    image, rows, cols, start_y, start_x, along_rows, along_cols, count, size, height, width, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0).to(tl.int64)
     view = pid // count
     y0 = tl.load(start_y + pid)
@@ -96,8 +97,16 @@ class TritonFootprints:
         if views * count == 0:
             return
         _add_kernel[(views * count,)](
-            image, rows.to(image.dtype).contiguous(), cols.to(image.dtype).contiguous(),
-            start_y.contiguous(), start_x.contiguous(), count, size, height, width, BLOCK=_block(size),
+            image,
+            rows.to(image.dtype).contiguous(),
+            cols.to(image.dtype).contiguous(),
+            start_y.contiguous(),
+            start_x.contiguous(),
+            count,
+            size,
+            height,
+            width,
+            BLOCK=_block(size),
         )
 
     @staticmethod
@@ -110,7 +119,17 @@ class TritonFootprints:
         if views * count == 0:
             return along_rows, along_cols
         _contract_kernel[(views * count,)](
-            image.to(rows.dtype).contiguous(), rows.contiguous(), cols.contiguous(), start_y.contiguous(),
-            start_x.contiguous(), along_rows, along_cols, count, size, height, width, BLOCK=_block(size),
+            image.to(rows.dtype).contiguous(),
+            rows.contiguous(),
+            cols.contiguous(),
+            start_y.contiguous(),
+            start_x.contiguous(),
+            along_rows,
+            along_cols,
+            count,
+            size,
+            height,
+            width,
+            BLOCK=_block(size),
         )
         return along_rows, along_cols

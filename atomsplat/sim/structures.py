@@ -361,8 +361,12 @@ class Particle:
 
 PARTICLES = {
     "au": Particle(au_particle, {"quick": {"radius": 10.0}, "full": {}}, ("Au",), seeded=False),
-    "au-sphere": Particle(fcc_sphere, {"quick": {"radius": 10.0}, "full": {"radius": 29.0},
-                                       "large": {"radius": 74.0}}, ("Au",), seeded=False),
+    "au-sphere": Particle(
+        fcc_sphere,
+        {"quick": {"radius": 10.0}, "full": {"radius": 29.0}, "large": {"radius": 74.0}},
+        ("Au",),
+        seeded=False,
+    ),
     "fept": Particle(fept_particle, {"quick": {"radius": 10.0, "n_grains": 3}, "full": {}}, ("Fe", "Pt")),
     "pd": Particle(amorphous_pd, {"quick": {"radius": 10.0}, "full": {}}, ("Pd",)),
     "hea": Particle(amorphous_hea, {"quick": {"radius": 10.0}, "full": {}}, ("Ni", "Pd", "Pt")),
