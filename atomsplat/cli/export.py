@@ -7,55 +7,73 @@ A run that learned per-projection shifts or a background also gets ``atoms_corre
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Optional
 
-import ase.io
+import tyro
+from tyro.conf import arg
+
+from atomsplat.cli import TYRO_CONFIG, fail
+
+PROG = "atomsplat-export"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="atomsplat-export",
-        description=(
-            "Write the atoms found by a trained atomsplat run: positions in A in the sample frame "
-            "(the frame of ground_truth.xyz), with per-atom integrated weight and width sigma (A)."
-        ),
-    )
-    parser.add_argument("--load-config", required=True, type=Path, help="the run's config.yml, as printed by ns-train")
-    parser.add_argument("--output", required=True, type=Path, help="extended XYZ file to write")
-    parser.add_argument(
-        "--elements",
-        help="comma-separated species, e.g. Fe,Pt: atoms are labelled by clustering their weights "
-        "(heavier element = larger weight); default: the dataset's metadata 'elements', else X",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    args = parser.parse_args(argv)
-    if args.output.exists() and not args.overwrite:
-        parser.error(f"{args.output} exists; choose another --output or pass --overwrite")
+@dataclass
+class Export:
+    """Write the atoms of a trained atomsplat run as extended XYZ: positions in A in the sample frame (the frame
+    of ground_truth.xyz), per-atom weight and width sigma (A); learned shifts or background go to
+    OUTPUT_corrections.json."""
 
-    from atomsplat.export import atoms_from_model, corrections_from_model, load_model
+    load_config: Annotated[Path, arg(metavar="CONFIG")]
+    """the run's config.yml, as printed by ns-train"""
+    output: Annotated[Path, arg(metavar="OUTPUT.xyz")]
+    """extended XYZ file to write"""
+    elements: Annotated[
+        Optional[str], arg(metavar="A,B", help_behavior_hint="(default: the dataset's metadata 'elements', else X)")
+    ] = None
+    """comma-separated species, e.g. Fe,Pt, assigned by clustering the weights (heavier element = larger weight)"""
+    overwrite: bool = False
+    """replace --output (and its corrections file) if it exists"""
 
-    try:
-        model, step = load_model(args.load_config)
-        elements = args.elements.split(",") if args.elements else None
-        atoms = atoms_from_model(model, elements)
-    except (FileNotFoundError, TypeError, ValueError) as err:
-        parser.error(str(err))
-    corrections = corrections_from_model(model)
-    sidecar = args.output.with_name(args.output.stem + "_corrections.json")
-    if corrections and sidecar.exists() and not args.overwrite:
-        parser.error(f"{sidecar} exists; choose another --output or pass --overwrite")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    ase.io.write(args.output, atoms, format="extxyz")
-    print(f"{len(atoms)} atoms from step {step} written to {args.output}")
-    if corrections:
-        sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
-        learned = ", ".join(k for k in ("shifts", "background") if k in corrections)
-        print(f"learned per-projection corrections ({learned}) written to {sidecar}")
-    return 0
+    def main(self) -> int:
+        """Load the run, write its atoms; bad input stops with a one-line error (exit status 2)."""
+        import ase.io
+
+        from atomsplat.export import atoms_from_model, corrections_from_model, load_model
+
+        if self.output.exists() and not self.overwrite:
+            fail(PROG, f"{self.output} exists; choose another --output or pass --overwrite")
+        try:
+            model, step = load_model(self.load_config)
+            atoms = atoms_from_model(model, self.elements.split(",") if self.elements else None)
+        except (FileNotFoundError, TypeError, ValueError) as err:
+            fail(PROG, str(err))
+        corrections = corrections_from_model(model)
+        sidecar = self.output.with_name(self.output.stem + "_corrections.json")
+        if corrections and sidecar.exists() and not self.overwrite:
+            fail(PROG, f"{sidecar} exists; choose another --output or pass --overwrite")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        ase.io.write(self.output, atoms, format="extxyz")
+        print(f"{len(atoms)} atoms from step {step} written to {self.output}")
+        if corrections:
+            sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
+            learned = ", ".join(k for k in ("shifts", "background") if k in corrections)
+            print(f"learned per-projection corrections ({learned}) written to {sidecar}")
+        return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    return tyro.cli(Export, prog=PROG, args=argv, config=TYRO_CONFIG).main()
 
 
 def entrypoint():
+    """Console script ``atomsplat-export``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
