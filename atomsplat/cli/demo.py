@@ -8,77 +8,88 @@ in one command; it also draws ``report.png`` beside the run's config.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Optional
 
-import ase.io
+import tyro
+from tyro.conf import arg
 
-from atomsplat.training import train
+from atomsplat.analysis.matching import PAPER_MAX_DISTANCE
+from atomsplat.cli import TYRO_CONFIG, fail
+
+PROG = "atomsplat-demo"
 
 
-def main(argv=None) -> int:
-    from atomsplat.data.dataparser import bundled_demo_path
+@dataclass
+class Demo:
+    """Train atomsplat on a tilt series (default: the bundled Pt-Ni particle), then export the atoms, evaluate
+    them against the dataset's ground_truth.xyz if it has one and draw report.png: ns-train atomsplat,
+    atomsplat-export and atomsplat-eval in one command."""
 
-    parser = argparse.ArgumentParser(
-        prog="atomsplat-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=bundled_demo_path(),
-        help="dataset directory (projections.tif or the paper's transforms.json) or MRC stack "
-        "(default: the bundled Pt-Ni particle)",
-    )
-    parser.add_argument(
-        "--pixel-size",
-        type=float,
-        metavar="A",
-        help="detector pixel size in A, overriding metadata.json and the MRC header (needed where neither gives it)",
-    )
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (default: %(default)s)")
-    parser.add_argument(
-        "--output-dir", type=Path, default=Path("outputs"), help="where runs are written (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-distance", type=float, default=0.75, help="matching distance for evaluation, A (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
+    data: Annotated[Optional[Path], arg(metavar="PATH", help_behavior_hint="(default: bundled Pt-Ni particle)")] = None
+    """dataset directory (projections.tif or the paper's transforms.json) or MRC stack"""
+    pixel_size: Annotated[Optional[float], arg(metavar="A", help_behavior_hint="")] = None
+    """detector pixel size in A, overriding metadata.json and the MRC header; needed where neither gives it"""
+    steps: int = 2000
+    """training steps"""
+    output_dir: Annotated[Path, arg(metavar="DIR")] = Path("outputs")
+    """where runs are written"""
+    max_distance: Annotated[float, arg(metavar="A")] = PAPER_MAX_DISTANCE
+    """matching distance for evaluation, A"""
 
-    from atomsplat.analysis.matching import evaluate
-    from atomsplat.data.tiltseries import TiltSeriesError, ground_truth_path, read_tilt_series
-    from atomsplat.export import atoms_from_model, load_model
-    from atomsplat.report import plot_report
+    def main(self) -> int:
+        """Train, export, evaluate and plot; bad input stops with a one-line error (exit status 2)."""
+        import ase.io
 
-    try:
-        read_tilt_series(args.data, pixel_size=args.pixel_size)
-    except TiltSeriesError as err:
-        parser.error(str(err))
-    start = time.perf_counter()
-    config = train(args.data, args.steps, args.output_dir, pixel_size=args.pixel_size)
-    seconds = time.perf_counter() - start
-    model, _ = load_model(config)
-    atoms = atoms_from_model(model)
-    out = config.parent / "atoms.xyz"
-    ase.io.write(out, atoms, format="extxyz")
-    print(f"\n{len(atoms)} atoms written to {out} (training took {seconds:.0f} s)")
-    truth_path = ground_truth_path(args.data)
-    if truth_path is not None:
-        truth = ase.io.read(truth_path)
-        labelled = set(atoms.get_chemical_symbols()) != {"X"}
-        report = evaluate(
-            atoms.positions,
-            truth.positions,
-            atoms.get_chemical_symbols() if labelled else None,
-            truth.get_chemical_symbols() if labelled else None,
-            args.max_distance,
-        )
-        print(report.summary())
-    figure = plot_report(model, atoms, truth_path, config.parent / "report.png")
-    print(f"figure: {figure}")
-    return 0
+        from atomsplat.analysis.matching import evaluate
+        from atomsplat.data.dataparser import bundled_demo_path
+        from atomsplat.data.tiltseries import TiltSeriesError, ground_truth_path, read_tilt_series
+        from atomsplat.export import atoms_from_model, load_model
+        from atomsplat.report import plot_report
+        from atomsplat.training import train
+
+        data = bundled_demo_path() if self.data is None else self.data
+        try:
+            read_tilt_series(data, pixel_size=self.pixel_size)
+        except TiltSeriesError as err:
+            fail(PROG, str(err))
+        start = time.perf_counter()
+        config = train(data, self.steps, self.output_dir, pixel_size=self.pixel_size)
+        seconds = time.perf_counter() - start
+        model, _ = load_model(config)
+        atoms = atoms_from_model(model)
+        out = config.parent / "atoms.xyz"
+        ase.io.write(out, atoms, format="extxyz")
+        print(f"\n{len(atoms)} atoms written to {out} (training took {seconds:.0f} s)")
+        truth_path = ground_truth_path(data)
+        if truth_path is not None:
+            truth = ase.io.read(truth_path)
+            labelled = set(atoms.get_chemical_symbols()) != {"X"}
+            report = evaluate(
+                atoms.positions,
+                truth.positions,
+                atoms.get_chemical_symbols() if labelled else None,
+                truth.get_chemical_symbols() if labelled else None,
+                self.max_distance,
+            )
+            print(report.summary())
+        figure = plot_report(model, atoms, truth_path, config.parent / "report.png")
+        print(f"figure: {figure}")
+        return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    return tyro.cli(Demo, prog=PROG, args=argv, config=TYRO_CONFIG).main()
 
 
 def entrypoint():
+    """Console script ``atomsplat-demo``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
