@@ -32,25 +32,22 @@ def _on_cpu(config):
     return config
 
 
-def atoms_from_model(model, elements: Optional[Sequence[str]] = None, final_pass: bool = True) -> ase.Atoms:
-    """The model's Gaussians as atoms.
+def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Atoms:
+    """The model's atoms (:meth:`AtomSplatModel.atoms`: a run that did not reach its final pass
+    gets the merge-and-prune of one, on a copy); the model is not changed.
 
     Args:
         model: a trained AtomSplatModel.
         elements: species to label atoms with, by clustering their weights (heavier element =
             larger weight); None: the dataset's "elements" if it names them, else "X".
-        final_pass: first apply one last merge-and-prune pass, the same as during training, so
-            that the atoms obey the minimum distance even when training did not end on a pass.
 
     Returns:
         ase.Atoms with positions in A (sample frame) and per-atom arrays "weight" (integrated
         weight, data units x A^2) and "sigma" (A).
     """
-    if final_pass:
-        model.refine()
     found = model.atoms()
     if elements is None:
-        elements = model.kwargs["metadata"]["tilt_series"].elements
+        elements = model.series.elements
     symbols = label_by_weight(found["weights"], elements) if elements else np.full(len(found["weights"]), "X")
     atoms = ase.Atoms(symbols=list(symbols), positions=found["positions"])
     atoms.set_array("weight", found["weights"])
@@ -66,14 +63,7 @@ def corrections_from_model(model) -> dict:
     "background" (N, T) coefficients in data units of the monomials of
     :func:`atomsplat.model.corrections.background_basis` and "background_degree".
     """
-    params = model.view_params
-    if len(params) == 0:
+    learned = model.corrections.as_dict()
+    if not learned:
         return {}
-    series = model.kwargs["metadata"]["tilt_series"]
-    result = {"tilt_angles": np.asarray(series.tilt_angles, float).tolist()}
-    if "view_shifts" in params:
-        result["shifts"] = params["view_shifts"].detach().cpu().double().numpy().tolist()
-    if "background" in params:
-        result["background_degree"] = model.config.background_degree
-        result["background"] = (params["background"].detach().cpu().double() * model.display_top).numpy().tolist()
-    return result
+    return {"tilt_angles": np.asarray(model.series.tilt_angles, float).tolist(), **learned}

@@ -41,10 +41,10 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     from atomsplat.analysis.matching import match_atoms
 
     plt = _pyplot()
-    series = model.kwargs["metadata"]["tilt_series"]
+    series = model.series
     k = int(np.argmin(np.abs(series.tilt_angles)))
     _, height, width = series.shape
-    modelled = model.model_of_projection(k).cpu().numpy()
+    modelled = model.render_projections([k])[0].cpu().numpy()
     measured = series.projections[k]
     extent = np.array([-width, width, height, -height]) * series.pixel_size / 2.0
 

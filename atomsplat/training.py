@@ -15,6 +15,8 @@ def training_config(
     load_dir: Path = None,
     viewer_host: str = "127.0.0.1",
     pixel_size: float = None,
+    steps_per_save: int = None,
+    keep_checkpoints: bool = False,
     **model_options,
 ):
     """The nerfstudio TrainerConfig of ``method`` on ``data``, as ``ns-train`` would build it.
@@ -22,7 +24,9 @@ def training_config(
     ``load_dir``: a checkpoint directory to resume from (``steps`` more steps, as ``ns-train``).
     ``viewer_host``: where the web viewer listens when ``vis`` includes it (loopback by default).
     ``pixel_size``: detector pixel size in A overriding the dataset's (None: the dataset's own).
-    ``model_options``: fields of the model config to override.
+    ``steps_per_save``: steps between checkpoints (None: the method's); ``keep_checkpoints``: keep
+    every checkpoint, not only the latest.
+    ``model_options``: fields of the model config to override (an unknown name is an error).
     """
     from atomsplat import method as methods
 
@@ -36,7 +40,12 @@ def training_config(
     config.viewer.quit_on_train_completion = True
     config.viewer.websocket_host = viewer_host
     config.load_dir = load_dir
+    if steps_per_save is not None:
+        config.steps_per_save = steps_per_save
+    config.save_only_latest_checkpoint = not keep_checkpoints
     for key, value in model_options.items():
+        if not hasattr(config.pipeline.model, key):
+            raise TypeError(f"{method} has no model option {key!r}")
         setattr(config.pipeline.model, key, value)
     return config
 

@@ -65,7 +65,7 @@ def alignment_error(model, data: Path) -> float:
     series = read_tilt_series(data)
     truth = torch.tensor(series.extra["simulation"]["misalignment_shifts"], dtype=torch.float32)
     basis = gauge_basis(torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle)).float())
-    return shift_error(model.view_params["view_shifts"].detach().cpu(), truth, basis)
+    return shift_error(model.corrections.params["view_shifts"].detach().cpu(), truth, basis)
 
 
 def rigid_rmse(found: np.ndarray, truth: np.ndarray) -> float:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             **report.as_dict(),
             "rigid_rmse": rigid_rmse(atoms.positions, truth.positions),
         }
-        if "view_shifts" in model.view_params:
+        if model.corrections.learns_shifts:
             row["shift_rms_error"] = alignment_error(model, paths[data])
         results[name] = row
         print(f"\n{name}: {report.summary()}")

@@ -8,7 +8,7 @@ from atomsplat.geometry import view_rotations
 from atomsplat.model.corrections import (
     background,
     background_basis,
-    fit_background,
+    border_background,
     gauge_basis,
     remove_gauge,
     shift_error,
@@ -84,11 +84,11 @@ def test_background_basis_monomials():
         background_basis(4, 4, -1)
 
 
-def test_fit_background_recovers_a_plane_under_a_particle():
+def test_border_background_recovers_a_plane_under_a_particle():
     basis = background_basis(40, 50, 1)
     coefficients = torch.tensor([[2.0, 0.5, -0.3], [1.0, -0.2, 0.1]])
     planes = background(coefficients, basis)
     y, x = torch.meshgrid(torch.arange(40.0), torch.arange(50.0), indexing="ij")
     particle = 10.0 * torch.exp(-((x - 25) ** 2 + (y - 20) ** 2) / 30.0)  # inside the frame, ~0 on it
-    fitted = fit_background(planes + particle, basis)
+    fitted = border_background(planes + particle, basis)
     torch.testing.assert_close(fitted, coefficients, atol=1e-3, rtol=0)

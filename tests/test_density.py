@@ -325,10 +325,13 @@ def _model_missing_atoms(tmp_path, missing):
         scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
     )
     keep = np.setdiff1d(np.arange(len(truth)), missing)
-    model.gauss_params["positions"] = torch.nn.Parameter(truth[keep].float())
-    model.gauss_params["log_sigmas"] = torch.nn.Parameter(sigmas[keep].log().float())
-    model.gauss_params["log_weights"] = torch.nn.Parameter(weights[keep].log().float())
-    model._reset_statistics()
+    model.cloud.install(
+        {
+            "positions": truth[keep].float(),
+            "log_sigmas": sigmas[keep].log().float(),
+            "log_weights": weights[keep].log().float(),
+        }
+    )
     return model, truth.numpy()
 
 
@@ -336,12 +339,16 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path):
     missing = [2, 7, 11]
     model, truth = _model_missing_atoms(tmp_path, missing)
     count = model.num_points
-    record = model.refine(birth=True)
-    assert record["born"] == 3 and model.num_points == count + 3
-    born = model.positions[count:].detach().numpy()
+
+    def birth_pass():
+        return model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals)
+
+    record = birth_pass()
+    assert record.born == 3 and model.num_points == count + 3
+    born = model.cloud.positions[count:].detach().numpy()
     distance = np.linalg.norm(born[:, None] - truth[missing][None], axis=2).min(axis=1)
     assert np.all(distance < 0.5), distance  # within the 0.5 A grid's half-diagonal
     # the weight explains the residual's peak: about the missing atom's (100), not far off
-    weights = model.weights[count:].detach().numpy()
+    weights = model.cloud.weights[count:].detach().numpy()
     assert np.all((weights > 50) & (weights < 150)), weights
-    assert model.refine(birth=True)["born"] == 0  # nothing is missing any more
+    assert birth_pass().born == 0  # nothing is missing any more

@@ -84,20 +84,20 @@ def test_with_a_viser_server_the_monitor_draws(model):
         monitor.control._setup(SimpleNamespace(viser_server=server, train_lock=None))
 
         nodes = server.scene._handle_from_node_name
-        groups = np.unique(width_groups(model.sigmas.detach().numpy()))
+        groups = np.unique(width_groups(model.cloud.sigmas.detach().numpy()))
         assert {"/atoms"} | {f"/atoms/width{g}" for g in groups} <= set(nodes)
         assert "| atoms | 300 |" in monitor.counts.content
 
         # the slice is voxelize's layer at z = 0 through the colour map; far away it is empty
-        series = model.kwargs["metadata"]["tilt_series"]
+        series = model.series
         _, height, width = series.projections.shape
         p = series.pixel_size
         slice_image = _image(monitor.slice.content)
         factor = slice_image.shape[1] // width
         layer = voxelize(
-            model.positions.detach(),
-            model.sigmas.detach(),
-            model.weights.detach(),
+            model.cloud.positions.detach(),
+            model.cloud.sigmas.detach(),
+            model.cloud.weights.detach(),
             (-width * p / 2, -height * p / 2, -p / 2),
             (width, height, 1),
             p,
@@ -113,8 +113,8 @@ def test_with_a_viser_server_the_monitor_draws(model):
         monitor.tilt.value = 3
         _until(lambda: f"Tilt 3 ({series.tilt_angles[3]:.1f} deg)" in monitor.view.content)
         view = _image(monitor.view.content)
-        rendered = model.model_of_projection(3)
-        expected = (rendered / model.display_top).clamp(0, 1) * 255
+        rendered = model.render_projections([3])[0]
+        expected = (rendered / model.level).clamp(0, 1) * 255
         assert view.shape[0] % height == 0
         scale = view.shape[0] // height
         right = view[::scale, -width * scale :: scale, 0].astype(float)
@@ -157,7 +157,7 @@ def test_with_a_viser_server_the_monitor_draws(model):
         # passes are drawn only while a browser watches; one that connects is brought up to date
         shown = monitor.view.content
         with torch.no_grad():
-            model.gauss_params["positions"] += 0.75
+            model.cloud.params["positions"] += 0.75
         monitor.refined({"step": 300, "before": 305, "merged": 0, "pruned": 0, "split": 0, "after": 305})
         assert monitor.view.content == shown
         browser = SimpleNamespace(client_id=7, camera=SimpleNamespace())

@@ -1,4 +1,4 @@
-"""Per-projection corrections learned beside the atoms: detector shifts and a smooth background.
+"""Per-projection corrections fitted beside the atoms: detector shifts and a smooth background.
 
 Experimental tilt series are misaligned (each projection is displaced on the detector by an
 unknown shift) and sit on a slowly varying background (carbon support, contamination). Both are
@@ -7,18 +7,32 @@ nuisance parameters of each projection, fitted jointly with the Gaussians:
     data_k(x, y) = projection of the atoms seen from view k, moved by s_k  +  b_k(x, y)
 
 with ``s_k`` (2,) in A (the convention of the dataset's known ``shifts``: detector point =
-``(M_k r)[:2] + s_k``) and ``b_k`` a polynomial of low degree in the detector coordinates.
+``(M_k r)[:2] + s_k``) and ``b_k`` a polynomial of low degree in the detector coordinates; its
+constant term is the pedestal (dark counts, detector offset) that counting data sit on.
+
+The shifts are learned by gradient steps with the atoms. The background is linear in its
+coefficients, so it is not learned but solved: whenever the model renders measured projections
+in training, their coefficients are set to the minimum of the data term for the atoms as they
+are (:meth:`atomsplat.model.losses.NoiseModel.fit_linear`; variable projection). The background
+then never lags behind the atoms, and a view's coefficients do not drift while other views are
+being fitted (as those of an optimizer with momentum would).
 
 Shifts have a gauge freedom: moving the whole sample by ``t`` (3,) moves every projection by
 ``(M_k t)[:2]``, which the shifts can absorb. :func:`remove_gauge` takes that component out so
 that the learned shifts describe misalignment only and the atoms stay in the sample frame.
 
-Pure functions of tensors; lengths in A.
+:class:`ViewCorrections` holds both for every projection of a series; the rest are pure
+functions of tensors. Lengths in A.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from torch.nn import Parameter
+
+from atomsplat.model.losses import NoiseModel
 
 
 def gauge_basis(rotations: torch.Tensor) -> torch.Tensor:
@@ -62,7 +76,7 @@ def background_basis(height: int, width: int, degree: int) -> torch.Tensor:
     return torch.stack(terms).float()
 
 
-def fit_background(projections: torch.Tensor, basis: torch.Tensor, border: float = 0.1) -> torch.Tensor:
+def border_background(projections: torch.Tensor, basis: torch.Tensor, border: float = 0.1) -> torch.Tensor:
     """Coefficients (N, T) of the background of each projection, fitted to its border.
 
     The particle must lie inside the field of view (tomography needs it at every tilt), so the
@@ -87,3 +101,96 @@ def fit_background(projections: torch.Tensor, basis: torch.Tensor, border: float
 def background(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Backgrounds (V, H, W) from coefficients (V, T) and the basis (T, H, W)."""
     return torch.einsum("vt,thw->vhw", coefficients, basis.to(coefficients))
+
+
+class ViewCorrections(torch.nn.Module):
+    """Learned shifts and solved backgrounds of the N projections of a tilt series.
+
+    Args:
+        rotations: (N, 3, 3) view matrices of all projections.
+        train: (N_train,) long indices of the projections that training fits (the gauge is taken
+            out of these).
+        measured: (N, H, W) the measured projections; the background starts at a fit to their border.
+        shifts: learn a detector shift per projection.
+        background_degree: degree of the polynomial background per projection (0: a constant
+            pedestal, 1: a plane, ...), or -1 for none.
+        noise: the data term the background minimises.
+        shifts_from: training step from which the shifts move (before it their gradient is dropped,
+            so that the atoms take shape first).
+
+    State: the Parameter ``view_shifts`` (N, 2) A, and the buffer ``background`` (N, T) of
+    coefficients in data units of :func:`background_basis` (saved in checkpoints, not learned).
+    """
+
+    def __init__(
+        self,
+        rotations: torch.Tensor,
+        train: torch.Tensor,
+        measured: torch.Tensor,
+        shifts: bool = False,
+        background_degree: int = -1,
+        noise: NoiseModel = NoiseModel(),
+        shifts_from: int = 0,
+    ):
+        super().__init__()
+        count, height, width = measured.shape
+        self.noise, self.shifts_from = noise, shifts_from
+        self.params = torch.nn.ParameterDict()
+        if shifts:
+            self.params["view_shifts"] = Parameter(torch.zeros(count, 2))
+            self.register_buffer("_train", train.long(), persistent=False)
+            self.register_buffer("_gauge", gauge_basis(rotations[train].float()), persistent=False)
+        self.degree = background_degree
+        if background_degree >= 0:
+            basis = background_basis(height, width, background_degree)
+            self.register_buffer("_basis", basis, persistent=False)
+            self.register_buffer("background", border_background(measured.float(), basis))
+
+    @property
+    def learns_shifts(self) -> bool:
+        return "view_shifts" in self.params
+
+    @property
+    def has_background(self) -> bool:
+        return self.degree >= 0
+
+    def offsets(self, offsets: torch.Tensor, indices: Optional[torch.Tensor], step: int) -> torch.Tensor:
+        """Detector offsets (V, 2) A of views of projections ``indices`` (V,): the known ``offsets``
+        plus the learned shifts (no gradient before ``shifts_from``). Free views (None) keep theirs."""
+        if indices is None or not self.learns_shifts:
+            return offsets
+        shifts = self.params["view_shifts"][indices]
+        return offsets + (shifts if step >= self.shifts_from else shifts.detach())
+
+    def background_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """(V, H, W) the backgrounds of projections ``indices`` (V,)."""
+        return background(self.background[indices], self._basis)
+
+    @torch.no_grad()
+    def fit(self, atoms: torch.Tensor, measured: torch.Tensor, indices: torch.Tensor, iterations: int = 5) -> None:
+        """Solve the background coefficients of projections ``indices`` (V,) for the atoms'
+        projections ``atoms`` (V, H, W) and the ``measured`` ones (V, H, W), starting from their
+        last fit, in at most ``iterations`` steps (:meth:`NoiseModel.fit_linear`; a few suffice
+        in training, where the atoms move little between two visits of a view)."""
+        start = self.background[indices]
+        self.background[indices] = self.noise.fit_linear(atoms, measured, self._basis, start, iterations)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Take the rigid translation out of the training views' shifts (the atoms carry it)."""
+        if self.learns_shifts:
+            shifts = self.params["view_shifts"].data
+            shifts[self._train] = remove_gauge(shifts[self._train], self._gauge)
+
+    def as_dict(self) -> dict:
+        """The learned corrections, JSON-ready (empty when there are none): "shifts" (N, 2) A, the
+        detector shift of each projection in the dataset's convention (add them to known shifts);
+        "background" (N, T) coefficients in data units of the monomials of :func:`background_basis`
+        and "background_degree"."""
+        result = {}
+        if self.learns_shifts:
+            result["shifts"] = self.params["view_shifts"].detach().cpu().double().numpy().tolist()
+        if self.has_background:
+            result["background_degree"] = self.degree
+            result["background"] = self.background.cpu().double().numpy().tolist()
+        return result

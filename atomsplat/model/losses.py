@@ -11,10 +11,15 @@
   negative log-likelihood of N(mu, mu / gain + read_noise^2). Approximation: exact in the mean and
   variance, it misses the skew of counts below a few per pixel, where ``"poisson"`` is exact.
 
-All return a scalar averaged over pixels; tensors of any matching shape.
+:class:`NoiseModel` holds one choice with its constants; :meth:`NoiseModel.fit_linear` finds the
+coefficients of a linear term of the model (a background, a pedestal) that minimise the data term
+for fixed atoms, which is how :mod:`atomsplat.model.corrections` keeps the background at its
+optimum instead of chasing it by gradient steps.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +34,7 @@ def data_loss(
     gain: float = 1.0,
     read_noise: float = 0.0,
 ) -> torch.Tensor:
-    """Loss between model projections and measured ones (same shape, data units).
+    """Loss between model projections and measured ones (same shape, data units), averaged over pixels.
 
     Args:
         model, measured: projections, data units.
@@ -38,16 +43,144 @@ def data_loss(
         gain: counts per data unit ("mixed").
         read_noise: read-noise standard deviation in data units ("mixed").
     """
+    return pixel_loss(model, measured, kind, floor, gain, read_noise).mean()
+
+
+def pixel_loss(model, measured, kind: str = "l1", floor: float = 1e-6, gain: float = 1.0, read_noise: float = 0.0):
+    """The data term of every pixel (same shape as ``model``); :func:`data_loss` is its mean."""
     if kind == "l1":
-        return (model - measured).abs().mean()
+        return (model - measured).abs()
     if kind == "l2":
-        return (model - measured).square().mean()
+        return (model - measured).square()
     if kind == "poisson":
         mu = model.clamp_min(floor)
-        return (mu - measured * torch.log(mu)).mean()
+        return mu - measured * torch.log(mu)
     if kind == "mixed":
         if not gain > 0:
             raise ValueError(f"the mixed loss needs a positive gain (counts per data unit), got {gain}")
         variance = model.clamp_min(floor) / gain + read_noise**2
-        return 0.5 * ((model - measured).square() / variance + torch.log(variance)).mean()
+        return 0.5 * ((model - measured).square() / variance + torch.log(variance))
     raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """A data term with its constants (see the module docstring): ``kind`` in :data:`LOSSES`,
+    ``floor`` (data units), ``gain`` (counts per data unit) and ``read_noise`` (data units)."""
+
+    kind: str = "l1"
+    floor: float = 1e-6
+    gain: float = 1.0
+    read_noise: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in LOSSES:
+            raise ValueError(f"unknown loss {self.kind!r}; choose one of {', '.join(LOSSES)}")
+
+    def loss(self, model: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """The mean data term (:func:`data_loss`)."""
+        return data_loss(model, measured, self.kind, self.floor, self.gain, self.read_noise)
+
+    def pixels(self, model: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """The data term of every pixel (:func:`pixel_loss`)."""
+        return pixel_loss(model, measured, self.kind, self.floor, self.gain, self.read_noise)
+
+    @torch.no_grad()
+    def fit_linear(
+        self,
+        fixed: torch.Tensor,
+        measured: torch.Tensor,
+        basis: torch.Tensor,
+        start: torch.Tensor,
+        iterations: int = 30,
+    ) -> torch.Tensor:
+        """Coefficients c (V, T) minimising the data term of ``fixed + sum_t c_t basis_t`` per view.
+
+        Args:
+            fixed: (V, H, W) the rest of the model (the atoms' projections), held fixed.
+            measured: (V, H, W) measured projections.
+            basis: (T, H, W) the linear term's images (e.g. background monomials); ``basis[0]`` is the
+                constant image 1.
+            start: (V, T) coefficients to start from (e.g. the last fit).
+            iterations: most Newton (or, for "l1", reweighting) steps.
+
+        Returns:
+            (V, T) float32 coefficients.
+
+        "l2" is solved exactly; "poisson" and "mixed" by Newton steps with step halving from
+        ``start``, each of which lowers the data term; "l1" by iteratively reweighted least squares
+        from ``start`` (weights ``1 / max(|r|, eps)``), each step of which lowers the sum of absolute
+        residuals. Every problem is convex with T unknowns per view: from a warm start (the last
+        fit, during training) a few steps reach the optimum, and steps stop once the coefficients
+        no longer change.
+        """
+        fixed, measured, basis = fixed.double(), measured.double(), basis.to(fixed.device).double()
+        design = basis.reshape(basis.shape[0], -1)  # (T, P)
+        flat, measured_flat = fixed.reshape(len(fixed), -1), measured.reshape(len(fixed), -1)
+        target = measured_flat - flat  # (V, P)
+        if self.kind == "l2":
+            return torch.linalg.solve(design @ design.T, design @ target.T).T.float()
+        current = start.to(target).clone()
+        if self.kind == "l1":
+            scale = 1e-6 * target.abs().mean(dim=1, keepdim=True).clamp_min(1e-30)
+            for _ in range(iterations):  # each reweighted step lowers the sum of |residuals|
+                weight = 1.0 / (target - current @ design).abs().clamp_min(scale)
+                weighted = design[None] * weight[:, None, :]  # (V, T, P)
+                before, current = (
+                    current,
+                    torch.linalg.solve(weighted @ design.T, (weighted @ target[:, :, None])[..., 0]),
+                )
+                if _converged(before, current):
+                    break
+            return current.float()
+        value = self._view_totals(flat + current @ design, measured_flat)
+        stuck = ~torch.isfinite(value)  # an infeasible start: lift the constant term above the floor
+        if bool(stuck.any()):
+            lowest = (flat + current @ design).amin(dim=1)
+            current[stuck, 0] += 2.0 * self.floor - lowest[stuck] + 1e-3 * measured_flat[stuck].abs().mean(dim=1)
+            value = self._view_totals(flat + current @ design, measured_flat)
+        eye = torch.eye(len(design), dtype=design.dtype, device=design.device)
+        for _ in range(iterations):
+            first, second = self._derivatives(flat + current @ design, measured_flat)
+            hessian = (design[None] * second[:, None, :]) @ design.T  # (V, T, T)
+            hessian = hessian + 1e-12 * hessian.diagonal(dim1=1, dim2=2).abs().amax(1)[:, None, None] * eye
+            step = torch.linalg.solve(hessian, first @ design.T)
+            before = current
+            size = torch.ones(len(flat), 1, dtype=step.dtype, device=step.device)
+            for _ in range(40):  # halve each view's step until its data term does not grow
+                trial = current - size * step
+                trial_value = self._view_totals(flat + trial @ design, measured_flat)
+                better = trial_value <= value
+                current = torch.where(better[:, None], trial, current)
+                value = torch.where(better, trial_value, value)
+                size = torch.where(better[:, None], torch.zeros_like(size), 0.5 * size)
+                if not bool(size.any()):
+                    break
+            if _converged(before, current):
+                break
+        return current.float()
+
+    def _derivatives(self, model: torch.Tensor, measured: torch.Tensor):
+        """First and second derivatives of each pixel's data term by its model value (same shape)."""
+        if self.kind == "poisson":
+            mu = model.clamp_min(self.floor)
+            ratio = measured / mu
+            return 1.0 - ratio, ratio / mu
+        model = model.detach().requires_grad_(True)
+        with torch.enable_grad():
+            first = torch.autograd.grad(self.pixels(model, measured).sum(), model, create_graph=True)[0]
+            second = torch.autograd.grad(first.sum(), model)[0]
+        return first.detach(), second
+
+    def _view_totals(self, model: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """(V,) the summed data term of each view of flattened (V, P) images; infinite where the
+        model is not above the floor ("poisson": the likelihood needs a positive mean)."""
+        total = self.pixels(model, measured).sum(dim=1)
+        if self.kind == "poisson":
+            total = torch.where((model > self.floor).all(dim=1), total, torch.full_like(total, float("inf")))
+        return total
+
+
+def _converged(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether no coefficient moved by more than 1e-7 of its size (or of 1)."""
+    return bool(((after - before).abs() <= 1e-7 * after.abs().clamp_min(1.0)).all())

@@ -173,7 +173,7 @@ class TrainingMonitor(torch.nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
         self._model = weakref.ref(model)
-        series = model.kwargs["metadata"]["tilt_series"]
+        series = model.series
         count, height, width = series.projections.shape
         reach = 0.5 * min(height, width) * series.pixel_size
         upright = int(np.argmin(np.abs(np.asarray(series.tilt_angles))))
@@ -302,16 +302,12 @@ class TrainingMonitor(torch.nn.Module):
     def _atoms(self):
         """(positions in scene units (K, 3), widths A (K,), weights (K,)) as float64 numpy."""
         model = self._model()
-        return (
-            model.means.double().cpu().numpy(),
-            model.sigmas.detach().double().cpu().numpy(),
-            model.weights.detach().double().cpu().numpy(),
-        )
+        atoms = model.cloud.atoms()
+        return model.means.double().cpu().numpy(), atoms["sigmas"], atoms["weights"]
 
     def _colours(self, weights: np.ndarray) -> np.ndarray:
         if self.colour.value == "species":
-            series = self._model().kwargs["metadata"]["tilt_series"]
-            return species_colours(label_by_weight(weights, series.elements))
+            return species_colours(label_by_weight(weights, self._model().series.elements))
         return weight_colours(weights)
 
     @torch.no_grad()
@@ -384,11 +380,12 @@ class TrainingMonitor(torch.nn.Module):
         if self.server is None:
             return
         model = self._model()
-        series = model.kwargs["metadata"]["tilt_series"]
+        series = model.series
         _, height, width = series.projections.shape
         p = series.pixel_size
         z = float(self.height.value)
-        positions, sigmas, weights = model.positions.detach(), model.sigmas.detach(), model.weights.detach()
+        cloud = model.cloud
+        positions, sigmas, weights = cloud.positions.detach(), cloud.sigmas.detach(), cloud.weights.detach()
         layer = voxelize(
             positions, sigmas, weights, (-width * p / 2, -height * p / 2, z - p / 2), (width, height, 1), p
         )
@@ -404,15 +401,13 @@ class TrainingMonitor(torch.nn.Module):
         if self.server is None:
             return
         model = self._model()
-        series = model.kwargs["metadata"]["tilt_series"]
+        series = model.series
         _, height, width = series.projections.shape
         k = int(self.tilt.value)
-        rendered = model.model_of_projection(k).cpu()
+        rendered = model.render_projections([k])[0].cpu()
         measured = torch.from_numpy(np.asarray(series.projections[k], dtype=np.float32))
         gap = torch.ones(height, max(1, width // 32), 3)
-        both = torch.cat(
-            [display_image(measured, model.display_top), gap, display_image(rendered, model.display_top)], 1
-        )
+        both = torch.cat([display_image(measured, model.level), gap, display_image(rendered, model.level)], 1)
         self.view.content = (
             f"Tilt {k} ({float(series.tilt_angles[k]):.1f} deg): measured, rendered\n\n"
             f"![measured and rendered projection]({png_data_url(_to_uint8(both))})"

@@ -1,0 +1,203 @@
+"""The atom cloud: Gaussians with physical parameters, projected into views (no nerfstudio).
+
+Parameters live in Angstrom in the sample frame (:mod:`atomsplat.geometry`):
+
+- ``positions`` (K, 3), A;
+- ``log_sigmas`` (K,), log A: one width per atom (the isotropy prior); without the prior
+  ``log_scales`` (K, 3) and ``quats`` (K, 4) (w, x, y, z) of a full covariance instead;
+- ``log_weights`` (K,): log of each atom's integrated weight, in data units x A^2 (a projection
+  pixel holds weight per A^2; see :mod:`atomsplat.render.projector`).
+
+:class:`Views` says what to project into: view matrices, detector offsets, the pixel grid and,
+for views of measured projections, their indices in the series (which the per-view corrections
+of :mod:`atomsplat.model.corrections` need). Every image of the model, for training, births,
+the viewer, evaluation and export, is made by :meth:`AtomCloud.project` of such views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch.nn import Parameter
+
+from atomsplat.geometry import view_rotations
+from atomsplat.model.density import width_of
+from atomsplat.render.projector import DEFAULT_WINDOW, project_anisotropic, project_isotropic
+
+
+@dataclass(frozen=True)
+class Views:
+    """V parallel-beam views on a pixel grid.
+
+    Attributes:
+        rotations: (V, 3, 3) view matrices ``M_v`` (detector point = ``(M_v r)[:2] + offset_v``).
+        offsets: (V, 2) detector offsets, A: the known shifts of the projections, or where a free
+            camera looks.
+        pixel_size: detector pixel size, A.
+        height, width: detector size in pixels.
+        indices: (V,) long, the views' projections in the tilt series, or None for views of no
+            measured projection (a viewer's free camera).
+    """
+
+    rotations: torch.Tensor
+    offsets: torch.Tensor
+    pixel_size: float
+    height: int
+    width: int
+    indices: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.rotations.shape[0]
+
+    def moved(self, offsets: torch.Tensor) -> "Views":
+        """The same views with other detector offsets (V, 2) A."""
+        return replace(self, offsets=offsets)
+
+    def to(self, device) -> "Views":
+        indices = None if self.indices is None else self.indices.to(device)
+        return replace(self, rotations=self.rotations.to(device), offsets=self.offsets.to(device), indices=indices)
+
+    def split(self, size: int):
+        """Yields the views in consecutive groups of at most ``size``."""
+        for first in range(0, len(self), size):
+            part = slice(first, first + size)
+            indices = None if self.indices is None else self.indices[part]
+            yield replace(self, rotations=self.rotations[part], offsets=self.offsets[part], indices=indices)
+
+
+def series_views(series, indices) -> Views:
+    """The views of projections ``indices`` (V,) of a tilt series, with their known shifts."""
+    chosen = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    picks = chosen.cpu().numpy()
+    _, height, width = series.shape
+    return Views(
+        rotations=torch.from_numpy(view_rotations(series.tilt_angles[picks], series.tilt_axis_angle)).float(),
+        offsets=torch.from_numpy(series.shifts_or_zeros()[picks]).float(),
+        pixel_size=float(series.pixel_size),
+        height=int(height),
+        width=int(width),
+        indices=chosen,
+    )
+
+
+class AtomCloud(torch.nn.Module):
+    """K Gaussians (see the module docstring) and their exact additive projection.
+
+    Args:
+        positions: (K, 3) initial centres, A.
+        sigma: initial width of every Gaussian, A.
+        weight: initial integrated weight of every Gaussian (data units x A^2).
+        isotropic: one width per Gaussian (True) or a full covariance (False, the ablation).
+        min_sigma, max_sigma: widths are kept in this range, A (:meth:`clamp_widths`).
+        window: footprint half-width in widths (:func:`atomsplat.render.projector.window_radii`).
+        generator: random numbers for the initial orientations of anisotropic Gaussians.
+    """
+
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        sigma: float,
+        weight: float,
+        isotropic: bool = True,
+        min_sigma: float = 0.05,
+        max_sigma: float = 2.0,
+        window: float = DEFAULT_WINDOW,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        count = len(positions)
+        params = {"positions": positions.float(), "log_weights": torch.full((count,), math.log(weight))}
+        if isotropic:
+            params["log_sigmas"] = torch.full((count,), math.log(sigma))
+        else:
+            params["log_scales"] = torch.full((count, 3), math.log(sigma))
+            params["quats"] = torch.nn.functional.normalize(torch.randn(count, 4, generator=generator), dim=1)
+        self.params = torch.nn.ParameterDict({k: Parameter(v) for k, v in params.items()})
+        self.isotropic = isotropic
+        self.min_sigma, self.max_sigma, self.window = min_sigma, max_sigma, window
+
+    # ----------------------------------------------------------------------------- parameters
+    @property
+    def positions(self) -> torch.Tensor:
+        """(K, 3) centres, A, sample frame."""
+        return self.params["positions"]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(K,) integrated weights (data units x A^2)."""
+        return self.params["log_weights"].exp()
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """(K,) widths, A (for anisotropic Gaussians the geometric mean of the three scales)."""
+        return width_of(self.params)
+
+    @property
+    def count(self) -> int:
+        return self.params["positions"].shape[0]
+
+    def covariances(self) -> torch.Tensor:
+        """(K, 3, 3) covariances in A^2 of anisotropic Gaussians."""
+        q = torch.nn.functional.normalize(self.params["quats"], dim=1)
+        w, x, y, z = q.unbind(1)
+        rot = torch.stack(
+            [
+                1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            ],
+            dim=1,
+        ).view(-1, 3, 3)  # fmt: skip
+        scales = self.params["log_scales"].exp()
+        return rot @ torch.diag_embed(scales**2) @ rot.transpose(1, 2)
+
+    def detached(self) -> Dict[str, torch.Tensor]:
+        """The parameters as plain tensors (what :mod:`atomsplat.model.density` operates on)."""
+        return {name: p.detach() for name, p in self.params.items()}
+
+    def install(self, params: Dict[str, torch.Tensor]) -> Dict[str, Parameter]:
+        """Replace the parameters by new tensors (of any count); returns the new Parameters."""
+        for name, values in params.items():
+            self.params[name] = Parameter(values.contiguous().to(self.params[name].device))
+        return dict(self.params.items())
+
+    def resize(self, count: int) -> None:
+        """Zero parameters of ``count`` Gaussians, for a checkpoint of another size to load into."""
+        self.install({name: p.new_zeros((count,) + p.shape[1:]) for name, p in self.params.items()})
+
+    @torch.no_grad()
+    def clamp_widths(self) -> None:
+        """Keep widths in [min_sigma, max_sigma] A (a projected gradient step)."""
+        low, high = math.log(self.min_sigma), math.log(self.max_sigma)
+        for name in ("log_sigmas", "log_scales"):
+            if name in self.params:
+                self.params[name].data.clamp_(low, high)
+
+    # ----------------------------------------------------------------------------- projection
+    def project(self, views: Views, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(V, H, W) projections of the Gaussians into ``views`` (mean density per pixel, data units),
+        differentiable in every parameter and in the views' offsets. ``weights`` (K,) replaces the
+        Gaussians' own weights (e.g. weights times depth, for a depth map)."""
+        weights = self.weights if weights is None else weights
+        args = (views.rotations, views.offsets, views.pixel_size, views.height, views.width, self.window)
+        if self.isotropic:
+            return project_isotropic(self.positions, self.sigmas, weights, *args)
+        return project_anisotropic(self.positions, self.covariances(), weights, *args)
+
+    def atoms(self) -> Dict[str, np.ndarray]:
+        """The Gaussians as atoms (:func:`atoms_of`)."""
+        return atoms_of(self.detached())
+
+
+def atoms_of(params: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """Gaussian parameters (see the module docstring) as float64 numpy arrays: "positions" (K, 3)
+    A, "sigmas" (K,) A (geometric mean of the scales of anisotropic Gaussians), "weights" (K,)."""
+    return {
+        "positions": params["positions"].detach().cpu().double().numpy(),
+        "sigmas": width_of(params).detach().cpu().double().numpy(),
+        "weights": params["log_weights"].detach().exp().cpu().double().numpy(),
+    }

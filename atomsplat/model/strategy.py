@@ -1,0 +1,292 @@
+"""The density strategy: when and how Gaussians are merged, pruned, split, duplicated and born.
+
+Like gsplat's ``DefaultStrategy``, it keeps its own statistics (each Gaussian's mean position
+gradient), decides from the training step what a pass does, edits the atom cloud's parameters with
+the pure operations of :mod:`atomsplat.model.density`, moves the optimizers' state along with the
+parameters, and returns a :class:`RefineRecord` of what happened; logging and the viewer are the
+caller's business. No nerfstudio import.
+
+The schedule (steps counted from the start of training, of ``total_steps`` in all):
+
+- every ``refine_every`` steps: merge clusters closer than ``merge_distance`` (the paper's
+  minimum-distance prior) and prune light Gaussians;
+- until ``split_until`` x total: split Gaussians wider than ``split_width`` x the median width
+  (one Gaussian on several atoms);
+- until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
+  position gradient (the paper's densification);
+- every ``birth_every`` steps until ``split_until`` x total: add Gaussians where the
+  back-projected residual shows atoms that no Gaussian explains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Literal, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.nn import Parameter
+
+from atomsplat.model import density
+from atomsplat.render.projector import backproject_points
+
+
+@dataclass
+class DensityOptions:
+    """Options of the density strategy (lengths in A)."""
+
+    refine_every: int = 100
+    """Steps between density-control passes."""
+    densify_until: float = 0.5
+    """Fraction of the training steps after which duplication by gradient stops."""
+    split_until: float = 0.8
+    """Fraction of the training steps after which wide Gaussians are no longer split nor born, so
+    that the last steps polish a fixed set; merging and pruning go on to the end."""
+    densify_fraction: float = 0.05
+    """Fraction of Gaussians duplicated per pass (largest mean position gradient). Copies are placed
+    1.1 x ``merge_distance`` apart, so that they survive the next merge unless they come back to one atom."""
+    split_width: float = 1.5
+    """Gaussians wider than this many times the median width cover several atoms: they are split."""
+    prune_fraction: float = 0.15
+    """Gaussians lighter than this fraction of the median weight are removed."""
+    birth_every: int = 300
+    """Steps between passes that add Gaussians where atoms are missing (0: never): the measured minus
+    modelled projections are back-projected onto a grid, and every local maximum above the threshold
+    that is ``merge_distance`` from all Gaussians becomes one."""
+    birth_threshold: float = 0.3
+    """A Gaussian is born where the back-projected residual exceeds this fraction of the median
+    Gaussian's peak value (and five times its noise level)."""
+    birth_views: int = 45
+    """Training projections (evenly spread) back-projected for births."""
+    birth_spacing: float = 0.5
+    """Spacing of the grid on which the residual is back-projected, A."""
+    merge: bool = True
+    """Minimum-distance prior: merge Gaussians closer than ``merge_distance`` (ablation: False)."""
+    merge_distance: float = 1.6
+    """Minimum distance between atoms, A."""
+    merge_mode: Literal["weighted", "mean"] = "weighted"
+    """"weighted": total weight at the weight-averaged centre; "mean": the paper's plain means."""
+    merge_neighbours: int = 20
+    """Above ``merge_neighbours_above`` Gaussians only this many nearest neighbours are searched."""
+    merge_neighbours_above: int = 10000
+
+
+@dataclass
+class RefineRecord:
+    """What one density pass did: Gaussians before and after, and how many were merged away,
+    pruned, split or duplicated, and born. ``tpr`` and ``fpr`` are for the caller to fill in when
+    it knows the true atoms; ``final`` marks the last pass of a training run."""
+
+    step: int
+    before: int
+    merged: int
+    pruned: int
+    split: int
+    born: int
+    after: int
+    final: bool = False
+    tpr: Optional[float] = None
+    fpr: Optional[float] = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+Residuals = Callable[[int], Tuple[torch.Tensor, "object"]]
+"""``residuals(count)``: measured minus modelled projections (V, H, W) of about ``count`` training
+projections spread evenly over the series, and their :class:`atomsplat.model.cloud.Views`."""
+
+
+class DensityStrategy:
+    """Density control of an :class:`atomsplat.model.cloud.AtomCloud` (see the module docstring).
+
+    Args:
+        options: the schedule and thresholds.
+        total_steps: training steps in all (from the first step of the first run, also on resume).
+        generator: random directions of duplicated Gaussians.
+    """
+
+    def __init__(self, options: DensityOptions, total_steps: int = 0, generator: Optional[torch.Generator] = None):
+        self.options = options
+        self.total_steps = total_steps
+        self.generator = generator
+        self._grad_sum: Optional[torch.Tensor] = None
+        self._grad_steps = 0
+
+    def reset_statistics(self, count: int, device) -> None:
+        """Forget the accumulated gradients (after the Gaussians changed)."""
+        self._grad_sum = torch.zeros(count, device=device)
+        self._grad_steps = 0
+
+    @torch.no_grad()
+    def step_post_backward(
+        self, cloud, optimizers: Dict[str, torch.optim.Optimizer], step: int, residuals: Optional[Residuals] = None
+    ) -> Optional[RefineRecord]:
+        """After a training step's backward pass and optimizer step: accumulate the position
+        gradients and, every ``refine_every`` steps, run a density pass; returns its record or None."""
+        grad = cloud.positions.grad
+        if self._grad_sum is None or self._grad_sum.shape[0] != cloud.count:
+            self.reset_statistics(cloud.count, cloud.positions.device)
+        if grad is not None and grad.shape[0] == cloud.count:
+            self._grad_sum += grad.norm(dim=1)
+            self._grad_steps += 1
+        o = self.options
+        if step == 0 or step % o.refine_every != 0:
+            return None
+        split = step <= o.split_until * self.total_steps
+        birth = split and o.birth_every > 0 and step % o.birth_every == 0
+        return self.refine(
+            cloud,
+            optimizers,
+            step,
+            densify=step <= o.densify_until * self.total_steps,
+            split=split,
+            residuals=residuals if birth else None,
+        )
+
+    @torch.no_grad()
+    def refine(
+        self,
+        cloud,
+        optimizers: Dict[str, torch.optim.Optimizer],
+        step: int,
+        densify: bool = False,
+        split: bool = False,
+        residuals: Optional[Residuals] = None,
+        final: bool = False,
+    ) -> RefineRecord:
+        """One density pass: merge and prune; split wide Gaussians when ``split``; duplicate those
+        with the largest mean position gradient when ``densify``; add Gaussians where atoms are
+        missing when ``residuals`` is given (the residuals of the model as it was before the pass)."""
+        o = self.options
+        search = self._birth_search(cloud, residuals) if residuals is not None and cloud.count > 0 else None
+        params = cloud.detached()
+        before = len(params["positions"])
+        scores = self._grad_sum / max(self._grad_steps, 1) if self._grad_sum is not None else torch.zeros(before)
+        source = torch.arange(before, device=params["positions"].device)
+        params, kept, merged, pruned = self._merge_and_prune(params)
+        source, scores = _follow(source, kept, -1), _follow(scores.to(kept.device), kept, 0.0)
+        widths = density.width_of(params)
+        chosen = (
+            torch.nonzero(widths > o.split_width * widths.median()).squeeze(1)
+            if split
+            else widths.new_zeros(0, dtype=torch.long)
+        )
+        if densify:
+            count = int(round(o.densify_fraction * len(scores)))
+            chosen = torch.unique(torch.cat([chosen, torch.topk(scores, count).indices]))
+        offset = torch.maximum(widths[chosen], widths.new_tensor(0.55 * o.merge_distance))
+        params, new_source = density.duplicate(params, chosen, offset, self.generator)
+        source = _follow(source, new_source, -1)
+        born = 0
+        if search is not None:
+            score, points, threshold = search
+            found = density.residual_peaks(
+                score, points, threshold, o.merge_distance, o.birth_spacing, params["positions"].cpu().numpy()
+            )
+            # the weight that explains the residual's peak with a Gaussian of the median width
+            area = 2.0 * math.pi * float(density.width_of(params).median()) ** 2
+            log_weights = torch.from_numpy(np.log(score.reshape(-1)[found] * area))
+            params, new_source = density.append(params, torch.from_numpy(points[found]), log_weights)
+            source, born = _follow(source, new_source, -1), len(found)
+        self.install(cloud, optimizers, params, source)
+        return RefineRecord(step, before, merged, pruned, len(chosen), born, cloud.count, final=final)
+
+    def cleanup(self, params: density.Params) -> density.Params:
+        """The merge-and-prune part of a pass on plain tensors (a model's copy), nothing else changed."""
+        return self._merge_and_prune(params)[0]
+
+    def _merge_and_prune(self, params: density.Params):
+        """(params, kept, merged, pruned): ``kept`` maps each remaining Gaussian to the old one it
+        is (-1 for a merged cluster)."""
+        o = self.options
+        before = len(params["positions"])
+        kept = torch.arange(before, device=params["positions"].device)
+        merged = 0
+        if o.merge and before > 1:
+            labels = density.cluster_labels(
+                params["positions"].cpu().numpy(), o.merge_distance, o.merge_neighbours, o.merge_neighbours_above
+            )
+            params, kept = density.merge(params, torch.from_numpy(labels).to(kept.device), o.merge_mode)
+            merged = before - len(params["positions"])
+        params, chosen = density.prune(params, o.prune_fraction)
+        return params, kept[chosen], merged, before - merged - len(chosen)
+
+    def _birth_search(self, cloud, residuals: Residuals):
+        """The back-projected residual (:func:`atomsplat.render.projector.backproject_points`) of
+        ``birth_views`` projections on a grid of ``birth_spacing`` A over the Gaussians' bounding
+        box (padded by ``merge_distance``): score (nx, ny, nz) in data units (a missing atom
+        scores about its peak value), the grid's points (M, 3) A, and the threshold:
+        ``birth_threshold`` x the median peak ``w / (2 pi sigma^2)`` of the Gaussians, at least
+        five robust standard deviations of the score."""
+        o = self.options
+        images, views = residuals(o.birth_views)
+        positions = cloud.positions.detach().cpu().numpy()
+        pad = o.merge_distance
+        shape, points = density.grid_points(positions.min(0) - pad, positions.max(0) + pad, o.birth_spacing)
+        score = backproject_points(
+            images, views.rotations, views.offsets, views.pixel_size, torch.from_numpy(points).to(images)
+        )
+        score = score.cpu().numpy().reshape(shape)
+        peaks = cloud.weights.detach() / (2.0 * math.pi * cloud.sigmas.detach() ** 2)
+        noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
+        return score, points, max(o.birth_threshold * float(peaks.median()), 5.0 * noise)
+
+    def install(self, cloud, optimizers: Dict[str, torch.optim.Optimizer], params: density.Params, source) -> None:
+        """Give ``cloud`` new parameters; each optimizer's state follows ``source`` (K_new,) (the old
+        Gaussian each new one continues, -1 for fresh state), and the statistics start afresh."""
+        old = dict(cloud.params.items())
+        new = cloud.install(params)
+        transplant(optimizers, old, new, source)
+        self.reset_statistics(cloud.count, cloud.positions.device)
+
+
+def transplant(
+    optimizers: Dict[str, torch.optim.Optimizer],
+    old: Dict[str, Parameter],
+    new: Dict[str, Parameter],
+    source: torch.Tensor,
+) -> None:
+    """Point each optimizer (by parameter name) from its ``old`` parameter to the ``new`` one; Adam's
+    moments follow ``source`` (K_new,) long (-1: zero moments). Optimizers absent from the dict are
+    skipped (a model used outside training)."""
+    inherit = source >= 0
+    index = source.clamp_min(0)
+    for name, param in new.items():
+        optimizer = optimizers.get(name)
+        if optimizer is None:
+            continue
+        state = optimizer.state.pop(old[name], {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                moved = state[key][index]
+                moved[~inherit] = 0.0
+                state[key] = moved
+        optimizer.param_groups[0]["params"] = [param]
+        optimizer.state[param] = state
+
+
+def rebind(optimizers: Dict[str, torch.optim.Optimizer], params: Dict[str, Parameter]) -> None:
+    """Point each optimizer at the live parameter of its name, keeping its state when the shapes fit.
+
+    nerfstudio's trainer builds the optimizers before it loads a checkpoint, and loading resizes
+    (replaces) the parameters: on resume the optimizers would otherwise update stale copies.
+    """
+    for name, param in params.items():
+        optimizer = optimizers.get(name)
+        if optimizer is None or optimizer.param_groups[0]["params"][0] is param:
+            continue
+        state = optimizer.state.pop(optimizer.param_groups[0]["params"][0], {})
+        fits = all(v.shape == param.shape for k, v in state.items() if k in ("exp_avg", "exp_avg_sq"))
+        optimizer.param_groups[0]["params"] = [param]
+        optimizer.state[param] = state if fits else {}
+
+
+def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:
+    """Compose a per-Gaussian map with an index map: ``values[chosen]``, and ``fill`` where
+    ``chosen`` is -1 (a Gaussian that no single old one became)."""
+    valid = chosen >= 0
+    out = torch.full(chosen.shape, fill, dtype=values.dtype, device=values.device)
+    out[valid] = values[chosen[valid]]
+    return out

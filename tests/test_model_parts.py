@@ -1,0 +1,200 @@
+"""The model's three parts on their own: the atom cloud, the view corrections (with the noise
+model's solve for linear terms) and the density strategy; and the nerfstudio adapter's promises
+(export without side effects, atomic checkpoints, the schedule on resume)."""
+
+import numpy as np
+import pytest
+import torch
+
+from atomsplat.geometry import view_rotations
+from atomsplat.model.cloud import AtomCloud, Views, atoms_of
+from atomsplat.model.corrections import ViewCorrections, background, background_basis
+from atomsplat.model.losses import NoiseModel
+from atomsplat.model.strategy import DensityOptions, DensityStrategy, transplant
+from atomsplat.render.projector import project_isotropic
+
+
+def _views(angles=(-30.0, 0.0, 45.0), size=48, indices=None):
+    rotations = torch.from_numpy(view_rotations(np.asarray(angles))).float()
+    return Views(rotations, torch.zeros(len(angles), 2), 0.25, size, size, indices)
+
+
+def _cloud(count=12, seed=0):
+    """Gaussians 2.5 A apart on a jittered cubic grid, well inside the 12 A field of view of :func:`_views`."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(3.0)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)[:count]
+    return AtomCloud((grid - 1.0) * 2.5 + 0.2 * torch.randn(count, 3, generator=g), 0.5, 80.0)
+
+
+# ----------------------------------------------------------------------------- the atom cloud
+def test_cloud_projects_with_the_projector_and_reports_atoms_in_angstrom():
+    cloud = _cloud()
+    views = _views()
+    expected = project_isotropic(
+        cloud.positions, cloud.sigmas, cloud.weights, views.rotations, views.offsets, 0.25, 48, 48
+    )
+    torch.testing.assert_close(cloud.project(views), expected)
+    atoms = cloud.atoms()
+    assert atoms["positions"].dtype == np.float64 and atoms["positions"].shape == (12, 3)
+    np.testing.assert_allclose(atoms["sigmas"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(atoms["weights"], 80.0, rtol=1e-6)
+    # every projection holds the total weight: sum(w) / p^2 over the pixels
+    assert float(cloud.project(views).detach().sum(dim=(1, 2)).min()) * 0.25**2 == pytest.approx(12 * 80.0, rel=1e-3)
+
+
+def test_cloud_install_resize_and_clamp():
+    cloud = _cloud()
+    params = cloud.detached()
+    keep = {name: values[:5] for name, values in params.items()}
+    keep["log_sigmas"] = torch.log(torch.tensor([0.01, 0.3, 0.5, 3.0, 1.0]))
+    new = cloud.install(keep)
+    assert cloud.count == 5 and new["positions"] is cloud.params["positions"]
+    cloud.clamp_widths()
+    np.testing.assert_allclose(cloud.sigmas.detach().numpy(), [0.05, 0.3, 0.5, 2.0, 1.0], rtol=1e-6)
+    cloud.resize(9)
+    assert cloud.count == 9 and all(p.shape[0] == 9 for p in cloud.params.values())
+    assert set(atoms_of(cloud.detached())) == {"positions", "sigmas", "weights"}
+
+
+def test_views_split_in_order():
+    views = _views(angles=np.arange(-50.0, 51.0, 10.0), indices=torch.arange(11))
+    parts = list(views.split(4))
+    assert [len(p) for p in parts] == [4, 4, 3]
+    assert torch.equal(torch.cat([p.indices for p in parts]), views.indices)
+
+
+# ----------------------------------------------------------------------------- the noise model's linear solve
+def _plane_problem(seed=0, views=3, size=40):
+    g = torch.Generator().manual_seed(seed)
+    basis = background_basis(size, size, 1)
+    truth = torch.tensor([[5.0, 0.8, -0.5], [3.0, -0.3, 0.2], [8.0, 0.0, 0.6]])[:views]
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    atoms = 20.0 * torch.exp(-((x - size / 2) ** 2 + (y - size / 2) ** 2) / 20.0).expand(views, size, size)
+    mean = atoms + background(truth, basis)
+    return basis, truth, atoms, mean, g
+
+
+def test_fit_linear_l2_is_least_squares():
+    basis, truth, atoms, mean, g = _plane_problem()
+    measured = mean + torch.randn(mean.shape, generator=g)
+    fitted = NoiseModel("l2").fit_linear(atoms, measured, basis, torch.zeros(3, 3))
+    design = basis.reshape(3, -1).double()
+    expected = torch.linalg.lstsq(design.T, (measured - atoms).reshape(3, -1).double().T).solution.T
+    torch.testing.assert_close(fitted, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_fit_linear_l1_of_a_constant_is_the_median():
+    basis, _, atoms, mean, g = _plane_problem(views=2)
+    constant = basis[:1]
+    measured = mean + torch.randn(mean.shape, generator=g) ** 3  # heavy tails: median and mean differ
+    fitted = NoiseModel("l1").fit_linear(atoms, measured, constant, torch.zeros(2, 1), iterations=200)
+    median = (measured - atoms).reshape(2, -1).median(dim=1).values
+    # the sum of |residuals| is flat between the two middle values: compare the objective
+    for k in range(2):
+        r = (measured[k] - atoms[k]).reshape(-1)
+        assert float((r - fitted[k, 0]).abs().sum()) <= float((r - median[k]).abs().sum()) * (1 + 1e-6)
+
+
+def test_fit_linear_poisson_pedestal_and_plane_reach_the_likelihood_optimum():
+    basis, truth, atoms, mean, g = _plane_problem()
+    counts = torch.poisson(mean, generator=g)
+    noise = NoiseModel("poisson", floor=1e-3)
+    for degree, columns in ((0, 1), (1, 3)):
+        start = torch.full((3, columns), 0.0)  # infeasible where atoms are 0: lifted above the floor
+        fitted = noise.fit_linear(atoms, counts, basis[:columns], start, iterations=50)
+        model = atoms + background(fitted, basis[:columns])
+        gradient = torch.einsum("vhw,thw->vt", (1.0 - counts / model).double(), basis[:columns].double())
+        assert float(gradient.abs().max()) < 1e-2  # the score vanishes: a maximum of the likelihood
+        assert float((fitted[:, 0] - truth[:, 0]).abs().max()) < 0.5  # about 5 counts: within noise
+
+
+def test_fit_linear_warm_start_only_improves():
+    basis, _, atoms, mean, g = _plane_problem()
+    counts = torch.poisson(mean, generator=g)
+    noise = NoiseModel("poisson", floor=1e-3)
+    best = noise.fit_linear(atoms, counts, basis, torch.full((3, 3), 1.0), iterations=50)
+    start = best + 0.3
+    one_step = noise.fit_linear(atoms, counts, basis, start, iterations=1)
+    totals = [noise.pixels(atoms + background(c, basis), counts).sum() for c in (start, one_step, best)]
+    assert totals[0] >= totals[1] >= totals[2] - 1e-3
+
+
+# ----------------------------------------------------------------------------- view corrections
+def test_view_corrections_fit_only_their_views_and_shifts_start_late():
+    basis, truth, atoms, mean, g = _plane_problem()
+    rotations = torch.from_numpy(view_rotations(np.array([-40.0, 0.0, 40.0]))).float()
+    measured = mean + 0.1 * torch.randn(mean.shape, generator=g)
+    corrections = ViewCorrections(
+        rotations, torch.arange(3), measured, shifts=True, background_degree=1, noise=NoiseModel("l2"), shifts_from=10
+    )
+    before = corrections.background.clone()
+    corrections.fit(atoms[1:2], measured[1:2], torch.tensor([1]))
+    assert torch.equal(corrections.background[[0, 2]], before[[0, 2]])
+    torch.testing.assert_close(corrections.background[1], truth[1], atol=0.02, rtol=0)
+    offsets = torch.zeros(2, 2)
+    early = corrections.offsets(offsets, torch.tensor([0, 2]), step=5)
+    late = corrections.offsets(offsets, torch.tensor([0, 2]), step=10)
+    assert not early.requires_grad and late.requires_grad
+    assert corrections.offsets(offsets, None, step=20) is offsets  # free views keep their offsets
+    learned = corrections.as_dict()
+    assert learned["background_degree"] == 1 and len(learned["shifts"]) == 3 and len(learned["background"]) == 3
+
+
+def test_view_corrections_take_out_the_rigid_translation():
+    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 20.0))).float()
+    corrections = ViewCorrections(rotations, torch.arange(7), torch.zeros(7, 8, 8), shifts=True)
+    with torch.no_grad():
+        corrections.params["view_shifts"].copy_((rotations @ torch.tensor([0.3, -0.2, 0.5]))[:, :2])
+    corrections.after_step()
+    assert float(corrections.params["view_shifts"].abs().max()) < 1e-5
+
+
+# ----------------------------------------------------------------------------- the density strategy
+def _optimizers(cloud):
+    optimizers = {name: torch.optim.Adam([p], lr=0.01) for name, p in cloud.params.items()}
+    loss = cloud.project(_views()).square().sum()
+    loss.backward()
+    for optimizer in optimizers.values():
+        optimizer.step()
+    return optimizers
+
+
+def test_strategy_runs_passes_on_its_schedule_and_returns_records():
+    cloud = _cloud(count=27)
+    options = DensityOptions(refine_every=10, densify_until=0.5, split_until=0.8, birth_every=0)
+    strategy = DensityStrategy(options, total_steps=100, generator=torch.Generator().manual_seed(0))
+    optimizers = _optimizers(cloud)
+    assert strategy.step_post_backward(cloud, optimizers, 5) is None
+    record = strategy.step_post_backward(cloud, optimizers, 10)
+    assert record.step == 10 and record.before == 27 and record.after == cloud.count
+    assert record.split >= round(0.05 * (27 - record.merged - record.pruned))  # duplication while densifying
+    late = strategy.step_post_backward(cloud, optimizers, 90)  # after densify_until and split_until
+    assert late.split == 0 and late.born == 0
+    # the optimizers follow the new parameters
+    for name, param in cloud.params.items():
+        assert optimizers[name].param_groups[0]["params"][0] is param
+
+
+def test_strategy_cleanup_leaves_its_input_alone():
+    cloud = _cloud(count=20)
+    params = cloud.detached()
+    params["positions"][1] = params["positions"][0] + 0.1  # a pair to merge
+    copy = {k: v.clone() for k, v in params.items()}
+    cleaned = DensityStrategy(DensityOptions()).cleanup(params)
+    assert len(cleaned["positions"]) == 19
+    assert all(torch.equal(params[k], copy[k]) for k in params)
+
+
+def test_transplant_moves_adam_state_by_source():
+    old = {"w": torch.nn.Parameter(torch.arange(4.0))}
+    optimizer = torch.optim.Adam([old["w"]], lr=0.1)
+    old["w"].grad = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    optimizer.step()
+    moments = optimizer.state[old["w"]]["exp_avg"].clone()
+    new = {"w": torch.nn.Parameter(torch.zeros(3))}
+    transplant({"w": optimizer}, old, new, torch.tensor([3, -1, 0]))
+    state = optimizer.state[new["w"]]
+    torch.testing.assert_close(state["exp_avg"], torch.stack([moments[3], torch.tensor(0.0), moments[0]]))
+    assert old["w"] not in optimizer.state and optimizer.param_groups[0]["params"][0] is new["w"]
