@@ -217,7 +217,7 @@ def test_misaligned_series_on_a_background_is_recovered(tmp_path):
     """Unknown shifts of up to 2 pixels and a background ramp of 10 % of the maximum: with
     ``refine_shifts`` and a plane background learned jointly, the atoms are found and the shifts
     are recovered (up to the rigid translation that the atoms take instead)."""
-    from atomsplat.data.tiltseries import write_tilt_series
+    from atomsplat.data.formats import write_tilt_series
     from atomsplat.geometry import view_rotations
     from atomsplat.model.corrections import gauge_basis, shift_error
     from atomsplat.sim.simulate import center_structure, simulate_tilt_series

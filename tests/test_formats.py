@@ -15,16 +15,10 @@ from scipy.spatial.transform import Rotation
 
 from atomsplat.analysis.tilt_axis import TiltAxisWarning, check_tilt_axis
 from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.data.formats import read_tilt_series, write_tilt_series
 from atomsplat.data.mrc import read_mrc_series
-from atomsplat.data.tiltseries import (
-    GROUND_TRUTH,
-    METADATA,
-    PROJECTIONS,
-    TiltSeries,
-    TiltSeriesError,
-    read_tilt_series,
-    write_tilt_series,
-)
+from atomsplat.data.series import GROUND_TRUTH, METADATA, TiltSeries, TiltSeriesError
+from atomsplat.data.tiff_dataset import PROJECTIONS
 from atomsplat.data.transforms_json import SCENE_TO_SAMPLE, TRANSFORMS
 from atomsplat.geometry import view_rotations
 from atomsplat.render.projector import project_isotropic

@@ -12,18 +12,9 @@ from ase.io import read as ase_read
 from nerfstudio.cameras.cameras import CameraType
 
 from atomsplat.data.dataparser import TomographyDataParserConfig
-from atomsplat.data.tiltseries import (
-    ANGLES,
-    GROUND_TRUTH,
-    METADATA,
-    PROJECTIONS,
-    TiltSeries,
-    TiltSeriesError,
-    ground_truth_path,
-    parse_tilt_scheme,
-    read_tilt_series,
-    write_tilt_series,
-)
+from atomsplat.data.formats import ground_truth_path, read_tilt_series, write_tilt_series
+from atomsplat.data.series import GROUND_TRUTH, METADATA, TiltSeries, TiltSeriesError, parse_tilt_scheme
+from atomsplat.data.tiff_dataset import ANGLES, PROJECTIONS
 
 N, H, W = 5, 12, 16
 ANGLE_VALUES = np.array([-60.0, -27.5, 0.0, 31.25, 60.0])

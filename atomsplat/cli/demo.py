@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from atomsplat.analysis.matching import evaluate
-    from atomsplat.data.tiltseries import TiltSeriesError, ground_truth_path, read_tilt_series
+    from atomsplat.data.formats import ground_truth_path, read_tilt_series
+    from atomsplat.data.series import TiltSeriesError
     from atomsplat.export import atoms_from_model, load_model
     from atomsplat.report import plot_report
 

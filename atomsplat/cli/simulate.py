@@ -12,7 +12,9 @@ import sys
 
 import ase.io
 
-from atomsplat.data.tiltseries import check_writable, parse_tilt_scheme, write_tilt_series
+from atomsplat.data.formats import write_tilt_series
+from atomsplat.data.series import parse_tilt_scheme
+from atomsplat.data.tiff_dataset import check_writable
 from atomsplat.sim.simulate import center_structure, simulate_tilt_series
 
 # The paper's additive noise, in abTEM's projected-potential units (V A).

@@ -26,8 +26,8 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 
+from atomsplat.data.formats import ground_truth_path, read_tilt_series
 from atomsplat.data.previews import preview_images
-from atomsplat.data.tiltseries import ground_truth_path, read_tilt_series
 from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.

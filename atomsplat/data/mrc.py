@@ -32,12 +32,11 @@ from typing import Optional
 
 import numpy as np
 
-from atomsplat.data.tiltseries import (
+from atomsplat.data.series import (
     METADATA,
     PIXEL_SIZE_HINT,
     TiltSeries,
     TiltSeriesError,
-    build_series,
     check_pixel_size,
     metadata_fields,
     metadata_number,
@@ -128,11 +127,11 @@ def read_mrc_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
             f"{path}: no pixel size: the voxel size in the MRC header is unset (0, or the placeholder 1.0 A); "
             f"{PIXEL_SIZE_HINT} (beside the stack: {meta_path})"
         )
-    return build_series(
-        path,
+    return TiltSeries(
         projections=stack,
         tilt_angles=angles,
         pixel_size=pixel_size,
         **metadata_fields(meta, meta_path),
         source=path,
+        where=path,
     )

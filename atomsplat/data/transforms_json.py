@@ -32,12 +32,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from atomsplat.data.tiltseries import (
+from atomsplat.data.series import (
     METADATA,
     PIXEL_SIZE_HINT,
     TiltSeries,
     TiltSeriesError,
-    build_series,
     check_pixel_size,
     metadata_number,
     read_metadata,
@@ -196,8 +195,7 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
     # a shift in scene units is fl pixels per unit (fl_x = W, fl_y = H in the paper's layout)
     shifts = shifts * intrinsics * pixel_size if intrinsics is not None else None
     known = {"pixel_size", "elements"}
-    return build_series(
-        path,
+    return TiltSeries(
         projections=np.stack(projections),
         tilt_angles=np.asarray(angles),
         pixel_size=pixel_size,
@@ -206,4 +204,5 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
         extra={k: v for k, v in meta.items() if k not in known},
         source=path,
         images=images,
+        where=path,
     )

@@ -1,42 +1,23 @@
-"""Tilt series in memory, the dataset directory of DESIGN.md, and the one reader of every layout.
+"""A tilt series in memory, its validation, and the small readers that every file layout shares.
 
-:func:`read_tilt_series` ``(path, pixel_size=None)`` reads
-
-* a dataset directory (DESIGN.md; :func:`write_tilt_series` writes it)::
-
-      projections.tif    float32 stack (N, H, W), one projection a page
-      tilt_angles.txt    N angles in degrees, one a line; lines starting with # are comments
-      metadata.json      {"pixel_size": A, "tilt_axis_angle": deg, "shifts": [[x, y], ...] A,
-                          "elements": ["Au", ...], ...}
-      ground_truth.xyz   optional: true atoms (extended XYZ, A, sample frame)
-
-* an MRC stack (``.mrc``, ``.mrcs``, ``.st``, ``.ali``, ``.preali``) with its IMOD angle file
-  beside it (:mod:`atomsplat.data.mrc`);
-* a directory in the paper's layout, a nerfstudio ``transforms.json`` with 8-bit images
-  (:mod:`atomsplat.data.transforms_json`).
-
-The pixel size (A) comes from the ``pixel_size`` argument when given, else from metadata.json,
-else (MRC only) from the file header. After reading, a cheap check compares the series with its
-declared tilt axis (:mod:`atomsplat.analysis.tilt_axis`) and issues a ``TiltAxisWarning`` naming
-the file when the axis looks wrong. Every problem with the files raises :class:`TiltSeriesError`,
-whose message names the file and the problem.
+This is the bottom of ``atomsplat.data``: the format modules (:mod:`atomsplat.data.tiff_dataset`,
+:mod:`atomsplat.data.mrc`, :mod:`atomsplat.data.transforms_json`) build a :class:`TiltSeries` from
+their files, and :mod:`atomsplat.data.formats` chooses between them; this module imports none of
+them. Every problem with a series raises :class:`TiltSeriesError`, whose message names the place
+(``where``: the file or directory a reader read, else "tilt series") and the problem.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 
-from atomsplat.analysis.tilt_axis import TiltAxisWarning, check_tilt_axis
-
-PROJECTIONS = "projections.tif"
-ANGLES = "tilt_angles.txt"
+# Files that every layout may hold beside its projections.
 METADATA = "metadata.json"
 GROUND_TRUTH = "ground_truth.xyz"
 
@@ -57,7 +38,7 @@ class TiltSeriesError(ValueError):
 
 @dataclass
 class TiltSeries:
-    """A tilt series in memory.
+    """A tilt series in memory, validated when it is made.
 
     Attributes:
         projections: (N, H, W) float32 projections; pixel (i, j) as in :mod:`atomsplat.geometry`.
@@ -71,6 +52,8 @@ class TiltSeries:
             None for a series made in memory.
         images: for the transforms.json layout, the 8-bit image file of each projection (stock
             nerfstudio methods read them as they are); None otherwise.
+        where: (init only) the place that validation errors name: the file or directory a reader
+            read; None (a series made in memory) names it "tilt series".
     """
 
     projections: np.ndarray
@@ -82,13 +65,14 @@ class TiltSeries:
     extra: dict = field(default_factory=dict)
     source: Optional[Path] = None
     images: Optional[List[Path]] = None
+    where: InitVar[Optional[Union[str, Path]]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, where):
         self.projections = np.asarray(self.projections)
         self.tilt_angles = np.asarray(self.tilt_angles, dtype=np.float64).reshape(-1)
         if self.shifts is not None:
             self.shifts = np.asarray(self.shifts, dtype=np.float64)
-        validate(self, where="tilt series")
+        validate(self, where="tilt series" if where is None else where)
 
     @property
     def shape(self):
@@ -111,7 +95,7 @@ class TiltSeries:
         return meta
 
 
-def validate(series: TiltSeries, where: str) -> None:
+def validate(series: TiltSeries, where) -> None:
     """Raise :class:`TiltSeriesError` naming ``where`` if ``series`` is not a usable tilt series."""
     proj = series.projections
     if proj.ndim != 3:
@@ -147,7 +131,7 @@ def validate(series: TiltSeries, where: str) -> None:
             )
 
 
-def check_pixel_size(value, where: str) -> float:
+def check_pixel_size(value, where) -> float:
     """``value`` as a float if it is a plausible pixel size in A, else :class:`TiltSeriesError` naming ``where``."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     if not (ok and math.isfinite(value) and PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]):
@@ -176,21 +160,6 @@ def read_angles(path: Path) -> np.ndarray:
     if not values:
         raise TiltSeriesError(f"{path}: no tilt angles")
     return np.asarray(values)
-
-
-def read_projections(path: Path) -> np.ndarray:
-    """The (N, H, W) stack of a multi-page TIFF, as stored (dtype checked by :func:`validate`)."""
-    import tifffile
-
-    try:
-        stack = tifffile.imread(path)
-    except FileNotFoundError as err:
-        raise TiltSeriesError(f"{path}: missing") from err
-    except Exception as err:  # tifffile raises many kinds for truncated or foreign files
-        raise TiltSeriesError(f"{path}: cannot read as a TIFF stack ({type(err).__name__}: {err})") from err
-    if stack.ndim == 2:
-        stack = stack[None]
-    return stack
 
 
 def read_metadata(path: Path, optional: bool = False) -> dict:
@@ -234,131 +203,6 @@ def metadata_fields(meta: dict, path: Path) -> dict:
         elements=meta.get("elements"),
         extra={k: v for k, v in meta.items() if k not in known},
     )
-
-
-def build_series(where, **fields) -> TiltSeries:
-    """A :class:`TiltSeries` whose validation errors name ``where`` (a file or directory)."""
-    try:
-        return TiltSeries(**fields)
-    except TiltSeriesError as err:
-        raise TiltSeriesError(str(err).replace("tilt series:", f"{where}:", 1)) from None
-
-
-def read_tiff_dataset(directory, pixel_size: Optional[float] = None) -> TiltSeries:
-    """Read and check a dataset directory in the DESIGN.md format.
-
-    Args:
-        directory: the dataset directory.
-        pixel_size: pixel size in A overriding metadata.json (which may then be absent).
-    """
-    directory = Path(directory)
-    if not (directory / PROJECTIONS).is_file():
-        raise TiltSeriesError(
-            f"{directory / PROJECTIONS}: missing (a dataset directory holds {PROJECTIONS}, {ANGLES} and "
-            f"{METADATA}, or the paper's transforms.json; an MRC stack is read from its own file path)"
-        )
-    if not (directory / ANGLES).is_file():
-        raise TiltSeriesError(f"{directory / ANGLES}: missing")
-    meta = read_metadata(directory / METADATA, optional=pixel_size is not None)
-    if pixel_size is None and "pixel_size" not in meta:
-        raise TiltSeriesError(
-            f'{directory / METADATA}: no "pixel_size" (detector pixel size in Angstrom) given; {PIXEL_SIZE_HINT}'
-        )
-    stack = read_projections(directory / PROJECTIONS)
-    angles = read_angles(directory / ANGLES)
-    if len(angles) != len(stack):
-        raise TiltSeriesError(
-            f"{directory / ANGLES}: {len(angles)} tilt angles, "
-            f"but {directory / PROJECTIONS} holds {len(stack)} projections"
-        )
-    if pixel_size is None:
-        pixel_size = metadata_number(meta, "pixel_size", directory / METADATA)
-    return build_series(
-        directory,
-        projections=stack,
-        tilt_angles=angles,
-        pixel_size=pixel_size,
-        **metadata_fields(meta, directory / METADATA),
-        source=directory / PROJECTIONS,
-    )
-
-
-def read_tilt_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
-    """Read and check a tilt series in any supported layout, chosen by what ``path`` is.
-
-    Args:
-        path: a dataset directory (``projections.tif``, ... or a ``transforms.json``; a directory
-            holding both is read from the float32 TIFF), an MRC stack file, or a ``transforms.json``.
-        pixel_size: detector pixel size in A; overrides metadata.json and the MRC header.
-
-    Returns:
-        The :class:`TiltSeries`; a ``TiltAxisWarning`` is issued when the projections look tilted
-        about another axis than the declared one (:func:`atomsplat.analysis.tilt_axis.check_tilt_axis`).
-    """
-    from atomsplat.data import mrc, transforms_json
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / PROJECTIONS).exists() and (path / transforms_json.TRANSFORMS).is_file():
-            series = transforms_json.read_transforms_series(path / transforms_json.TRANSFORMS, pixel_size)
-        else:
-            series = read_tiff_dataset(path, pixel_size)
-    elif path.is_file() and path.suffix.lower() in mrc.MRC_SUFFIXES:
-        series = mrc.read_mrc_series(path, pixel_size)
-    elif path.is_file() and path.name == transforms_json.TRANSFORMS:
-        series = transforms_json.read_transforms_series(path, pixel_size)
-    elif path.is_file():
-        raise TiltSeriesError(
-            f"{path}: not a tilt series: give a dataset directory ({PROJECTIONS}, {ANGLES}, {METADATA}, or the "
-            f"paper's {transforms_json.TRANSFORMS}) or an MRC stack ({', '.join(mrc.MRC_SUFFIXES)})"
-        )
-    else:
-        raise TiltSeriesError(f"{path}: no such file or directory")
-    check = check_tilt_axis(series.projections, series.tilt_axis_angle)
-    if check.suspicious:
-        warnings.warn(f"{series.source}: {check.message()}", TiltAxisWarning, stacklevel=2)
-    return series
-
-
-def ground_truth_path(path) -> Optional[Path]:
-    """The ``ground_truth.xyz`` of the dataset at ``path`` (in its directory, or beside its MRC
-    stack or transforms.json), or None when there is none."""
-    path = Path(path)
-    candidate = (path if path.is_dir() else path.parent) / GROUND_TRUTH
-    return candidate if candidate.is_file() else None
-
-
-def check_writable(directory, overwrite: bool = False) -> None:
-    """Raise FileExistsError if ``directory`` already holds a dataset and ``overwrite`` is False."""
-    directory = Path(directory)
-    existing = [n for n in (PROJECTIONS, ANGLES, METADATA, GROUND_TRUTH) if (directory / n).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{directory}: already holds {', '.join(existing)}; choose another output or pass overwrite"
-        )
-
-
-def write_tilt_series(directory, series: TiltSeries, ground_truth=None, overwrite: bool = False) -> Path:
-    """Write ``series`` (and optional ``ground_truth`` ase.Atoms, sample frame, A) as a dataset.
-
-    Refuses to touch an existing dataset unless ``overwrite`` is True.
-    """
-    import tifffile
-    from ase.io import write as ase_write
-
-    directory = Path(directory)
-    check_writable(directory, overwrite)
-    directory.mkdir(parents=True, exist_ok=True)
-    stack = np.ascontiguousarray(series.projections, dtype=np.float32)
-    tifffile.imwrite(directory / PROJECTIONS, stack, photometric="minisblack")  # pages, never RGB
-    angles = "\n".join(f"{a:.6f}" for a in series.tilt_angles)
-    (directory / ANGLES).write_text(f"# tilt angles in degrees, one per projection\n{angles}\n")
-    (directory / METADATA).write_text(json.dumps(series.metadata(), indent=2) + "\n")
-    if ground_truth is not None:
-        ase_write(directory / GROUND_TRUTH, ground_truth, format="extxyz")
-    elif (directory / GROUND_TRUTH).exists():
-        (directory / GROUND_TRUTH).unlink()
-    return directory
 
 
 def parse_tilt_scheme(text: str) -> np.ndarray:
