@@ -39,7 +39,8 @@ from atomsplat.analysis.matching import match_atoms
 from atomsplat.analysis.metrics import method_scores
 from atomsplat.analysis.species import label_by_weight, separability
 from atomsplat.analysis.tracing import trace_atoms
-from atomsplat.data.tiltseries import TiltSeries, parse_tilt_scheme, read_tilt_series, write_tilt_series
+from atomsplat.data.formats import read_tilt_series, write_tilt_series
+from atomsplat.data.series import TiltSeries, parse_tilt_scheme
 from atomsplat.render.voxelize import voxelize
 from atomsplat.sim.potential import potential_volume, volume_origin
 from atomsplat.sim.simulate import simulate_tilt_series

@@ -24,7 +24,7 @@ import torch
 from atomsplat.analysis.matching import evaluate, match_atoms
 from atomsplat.cli.simulate import main as simulate
 from atomsplat.data.dataparser import bundled_demo_path
-from atomsplat.data.tiltseries import read_tilt_series
+from atomsplat.data.formats import read_tilt_series
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.geometry import view_rotations
 from atomsplat.model.corrections import gauge_basis, shift_error

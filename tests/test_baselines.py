@@ -15,7 +15,7 @@ import atomsplat
 from atomsplat.analysis.baselines import align_projections, angle_weights, fbp, reproject, sirt
 from atomsplat.analysis.matching import evaluate
 from atomsplat.analysis.tracing import trace_atoms
-from atomsplat.data.tiltseries import read_tilt_series
+from atomsplat.data.formats import read_tilt_series
 from atomsplat.geometry import pixel_centers, view_rotations
 from atomsplat.render.projector import project_isotropic
 

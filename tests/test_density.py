@@ -296,7 +296,8 @@ def _model_missing_atoms(tmp_path, missing):
     from ase import Atoms
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
-    from atomsplat.data.tiltseries import TiltSeries, write_tilt_series
+    from atomsplat.data.formats import write_tilt_series
+    from atomsplat.data.series import TiltSeries
     from atomsplat.geometry import view_rotations
     from atomsplat.model.atomsplat_model import AtomSplatModelConfig
     from atomsplat.render.projector import project_isotropic_dense

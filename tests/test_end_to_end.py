@@ -288,7 +288,7 @@ def test_misaligned_series_on_a_background_is_recovered(tmp_path):
     7.5 (5 % of the plane's mean level). Before the background was solved (it was learned by
     Adam, whose momentum moved every view's plane while other views were fitted) the same error
     was 7-11."""
-    from atomsplat.data.tiltseries import write_tilt_series
+    from atomsplat.data.formats import write_tilt_series
     from atomsplat.geometry import view_rotations
     from atomsplat.model.corrections import gauge_basis, shift_error
     from atomsplat.sim.simulate import center_structure, simulate_tilt_series

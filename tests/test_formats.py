@@ -15,16 +15,10 @@ from scipy.spatial.transform import Rotation
 
 from atomsplat.analysis.tilt_axis import TiltAxisWarning, check_tilt_axis
 from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.data.formats import read_tilt_series, write_tilt_series
 from atomsplat.data.mrc import read_mrc_series
-from atomsplat.data.tiltseries import (
-    GROUND_TRUTH,
-    METADATA,
-    PROJECTIONS,
-    TiltSeries,
-    TiltSeriesError,
-    read_tilt_series,
-    write_tilt_series,
-)
+from atomsplat.data.series import GROUND_TRUTH, METADATA, TiltSeries, TiltSeriesError
+from atomsplat.data.tiff_dataset import PROJECTIONS
 from atomsplat.data.transforms_json import SCENE_TO_SAMPLE, TRANSFORMS
 from atomsplat.geometry import view_rotations
 from atomsplat.render.projector import project_isotropic
@@ -91,6 +85,40 @@ def test_mrc_stack_converts_to_float32_exactly(tmp_path, dtype):
     np.testing.assert_array_equal(series.tilt_angles, ANGLES)
     assert series.pixel_size == pytest.approx(0.42) and series.tilt_axis_angle == 0.0
     assert series.source == path and series.images is None and series.shifts is None
+
+
+def test_mrc_counts(tmp_path):
+    """int16 counts are read exactly as counts; metadata.json beside the stack declares otherwise or
+    gives a gain; signed data below zero (a detector offset) are read but are not counts."""
+    values = np.abs(counts(dtype=np.int16))
+    values.flat[0] = np.iinfo(np.int16).max
+    path = write_mrc(tmp_path / "tilt.st", values, voxel_size=0.42)
+    series = read_tilt_series(path)
+    assert series.counts is True and series.gain == 1.0 and series.projections.dtype == np.float32
+    np.testing.assert_array_equal(series.projections, values)
+    (tmp_path / METADATA).write_text(json.dumps({"counts": False}))
+    assert read_tilt_series(path).counts is False
+    (tmp_path / METADATA).write_text(json.dumps({"gain": 0.25}))
+    series = read_tilt_series(path)
+    assert series.counts is True and series.gain == 0.25 and series.extra == {}
+    (tmp_path / METADATA).unlink()
+    offset = write_mrc(tmp_path / "offset.mrc", counts(dtype=np.int16), voxel_size=0.42)
+    assert read_tilt_series(offset).counts is False
+    (tmp_path / METADATA).write_text(json.dumps({"counts": True}))
+    with pytest.raises(TiltSeriesError, match=r"offset\.mrc: projections declared as counts hold \d+ negative values"):
+        read_tilt_series(offset)
+
+
+def test_mrc_8_bit_counts_when_declared(tmp_path):
+    values = np.random.default_rng(5).integers(0, 127, size=(len(ANGLES), 10, 12), endpoint=True).astype(np.int8)
+    path = write_mrc(tmp_path / "tilt.mrc", values, voxel_size=0.5)
+    (tmp_path / METADATA).write_text(json.dumps({"counts": True}))
+    series = read_tilt_series(path)
+    assert series.counts is True
+    np.testing.assert_array_equal(series.projections, values)
+    (tmp_path / METADATA).write_text(json.dumps({"counts": False}))
+    with pytest.raises(TiltSeriesError, match=r"tilt\.mrc: MRC mode 0 \(int8\).*8-bit.*\"counts\": true"):
+        read_tilt_series(path)
 
 
 def test_single_image_mrc_is_one_projection(tmp_path):
@@ -272,6 +300,19 @@ def test_paper_angles_read_back(tmp_path):
     np.testing.assert_array_equal(read_tilt_series(directory / TRANSFORMS).tilt_angles, series.tilt_angles)
     grey = read_tilt_series(write_paper_layout(tmp_path / "grey", projections, thetas, pixel_size=0.3, rgb=False))
     np.testing.assert_array_equal(grey.projections, series.projections)
+
+
+def test_paper_layout_is_never_counts(tmp_path):
+    """Its 8-bit grey values (integers, scaled to the series maximum) are not detector counts,
+    unless a metadata.json beside transforms.json says they are."""
+    projections = np.random.default_rng(4).poisson(5.0, size=(3, 6, 8)).astype(float)
+    directory = write_paper_layout(tmp_path / "paper", projections, [-10.0, 0.0, 10.0], pixel_size=0.3)
+    series = read_tilt_series(directory)
+    assert series.counts is False and series.gain == 1.0
+    assert series.projections.min() >= 0 and np.array_equal(series.projections, np.rint(series.projections))
+    (directory / METADATA).write_text(json.dumps({"pixel_size": 0.3, "counts": True, "gain": 0.5}))
+    series = read_tilt_series(directory)
+    assert series.counts is True and series.gain == 0.5 and series.extra == {}
 
 
 def render_through_nerfstudio(c2w, centres, sigma, width, height, oversample=4):
@@ -521,11 +562,15 @@ def test_reader_warns_about_a_wrong_tilt_axis(tmp_path):
         assert read_tilt_series(stack).tilt_axis_angle == 90.0
 
 
-def test_tiff_rule_for_non_float_data_is_unchanged(tmp_path):
-    """MRC integers are converted; a TIFF stack of integers is still refused."""
+def test_integer_stacks_follow_one_rule_in_tiff_and_mrc(tmp_path):
+    """The same uint16 counts give the same series from a TIFF dataset and from an MRC stack."""
+    values = counts(dtype=np.uint16)
     directory = write_tilt_series(
-        tmp_path / "d", TiltSeries(projections=np.ones((2, 4, 4), np.float32), tilt_angles=[0.0, 5.0], pixel_size=0.5)
+        tmp_path / "d", TiltSeries(projections=values.astype(np.float32), tilt_angles=ANGLES, pixel_size=0.5)
     )
-    tifffile.imwrite(directory / PROJECTIONS, np.ones((2, 4, 4), np.uint16))
-    with pytest.raises(TiltSeriesError, match=r"/d: projections must be floating point \(float32\), got uint16"):
-        read_tilt_series(directory)
+    tifffile.imwrite(directory / PROJECTIONS, values)
+    stack = write_mrc(tmp_path / "tilt.mrc", values, voxel_size=0.5)
+    from_tiff, from_mrc = read_tilt_series(directory), read_tilt_series(stack)
+    for series in (from_tiff, from_mrc):
+        assert series.counts is True and series.projections.dtype == np.float32
+        np.testing.assert_array_equal(series.projections, values)

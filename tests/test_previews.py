@@ -5,7 +5,7 @@ import torch
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
 from atomsplat.data.dataparser import TomographyDataParserConfig, bundled_demo_path
-from atomsplat.data.tiltseries import read_tilt_series
+from atomsplat.data.formats import read_tilt_series
 
 
 def test_stock_dataset_reads_one_preview_per_projection(atomsplat_cache):

@@ -8,7 +8,7 @@ from ase.io import read, write
 
 from atomsplat import geometry
 from atomsplat.cli.simulate import main
-from atomsplat.data.tiltseries import read_tilt_series
+from atomsplat.data.formats import read_tilt_series
 from atomsplat.sim.simulate import center_structure, default_shape, rotate_to_view, simulate_tilt_series
 
 P = 0.25

@@ -12,18 +12,9 @@ from ase.io import read as ase_read
 from nerfstudio.cameras.cameras import CameraType
 
 from atomsplat.data.dataparser import TomographyDataParserConfig
-from atomsplat.data.tiltseries import (
-    ANGLES,
-    GROUND_TRUTH,
-    METADATA,
-    PROJECTIONS,
-    TiltSeries,
-    TiltSeriesError,
-    ground_truth_path,
-    parse_tilt_scheme,
-    read_tilt_series,
-    write_tilt_series,
-)
+from atomsplat.data.formats import ground_truth_path, read_tilt_series, write_tilt_series
+from atomsplat.data.series import GROUND_TRUTH, METADATA, TiltSeries, TiltSeriesError, parse_tilt_scheme
+from atomsplat.data.tiff_dataset import ANGLES, PROJECTIONS
 
 N, H, W = 5, 12, 16
 ANGLE_VALUES = np.array([-60.0, -27.5, 0.0, 31.25, 60.0])
@@ -125,8 +116,9 @@ def test_non_tiff_bytes(dataset):
     expect_error(dataset, PROJECTIONS)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int64])
 def test_integer_stack(dataset, dtype):
+    """8-bit stacks are refused unless declared counts (see the counts tests), 64-bit ones always."""
     tifffile.imwrite(dataset / PROJECTIONS, np.ones((N, H, W), dtype))
     expect_error(dataset, str(dataset), "floating point", np.dtype(dtype).name)
 
@@ -250,6 +242,122 @@ def test_in_memory_validation():
         make_series(tilt_axis_angle=float("nan"))
     with pytest.raises(TiltSeriesError, match="shifts"):
         make_series(shifts=np.full((N, 2), np.inf))
+
+
+# --- counts: detected from the values, declared in metadata.json, integer stacks ---------------------------
+
+
+def poisson_stack(seed=0, mean=3.0):
+    return np.random.default_rng(seed).poisson(mean, size=(N, H, W)).astype(np.float32)
+
+
+def test_counts_detected_from_values():
+    assert make_series(projections=poisson_stack()).counts is True
+    assert make_series().counts is False  # Gaussian floats
+    spoilt = poisson_stack()
+    spoilt[2, 3, 4] = 2.5  # one value off the integers
+    assert make_series(projections=spoilt).counts is False
+    assert make_series(projections=poisson_stack() - 1.0).counts is False  # integers, some negative
+    series = make_series(projections=poisson_stack())
+    assert series.gain == 1.0 and series.metadata()["counts"] is True and series.metadata()["gain"] == 1.0
+
+
+def test_counts_in_metadata_override_detection_both_ways(tmp_path):
+    counting = write_tilt_series(tmp_path / "c", make_series(projections=poisson_stack()))
+    assert json.loads((counting / METADATA).read_text())["counts"] is True  # written back
+    assert read_tilt_series(counting).counts is True
+    set_metadata(counting, counts=False)
+    back = read_tilt_series(counting)
+    assert back.counts is False and "counts" not in back.extra
+    floating = write_tilt_series(tmp_path / "f", make_series())
+    assert read_tilt_series(floating).counts is False
+    set_metadata(floating, counts=None)  # absent: detected
+    assert read_tilt_series(floating).counts is False
+    scaled = make_series(projections=poisson_stack() / 4.0, counts=True, gain=4.0)  # counts = 4 * value
+    back = read_tilt_series(write_tilt_series(tmp_path / "s", scaled))
+    assert back.counts is True and back.gain == 4.0 and back.extra == scaled.extra
+    np.testing.assert_array_equal(back.projections, scaled.projections)
+    set_metadata(tmp_path / "s", counts="yes")
+    expect_error(tmp_path / "s", METADATA, '"counts" must be true or false', "'yes'")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.int32])
+def test_integer_tiff_stack_is_read_as_counts_exactly(dataset, dtype):
+    info = np.iinfo(dtype)
+    values = np.random.default_rng(1).integers(0, min(info.max, 2**24), size=(N, H, W), endpoint=True)
+    values.flat[:2] = (0, min(info.max, 2**24))  # the ends of the range float32 holds exactly
+    tifffile.imwrite(dataset / PROJECTIONS, values.astype(dtype))
+    set_metadata(dataset, counts=None)  # the writer recorded the float stack's "counts": false
+    series = read_tilt_series(dataset)
+    assert series.projections.dtype == np.float32 and series.counts is True
+    np.testing.assert_array_equal(series.projections.astype(np.int64), values)
+
+
+def test_integer_stack_with_negative_values(dataset):
+    """A signed stack with an offset below zero is read, but is not counts; declared counts, it is refused."""
+    values = np.random.default_rng(2).integers(-50, 3000, size=(N, H, W)).astype(np.int16)
+    tifffile.imwrite(dataset / PROJECTIONS, values)
+    set_metadata(dataset, counts=None)
+    series = read_tilt_series(dataset)
+    assert series.counts is False
+    np.testing.assert_array_equal(series.projections, values)
+    set_metadata(dataset, counts=True)
+    expect_error(dataset, str(dataset / PROJECTIONS), "declared as counts", "negative")
+
+
+def test_32_bit_values_that_float32_cannot_hold_are_refused(dataset):
+    values = np.full((N, H, W), 7, np.int32)
+    values[1, 2, 3] = 2**25  # even: float32 holds it exactly
+    tifffile.imwrite(dataset / PROJECTIONS, values)
+    assert read_tilt_series(dataset).projections[1, 2, 3] == 2**25
+    values[4, 0, 0] = 2**24 + 1
+    tifffile.imwrite(dataset / PROJECTIONS, values)
+    expect_error(dataset, str(dataset / PROJECTIONS), "1 values", "int32", "no exact float32 equal", "16777217")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_8_bit_stack_is_counts_only_when_declared(dataset, dtype):
+    values = np.random.default_rng(3).integers(0, 100, size=(N, H, W)).astype(dtype)
+    tifffile.imwrite(dataset / PROJECTIONS, values)
+    set_metadata(dataset, counts=False)
+    expect_error(dataset, str(dataset), "floating point", np.dtype(dtype).name, '"counts": true')
+    set_metadata(dataset, counts=True)
+    series = read_tilt_series(dataset)
+    assert series.counts is True and series.projections.dtype == np.float32
+    np.testing.assert_array_equal(series.projections, values)
+    if dtype == np.int8:
+        values[3, 1, 1] = -4
+        tifffile.imwrite(dataset / PROJECTIONS, values)
+        expect_error(dataset, str(dataset / PROJECTIONS), "1 negative values", "pages [3]")
+
+
+def test_negative_values_in_declared_counts_are_refused(dataset):
+    stack = poisson_stack()
+    stack[2, 5, 6] = -1.0
+    tifffile.imwrite(dataset / PROJECTIONS, stack)
+    set_metadata(dataset, counts=None)
+    assert read_tilt_series(dataset).counts is False  # not declared: detected as no counts
+    set_metadata(dataset, counts=True)
+    expect_error(dataset, str(dataset / PROJECTIONS), "declared as counts hold 1 negative values", "pages [2]")
+    with pytest.raises(TiltSeriesError, match=r"tilt series: projections declared as counts hold 1 negative"):
+        make_series(projections=stack, counts=True)
+
+
+@pytest.mark.parametrize("gain", [0.0, -2.0, float("nan"), float("inf"), "2", True, None])
+def test_gain_must_be_finite_and_positive(gain):
+    with pytest.raises(TiltSeriesError, match="tilt series: gain must be a"):
+        make_series(gain=gain)
+
+
+def test_gain_in_metadata(dataset):
+    set_metadata(dataset, gain=2.5)
+    assert read_tilt_series(dataset).gain == 2.5
+    set_metadata(dataset, gain="high")
+    expect_error(dataset, METADATA, '"gain" must be a number')
+    set_metadata(dataset, gain=-1)
+    expect_error(dataset, str(dataset), "gain must be a finite number of counts per data unit above 0")
+    with pytest.raises(TiltSeriesError, match="counts must be True, False or None"):
+        make_series(counts="yes")
 
 
 # --- tilt schemes -------------------------------------------------------------------------------------

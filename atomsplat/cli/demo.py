@@ -46,7 +46,8 @@ class Demo:
 
         from atomsplat.analysis.matching import evaluate
         from atomsplat.data.dataparser import bundled_demo_path
-        from atomsplat.data.tiltseries import TiltSeriesError, ground_truth_path, read_tilt_series
+        from atomsplat.data.formats import ground_truth_path, read_tilt_series
+        from atomsplat.data.series import TiltSeriesError
         from atomsplat.export import atoms_from_model, load_model
         from atomsplat.report import plot_report
         from atomsplat.training import train

@@ -69,7 +69,9 @@ class Simulate:
         """Simulate and write the dataset; bad input stops with a one-line error (exit status 2)."""
         import ase.io
 
-        from atomsplat.data.tiltseries import check_writable, parse_tilt_scheme, write_tilt_series
+        from atomsplat.data.formats import write_tilt_series
+        from atomsplat.data.series import parse_tilt_scheme
+        from atomsplat.data.tiff_dataset import check_writable
         from atomsplat.sim.simulate import center_structure, simulate_tilt_series
 
         try:

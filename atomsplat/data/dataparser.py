@@ -1,4 +1,4 @@
-"""Nerfstudio DataParser for tilt series (every layout :func:`atomsplat.data.tiltseries.read_tilt_series` reads).
+"""Nerfstudio DataParser for tilt series (every layout :func:`atomsplat.data.formats.read_tilt_series` reads).
 
 The scene is scaled once, here: the cube of side ``L = max(H, W) * pixel_size`` (A) centred on
 the rotation centre becomes nerfstudio's box [-1, 1]^3, ``dataparser_scale = 2 / L`` scene units
@@ -26,8 +26,8 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 
+from atomsplat.data.formats import ground_truth_path, read_tilt_series
 from atomsplat.data.previews import preview_images
-from atomsplat.data.tiltseries import ground_truth_path, read_tilt_series
 from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.

@@ -8,9 +8,11 @@ whichever of the two exists is used.
 * Projections: the sections of the stack, (N, H, W) = the file's (nz, ny, nx) as stored: row i
   is the MRC y index, column j the x index, so the detector y of :mod:`atomsplat.geometry` points
   where IMOD draws y (upwards). Microscopes write 16-bit integers (MRC modes 1 and 6) and float16
-  (mode 12): these are converted to float32, exactly. 8-bit data (mode 0) is refused, as for the
-  TIFF format: it has usually been scaled for display and lost the absolute intensities a
-  tomographic fit needs. Complex data is refused.
+  (mode 12): these are converted to float32, exactly. Integers are detector counts
+  (:mod:`atomsplat.data.series`) unless they hold negative values or ``metadata.json`` says
+  ``"counts": false``. 8-bit data (mode 0) is refused, as for the TIFF format: it has usually
+  been scaled for display and lost the absolute intensities a tomographic fit needs; unless
+  ``metadata.json`` says ``"counts": true``, when it is read as counts. Complex data is refused.
 * Pixel size (A): the ``pixel_size`` argument, else ``"pixel_size"`` in a ``metadata.json``
   beside the stack, else the header's voxel size. A header voxel size of 0 means "unset", and
   1.0 is what many programs store when they do not know the pixel size, so 1.0 counts as unset
@@ -20,8 +22,8 @@ whichever of the two exists is used.
   ``"tilt_axis_angle": 90`` (or -90: the two give mirror images of each other, which the
   projections alone cannot tell apart). The reader's tilt-axis check warns when the declared
   axis looks wrong.
-* ``metadata.json`` beside the stack is optional; it may also give ``"shifts"`` and
-  ``"elements"`` as in the dataset directory format.
+* ``metadata.json`` beside the stack is optional; it may also give ``"shifts"``, ``"elements"``,
+  ``"counts"`` and ``"gain"`` as in the dataset directory format.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from typing import Optional
 
 import numpy as np
 
-from atomsplat.data.tiltseries import (
+from atomsplat.data.series import (
     METADATA,
     PIXEL_SIZE_HINT,
     TiltSeries,
     TiltSeriesError,
-    build_series,
     check_pixel_size,
+    counts_fields,
     metadata_fields,
     metadata_number,
     read_angles,
@@ -61,11 +63,17 @@ def angle_file(stack: Path) -> Path:
     raise TiltSeriesError(f"{stack}: no tilt angles: expected {names} beside it (one angle in degrees a line)")
 
 
-def read_mrc_stack(path: Path):
+def read_mrc_stack(path: Path, counts: Optional[bool] = None):
     """The projections and the header's pixel size of an MRC file.
 
+    Args:
+        path: the MRC file.
+        counts: whether the data are declared detector counts (None: not declared); 8-bit data are
+            refused unless they are.
+
     Returns:
-        stack (N, H, W) float32; pixel size in A from the header, or None when it is unset.
+        stack (N, H, W): float32 for float data, integers as stored (the series converts them);
+        pixel size in A from the header, or None when it is unset.
     """
     import mrcfile
 
@@ -80,12 +88,18 @@ def read_mrc_stack(path: Path):
         shape = None if data is None else data.shape
         raise TiltSeriesError(f"{path}: expected a stack of 2D projections, got data of shape {shape}")
     kind, size = data.dtype.kind, data.dtype.itemsize
-    if kind == "c" or (kind in "iu" and size == 1):
+    if kind == "c":
         raise TiltSeriesError(
             f"{path}: MRC mode {mode} ({data.dtype}) cannot be a tilt series: projections must be float or "
-            "16-bit integer counts; 8-bit images have lost the absolute intensities a tomographic fit needs"
+            "16-bit integer counts"
         )
-    stack = np.array(data, dtype=np.float32)  # int16, uint16 and float16 convert exactly
+    if kind in "iu" and size == 1 and counts is not True:
+        raise TiltSeriesError(
+            f"{path}: MRC mode {mode} ({data.dtype}) cannot be a tilt series: projections must be float or "
+            "16-bit integer counts; 8-bit images have lost the absolute intensities a tomographic fit needs "
+            f'(8-bit detector counts: say "counts": true in {METADATA} beside the stack)'
+        )
+    stack = np.array(data, dtype=np.float32 if kind == "f" else data.dtype)  # float16 converts exactly
     if stack.ndim == 2:
         stack = stack[None]
     if stack.size == 0:
@@ -108,7 +122,7 @@ def read_mrc_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
     angles_path = angle_file(path)
     meta_path = path.parent / METADATA
     meta = read_metadata(meta_path, optional=True)
-    stack, header = read_mrc_stack(path)
+    stack, header = read_mrc_stack(path, counts_fields(meta, meta_path)["counts"])
     angles = read_angles(angles_path)
     if len(angles) != len(stack):
         raise TiltSeriesError(f"{angles_path}: {len(angles)} tilt angles, but {path} holds {len(stack)} projections")
@@ -128,11 +142,11 @@ def read_mrc_series(path, pixel_size: Optional[float] = None) -> TiltSeries:
             f"{path}: no pixel size: the voxel size in the MRC header is unset (0, or the placeholder 1.0 A); "
             f"{PIXEL_SIZE_HINT} (beside the stack: {meta_path})"
         )
-    return build_series(
-        path,
+    return TiltSeries(
         projections=stack,
         tilt_angles=angles,
         pixel_size=pixel_size,
         **metadata_fields(meta, meta_path),
         source=path,
+        where=path,
     )

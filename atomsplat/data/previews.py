@@ -17,7 +17,7 @@ from typing import List
 
 import numpy as np
 
-from atomsplat.data.tiltseries import TiltSeries
+from atomsplat.data.series import TiltSeries
 
 
 def cache_root() -> Path:

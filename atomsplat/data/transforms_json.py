@@ -17,9 +17,11 @@ the handedness that nerfstudio's camera model gives the scene.) Frames whose rot
 rotation about x are refused; a translation off the viewing axis becomes the projection's shift.
 
 Images are read as float32 grey values (0..255 for 8-bit files: arbitrary units, the absolute
-intensities are lost); grey images and RGB images with three equal channels are accepted. The
-pixel size is lost as well (the scene is the unit box): it comes from ``"pixel_size"`` in a
-``metadata.json`` beside ``transforms.json``, or from the ``pixel_size`` argument.
+intensities are lost); grey images and RGB images with three equal channels are accepted. Being
+scaled to the series maximum, they are never detector counts (``counts=False``) unless a
+``metadata.json`` beside ``transforms.json`` says ``"counts": true`` (with a ``"gain"``, as in
+the dataset directory format). The pixel size is lost as well (the scene is the unit box): it
+comes from ``"pixel_size"`` in that ``metadata.json``, or from the ``pixel_size`` argument.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from atomsplat.data.tiltseries import (
+from atomsplat.data.series import (
     METADATA,
     PIXEL_SIZE_HINT,
     TiltSeries,
     TiltSeriesError,
-    build_series,
     check_pixel_size,
+    counts_fields,
     metadata_number,
     read_metadata,
 )
@@ -195,15 +197,16 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
     intrinsics = check_intrinsics(transforms, projections[0].shape, path, need_focal=np.abs(shifts).max() > 1e-6)
     # a shift in scene units is fl pixels per unit (fl_x = W, fl_y = H in the paper's layout)
     shifts = shifts * intrinsics * pixel_size if intrinsics is not None else None
-    known = {"pixel_size", "elements"}
-    return build_series(
-        path,
+    known = {"pixel_size", "elements", "counts", "gain"}
+    return TiltSeries(
         projections=np.stack(projections),
         tilt_angles=np.asarray(angles),
         pixel_size=pixel_size,
         shifts=shifts,
         elements=meta.get("elements"),
+        **counts_fields(meta, meta_path, counts=False),
         extra={k: v for k, v in meta.items() if k not in known},
         source=path,
         images=images,
+        where=path,
     )

@@ -104,7 +104,7 @@ class AtomSplatModel(SplatfactoModel):
     def populate_modules(self):
         metadata = self.kwargs["metadata"]
         self.series = metadata["tilt_series"]
-        """The :class:`atomsplat.data.tiltseries.TiltSeries` trained on."""
+        """The :class:`atomsplat.data.series.TiltSeries` trained on."""
         self.scale = float(metadata["scale"])
         """nerfstudio scene units per A (the dataparser's scale)."""
         self.level = float(self.series.projections.max())

@@ -23,7 +23,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from scipy.ndimage import gaussian_filter
 
-from atomsplat.data.tiltseries import TiltSeries
+from atomsplat.data.series import TiltSeries
 
 # Space (A) kept between any atom and the edge of the default field of view and of abTEM's grid:
 # the projected potential of an atom falls below 1e-5 of its peak within 3 A.

@@ -1,0 +1,305 @@
+"""A tilt series in memory, its validation, and the small readers that every file layout shares.
+
+This is the bottom of ``atomsplat.data``: the format modules (:mod:`atomsplat.data.tiff_dataset`,
+:mod:`atomsplat.data.mrc`, :mod:`atomsplat.data.transforms_json`) build a :class:`TiltSeries` from
+their files, and :mod:`atomsplat.data.formats` chooses between them; this module imports none of
+them. Every problem with a series raises :class:`TiltSeriesError`, whose message names the place
+(``where``: the file or directory a reader read, else "tilt series") and the problem.
+
+Counts. Low-dose projections are detector counts with Poisson statistics. ``TiltSeries.counts``
+says so; left None it is detected from the values when the series is made: non-negative values
+that are all integers are counts. Integer stacks of 16 or 32 bits are converted to float32
+exactly (their values then are integers; a stack with negative values, a detector offset, is not
+counts unless declared so, and declared counts must not be negative); 8-bit stacks are refused
+unless declared counts, as they have usually been scaled for display. ``TiltSeries.gain`` gives
+counts per data unit for data recorded in other units (a scaled detector): counts = gain * value.
+Data in such units are not integers, so they are counts only when declared (``counts=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import InitVar, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Union
+
+import numpy as np
+
+# Files that every layout may hold beside its projections.
+METADATA = "metadata.json"
+GROUND_TRUTH = "ground_truth.xyz"
+
+# float32 holds every integer up to this magnitude exactly (a 24-bit significand).
+FLOAT32_EXACT_INTEGERS = 2**24
+
+# Pixel sizes outside this range (A) are almost surely a unit mistake (nm or m for A).
+PIXEL_SIZE_RANGE = (0.01, 20.0)
+
+# How a user gives the pixel size where a file does not (appended to error messages).
+PIXEL_SIZE_HINT = (
+    'give it in Angstrom as {"pixel_size": 0.25} in metadata.json, or as an override: '
+    "read_tilt_series(path, pixel_size=0.25), ns-train atomsplat --data PATH tomography --pixel-size 0.25, "
+    "atomsplat-demo --pixel-size 0.25"
+)
+
+
+class TiltSeriesError(ValueError):
+    """A tilt-series dataset on disk is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class TiltSeries:
+    """A tilt series in memory, validated when it is made.
+
+    Attributes:
+        projections: (N, H, W) float32 projections; pixel (i, j) as in :mod:`atomsplat.geometry`
+            (integer stacks are converted exactly when the series is made, see the module docstring).
+        tilt_angles: (N,) float64 tilt angles, degrees.
+        pixel_size: detector pixel size, A.
+        tilt_axis_angle: in-plane angle of the tilt axis from the detector x axis, degrees.
+        shifts: (N, 2) known per-projection shifts in A, or None for none.
+        elements: species expected in the sample (chemical symbols), or None.
+        extra: any further metadata keys, kept as they were read.
+        source: the file the projections were read from (TIFF or MRC stack, transforms.json), or
+            None for a series made in memory.
+        images: for the transforms.json layout, the 8-bit image file of each projection (stock
+            nerfstudio methods read them as they are); None otherwise.
+        counts: the projections are detector counts (Poisson statistics); None when made means
+            "detect from the values" (non-negative integers: True, else False), so it is a bool after.
+        gain: counts per data unit, finite and > 0 (1 for data recorded in counts).
+        where: (init only) the place that validation errors name: the file or directory a reader
+            read; None (a series made in memory) names it "tilt series".
+    """
+
+    projections: np.ndarray
+    tilt_angles: np.ndarray
+    pixel_size: float
+    tilt_axis_angle: float = 0.0
+    shifts: Optional[np.ndarray] = None
+    elements: Optional[list] = None
+    extra: dict = field(default_factory=dict)
+    source: Optional[Path] = None
+    images: Optional[List[Path]] = None
+    counts: Optional[bool] = None
+    gain: float = 1.0
+    where: InitVar[Optional[Union[str, Path]]] = None
+
+    def __post_init__(self, where):
+        where = "tilt series" if where is None else where
+        stack = where if self.source is None else self.source
+        self.projections = integers_as_float32(np.asarray(self.projections), self.counts, stack)
+        self.tilt_angles = np.asarray(self.tilt_angles, dtype=np.float64).reshape(-1)
+        if self.shifts is not None:
+            self.shifts = np.asarray(self.shifts, dtype=np.float64)
+        validate(self, where)
+        if self.counts is None:
+            self.counts = looks_like_counts(self.projections)
+        self.counts = bool(self.counts)
+        self.gain = float(self.gain)
+
+    @property
+    def shape(self):
+        """(N, H, W)."""
+        return self.projections.shape
+
+    def shifts_or_zeros(self) -> np.ndarray:
+        """(N, 2) shifts in A, zeros when none were given."""
+        return self.shifts if self.shifts is not None else np.zeros((len(self.tilt_angles), 2))
+
+    def metadata(self) -> dict:
+        """The content of ``metadata.json``."""
+        meta = dict(self.extra)
+        meta["pixel_size"] = float(self.pixel_size)
+        meta["tilt_axis_angle"] = float(self.tilt_axis_angle)
+        if self.shifts is not None:
+            meta["shifts"] = self.shifts.tolist()
+        if self.elements is not None:
+            meta["elements"] = list(self.elements)
+        meta["counts"] = bool(self.counts)
+        meta["gain"] = float(self.gain)
+        return meta
+
+
+def integers_as_float32(stack: np.ndarray, counts: Optional[bool], where) -> np.ndarray:
+    """``stack`` as float32 if it is an integer stack that a tilt series takes, else as it is.
+
+    16- and 32-bit integers are taken, 8-bit ones only when ``counts`` is True (:func:`validate`
+    refuses the rest). Raises :class:`TiltSeriesError` naming ``where`` when a value has no exact
+    float32 equal (beyond +-2^24).
+    """
+    size = stack.dtype.itemsize
+    if stack.dtype.kind not in "iu" or size not in (1, 2, 4) or (size == 1 and counts is not True):
+        return stack
+    if size == 4:
+        big = stack[(stack > FLOAT32_EXACT_INTEGERS) | (stack < -FLOAT32_EXACT_INTEGERS)].astype(np.int64)
+        inexact = big[big.astype(np.float32).astype(np.int64) != big]
+        if inexact.size:
+            raise TiltSeriesError(
+                f"{where}: {inexact.size} values of the {stack.dtype} projections have no exact float32 equal "
+                f"(e.g. {int(inexact[0])}; float32 holds every integer up to 2^24 = {FLOAT32_EXACT_INTEGERS}); "
+                "store the stack as float32 or smaller numbers"
+            )
+    return stack.astype(np.float32)
+
+
+def looks_like_counts(projections: np.ndarray) -> bool:
+    """True when every value is a non-negative integer, as detector counts are."""
+    return bool(projections.min() >= 0 and np.array_equal(np.rint(projections), projections))
+
+
+def validate(series: TiltSeries, where) -> None:
+    """Raise :class:`TiltSeriesError` naming ``where`` if ``series`` is not a usable tilt series."""
+    proj = series.projections
+    if proj.ndim != 3:
+        raise TiltSeriesError(f"{where}: projections must be a stack of shape (N, H, W), got shape {proj.shape}")
+    if min(proj.shape) == 0:
+        raise TiltSeriesError(f"{where}: projections stack is empty, shape {proj.shape}")
+    if proj.dtype.kind in "iu" and proj.dtype.itemsize == 1:
+        raise TiltSeriesError(
+            f"{where}: projections must be floating point (float32), got {proj.dtype}; 8-bit images have lost "
+            'the absolute intensities a tomographic fit needs (8-bit detector counts: say "counts": true in '
+            f"{METADATA})"
+        )
+    if not np.issubdtype(proj.dtype, np.floating):
+        raise TiltSeriesError(
+            f"{where}: projections must be floating point (float32) or 16- or 32-bit integer counts, got {proj.dtype}"
+        )
+    bad = ~np.isfinite(proj)
+    if bad.any():
+        pages = np.unique(np.nonzero(bad)[0])
+        raise TiltSeriesError(
+            f"{where}: projections contain {int(bad.sum())} NaN or infinite values "
+            f"(pages {pages[:10].tolist()}{' ...' if len(pages) > 10 else ''})"
+        )
+    n = proj.shape[0]
+    if series.tilt_angles.shape != (n,):
+        raise TiltSeriesError(f"{where}: {len(series.tilt_angles)} tilt angles for {n} projections")
+    if not np.all(np.isfinite(series.tilt_angles)):
+        raise TiltSeriesError(f"{where}: tilt angles contain NaN or infinite values")
+    if len(np.unique(series.tilt_angles)) != n:
+        raise TiltSeriesError(f"{where}: tilt angles repeat")
+    check_pixel_size(series.pixel_size, where)
+    if not math.isfinite(series.tilt_axis_angle):
+        raise TiltSeriesError(f"{where}: tilt_axis_angle must be finite, got {series.tilt_axis_angle!r}")
+    if series.shifts is not None:
+        if series.shifts.shape != (n, 2) or not np.all(np.isfinite(series.shifts)):
+            raise TiltSeriesError(
+                f"{where}: shifts must be {n} finite pairs [x, y] in A, got shape {series.shifts.shape}"
+            )
+    if series.counts is not None and not isinstance(series.counts, (bool, np.bool_)):
+        raise TiltSeriesError(f"{where}: counts must be True, False or None (detect), got {series.counts!r}")
+    gain = series.gain
+    if isinstance(gain, (bool, np.bool_)) or not isinstance(gain, (int, float, np.integer, np.floating)):
+        raise TiltSeriesError(f"{where}: gain must be a number of counts per data unit, got {gain!r}")
+    if not (math.isfinite(gain) and gain > 0):
+        raise TiltSeriesError(f"{where}: gain must be a finite number of counts per data unit above 0, got {gain!r}")
+    if series.counts and proj.min() < 0:
+        negative = proj < 0
+        pages = np.unique(np.nonzero(negative)[0])
+        stack = where if series.source is None else series.source
+        raise TiltSeriesError(
+            f"{stack}: projections declared as counts hold {int(negative.sum())} negative values "
+            f"(pages {pages[:10].tolist()}{' ...' if len(pages) > 10 else ''}); counts are never negative "
+            '(data with an offset subtracted are not counts: declare "counts": false)'
+        )
+
+
+def check_pixel_size(value, where) -> float:
+    """``value`` as a float if it is a plausible pixel size in A, else :class:`TiltSeriesError` naming ``where``."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]):
+        raise TiltSeriesError(
+            f"{where}: pixel_size must be a number of Angstrom in {PIXEL_SIZE_RANGE}, got {value!r} "
+            "(nanometres or metres by mistake?)"
+        )
+    return float(value)
+
+
+def read_angles(path: Path) -> np.ndarray:
+    """Tilt angles (N,) in degrees from a text file: one number a line, # starts a comment line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TiltSeriesError(f"{path}: cannot read tilt angles ({err})") from err
+    values = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            values.append(float(text))
+        except ValueError as err:
+            raise TiltSeriesError(f"{path}, line {number}: not a number of degrees: {text!r}") from err
+    if not values:
+        raise TiltSeriesError(f"{path}: no tilt angles")
+    return np.asarray(values)
+
+
+def read_metadata(path: Path, optional: bool = False) -> dict:
+    """The metadata dictionary of ``path``; ``{}`` if it is missing and ``optional``."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        if optional:
+            return {}
+        raise TiltSeriesError(
+            f'{path}: missing (it must give at least the pixel size, e.g. {{"pixel_size": 0.25}}, '
+            "unless an override gives it)"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise TiltSeriesError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise TiltSeriesError(f"{path}: must hold a JSON object")
+    return meta
+
+
+def metadata_number(meta: dict, key: str, path: Path, default=None) -> float:
+    """``meta[key]`` as a float (``default`` if absent), or an error naming ``path`` and the key."""
+    value = meta.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise TiltSeriesError(f'{path}: "{key}" must be a number, got {value!r}') from err
+
+
+def counts_fields(meta: dict, path: Path, counts: Optional[bool] = None) -> dict:
+    """The TiltSeries fields ``counts`` and ``gain`` from metadata.json ``path``: its ``"counts"``
+    (true or false) wins over ``counts`` (None: detect from the values), its ``"gain"`` defaults to 1."""
+    value = meta.get("counts")
+    if value is not None and not isinstance(value, bool):
+        raise TiltSeriesError(f'{path}: "counts" must be true or false, got {value!r}')
+    return dict(counts=counts if value is None else value, gain=metadata_number(meta, "gain", path, 1.0))
+
+
+def metadata_fields(meta: dict, path: Path) -> dict:
+    """The TiltSeries fields that metadata.json ``path`` gives besides the pixel size:
+    tilt_axis_angle (default 0), shifts, elements, counts and gain (:func:`counts_fields`) and the
+    other keys as ``extra``."""
+    try:
+        shifts = None if meta.get("shifts") is None else np.asarray(meta["shifts"], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TiltSeriesError(f'{path}: "shifts" must be a list of [x, y] pairs in A') from err
+    known = {"pixel_size", "tilt_axis_angle", "shifts", "elements", "counts", "gain"}
+    return dict(
+        tilt_axis_angle=metadata_number(meta, "tilt_axis_angle", path, 0.0),
+        shifts=shifts,
+        elements=meta.get("elements"),
+        **counts_fields(meta, path),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def parse_tilt_scheme(text: str) -> np.ndarray:
+    """Angles in degrees from ``"start:stop:step"`` (stop included when on the grid), e.g. "-70:70:3"."""
+    parts = text.split(":")
+    try:
+        start, stop, step = (float(x) for x in parts)
+    except ValueError as err:
+        raise ValueError(f"tilt scheme {text!r}: expected start:stop:step in degrees, e.g. -70:70:3") from err
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError(f"tilt scheme {text!r}: start, stop and step must be finite numbers of degrees")
+    if step <= 0 or stop < start:
+        raise ValueError(f"tilt scheme {text!r}: need step > 0 and stop >= start")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return start + step * np.arange(count)
