@@ -8,8 +8,17 @@ from ase.io import read, write
 
 from atomsplat import geometry
 from atomsplat.cli.simulate import main
-from atomsplat.data.formats import read_tilt_series
-from atomsplat.sim.simulate import center_structure, default_shape, rotate_to_view, simulate_tilt_series
+from atomsplat.data.formats import read_tilt_series, write_tilt_series
+from atomsplat.sim.adf import adf_cross_sections, projected_potential_integral
+from atomsplat.sim.simulate import (
+    center_structure,
+    default_shape,
+    expected_counts,
+    rebuild_expected_counts,
+    rotate_to_view,
+    simulate_tilt_series,
+)
+from atomsplat.sim.structures import build_particle
 
 P = 0.25
 # A small Pt/Au cluster well inside a 32 x 32 A field of view at every tilt.
@@ -85,15 +94,113 @@ def test_gaussian_noise_has_the_requested_std():
     assert noisy[:, :30, :30].std() == pytest.approx(50.0, rel=0.1)
 
 
-def test_poisson_dose_gives_counts():
-    dose = 1000.0
-    series = simulate(CLUSTER, [0.0, 30.0], dose=dose, probe_sigma=0.5)
+def test_poisson_dose_gives_adf_counts():
+    """With a dose the projections are Poisson counts: whole, non-negative numbers whose total
+    matches the expectation of :func:`expected_counts` (each atom ``dose * sigma(Z)``, plus the
+    pedestal on every pixel) to within a few Poisson standard deviations."""
+    dose, pedestal = 1000.0, 0.5
+    series = simulate(CLUSTER, [0.0, 30.0], dose=dose, probe_sigma=0.5, pedestal=pedestal)
     counts = series.projections
     assert counts.dtype == np.float32 and counts.min() >= 0 and np.all(counts == np.round(counts))
-    clean = simulate(CLUSTER, [0.0, 30.0], probe_sigma=0.5).projections
-    scale = series.extra["simulation"]["counts_per_potential"]
-    assert scale == pytest.approx(dose * P**2 / clean.max())
-    assert counts.sum() == pytest.approx(np.clip(clean, 0, None).sum() * scale, rel=0.01)
+    sigma = adf_cross_sections(["Au", "Pt"])
+    per_view = dose * (4 * sigma["Pt"] + 3 * sigma["Au"]) + pedestal * 128 * 128
+    totals = counts.sum(axis=(1, 2))
+    assert np.all(np.abs(totals - per_view) < 5.0 * np.sqrt(per_view))
+    sim = series.extra["simulation"]
+    assert sim["noise"] == "poisson" and sim["pedestal"] == pedestal and sim["adf_exponent"] == 1.7
+    assert sim["cross_sections"] == sigma
+    for symbol in ("Au", "Pt"):
+        expected = dose * P**2 * sigma[symbol] / projected_potential_integral(symbol)
+        assert sim["counts_per_potential"][symbol] == pytest.approx(expected)
+
+
+def test_projected_potential_integral_is_the_image_sum():
+    """The normalisation of each atom's footprint, abTEM's projected scattering factor at zero
+    frequency, is the plane integral of one atom's simulated image (sum times pixel area; the
+    image of one atom inside the field of view holds all of it to 1e-5)."""
+    for symbol in ("O", "Si", "Au"):
+        image = simulate(Atoms(symbol, positions=[(0.3, -0.2, 0.0)]), [0.0], probe_sigma=0.5).projections
+        assert float(image.sum()) * P**2 == pytest.approx(projected_potential_integral(symbol), rel=1e-4)
+
+
+def test_each_atom_sends_dose_times_its_cross_section():
+    """Two isolated atoms of different Z (O and Ge, 20 A apart): each one's counts integrate to
+    ``dose * sigma(Z)``, so their ratio is (8 / 32)^1.7 (or the ratio of the exponent asked for).
+    Measured: within 1.4e-5 of both (the tails beyond each half of the field of view); 1e-3 asserted."""
+    pair = Atoms("OGe", positions=[(-10.0, 0.0, 0.0), (10.0, 0.0, 0.0)])
+    dose = 5000.0
+    for exponent in (1.7, 2.0):
+        image = expected_counts(
+            pair, [0.0], dose, P, probe_sigma=0.5, pedestal=0.0, shape=(64, 160), exponent=exponent
+        )[0]
+        left, right = image[:, :80].sum(), image[:, 80:].sum()
+        sigma = adf_cross_sections(["O", "Ge"], exponent)
+        assert left == pytest.approx(dose * sigma["O"], rel=1e-3)
+        assert right == pytest.approx(dose * sigma["Ge"], rel=1e-3)
+        assert left / right == pytest.approx((8 / 32) ** exponent, rel=2e-3)
+
+
+def test_expected_counts_are_linear_in_dose_over_the_pedestal():
+    low, high = (expected_counts(CLUSTER, [20.0], dose, P, shape=(64, 64), pedestal=1.0) for dose in (100.0, 300.0))
+    assert low.min() >= 1.0
+    np.testing.assert_allclose(high - 1.0, 3.0 * (low - 1.0), rtol=1e-9, atol=1e-12)
+
+
+def test_low_dose_si_particle_counts_and_pedestal():
+    """The calibration of :mod:`atomsplat.sim.adf` on the 2 nm amorphous Si particle (128 x 128
+    pixels of 0.195 A, probe 0.5 A, pedestal 1): the brightest pixel of a projection, averaged over
+    the projections, is about 9, 12 and 46 counts at 8e3, 1.6e4 and 1.6e5 e/A^2. Six projections
+    30 degrees apart here; over 3 particle seeds, 5 noise seeds and the 10 such subsets of 0:3:177
+    the six-projection mean lay in [8.2, 9.8], [10.3, 12.7] and [43.5, 51.8] (means 8.9, 11.2,
+    46.8), inside the 15 % asserted. The corners, 12 A and more from the centre, hold the pedestal:
+    expected 1 count to within 0.012 at the highest dose, measured mean of 9,600 pixels within 0.05
+    (5 standard errors)."""
+    atoms = build_particle("si", "quick", seed=0)
+    angles = np.arange(0.0, 178.0, 30.0)
+    for dose, target in ((8e3, 9.0), (1.6e4, 12.0), (1.6e5, 46.0)):
+        series = simulate_tilt_series(
+            atoms, angles, pixel_size=0.195, probe_sigma=0.5, dose=dose, shape=(128, 128), progress=False
+        )
+        counts = series.projections
+        assert counts.min() >= 0 and np.all(counts == np.round(counts))
+        assert counts.max(axis=(1, 2)).mean() == pytest.approx(target, rel=0.15)
+        corners = np.concatenate(
+            [
+                counts[:, rows, cols]
+                for rows in (slice(0, 20), slice(-20, None))
+                for cols in (slice(0, 20), slice(-20, None))
+            ]
+        )
+        assert corners.mean() == pytest.approx(1.0, abs=0.05)
+    clean = expected_counts(atoms, angles[:1], 1.6e5, 0.195, 0.5, shape=(128, 128))
+    assert np.abs(clean[0, :20, :20] - 1.0).max() < 0.015
+
+
+def test_record_rebuilds_the_expectation(tmp_path):
+    """The simulation record (also after a trip through the dataset files) and the true atoms give
+    back the expectation the counts were drawn from: the same Poisson draw reproduces them."""
+    series = simulate(
+        CLUSTER, [-30.0, 0.0, 45.0], dose=2000.0, probe_sigma=0.5, misalignment=1.5, background_ramp=0.05, seed=4
+    )
+    write_tilt_series(tmp_path / "data", series, ground_truth=CLUSTER)
+    for record in (series, read_tilt_series(tmp_path / "data")):
+        expectation = rebuild_expected_counts(record, CLUSTER)
+        np.testing.assert_array_equal(np.random.default_rng(4).poisson(expectation), series.projections)
+    plain = simulate(CLUSTER, [0.0], dose=2000.0)
+    np.testing.assert_array_equal(
+        rebuild_expected_counts(plain, CLUSTER), expected_counts(CLUSTER, [0.0], 2000.0, P, 0.0, shape=(128, 128))
+    )
+    with pytest.raises(ValueError, match="no record"):
+        rebuild_expected_counts(simulate(CLUSTER, [0.0]), CLUSTER)
+
+
+def test_bad_adf_parameters_are_refused():
+    with pytest.raises(ValueError, match="pedestal"):
+        expected_counts(CLUSTER, [0.0], 100.0, pedestal=-1.0)
+    with pytest.raises(ValueError, match="no ADF cross-section"):
+        expected_counts(CLUSTER, [0.0], 100.0, cross_sections={"Au": 0.05})
+    with pytest.raises(ValueError, match="dose"):
+        expected_counts(CLUSTER, [0.0], 0.0)
 
 
 def test_noise_is_reproducible_by_seed():

@@ -12,12 +12,20 @@ from atomsplat.sim.structures import (
     FEPT_A,
     FEPT_C,
     PARTICLES,
+    SI_DENSITY,
+    SIO2_DENSITY,
+    amorphous_copdpt,
     amorphous_hea,
+    amorphous_particle,
     amorphous_pd,
+    amorphous_si,
+    amorphous_sigesn,
+    amorphous_sio2,
     au_particle,
     build_particle,
     fcc_sphere,
     fept_particle,
+    random_mixed_packing,
     random_packing,
     zrte_nanotube,
 )
@@ -105,6 +113,94 @@ def test_amorphous_pd_and_hea():
         assert np.linalg.norm(mine.mean(axis=0)) < 2.0
 
 
+def _interior_density(atoms, radius, depth=3.0):
+    """Atoms per A^3 in the sphere ``depth`` A inside the surface of a particle of ``radius``."""
+    inner = radius - depth
+    return np.sum(np.linalg.norm(atoms.positions, axis=1) <= inner) / (4.0 / 3.0 * np.pi * inner**3)
+
+
+def test_amorphous_si_count_density_and_distance():
+    """A 2 nm a-Si sphere holds about 0.0499 * 4,189 = 209 atoms (seeds 0-5 gave 197 to 223), the
+    interior of a 20 A one the bulk density (seeds 0-3: within 3 %), no pair closer than 2.2 A."""
+    small = amorphous_si(10.0, seed=0)
+    _assert_centred(small)
+    assert set(small.get_chemical_symbols()) == {"Si"}
+    assert len(small) == pytest.approx(SI_DENSITY * 4.0 / 3.0 * np.pi * 10.0**3, rel=0.1)
+    assert _closest(small.positions) >= 2.2
+    assert _interior_density(amorphous_si(20.0, seed=1), 20.0) == pytest.approx(SI_DENSITY, rel=0.05)
+
+
+def _closest_by_pair(atoms):
+    """{(a, b): shortest distance between an atom of a and one of b}, symbols sorted within a pair."""
+    symbols = np.array(atoms.get_chemical_symbols())
+    out = {}
+    for a in np.unique(symbols):
+        for b in np.unique(symbols):
+            if a <= b:
+                pa, pb = atoms.positions[symbols == a], atoms.positions[symbols == b]
+                d = cKDTree(pb).query(pa, k=2 if a == b else 1)[0]
+                out[(a, b)] = float((d[:, 1] if a == b else d).min())
+    return out
+
+
+def test_amorphous_sio2_is_stoichiometric_with_its_pair_distances():
+    """SiO2 at 2.2 g / cm^3: round(0.0662 * 4,189) = 277 atoms in a 10 A sphere, two O per Si up to
+    one atom, each species within 1 A of the radius (seeds 0-3: 0.7 A); each pair of species no
+    closer than its own closest approach; the interior of a 20 A sphere at the bulk density
+    (seeds 0-3: within 3 %)."""
+    assert SIO2_DENSITY == pytest.approx(0.06615, abs=1e-4)
+    atoms = amorphous_sio2(10.0, seed=0)
+    _assert_centred(atoms)
+    counts = Counter(atoms.get_chemical_symbols())
+    assert len(atoms) == 277 and abs(counts["O"] - 2 * counts["Si"]) <= 1
+    symbols, distance = np.array(atoms.get_chemical_symbols()), np.linalg.norm(atoms.positions, axis=1)
+    assert all(abs(distance[symbols == s].max() - 10.0) < 1.0 for s in ("Si", "O"))
+    closest = _closest_by_pair(atoms)
+    assert closest[("O", "Si")] >= 1.55 and closest[("O", "O")] >= 2.4 and closest[("Si", "Si")] >= 2.9
+    # Non-additive contacts: Si-O pairs do come near their 1.55 A, far below (2.4 + 2.9) / 2.
+    assert closest[("O", "Si")] < 2.0
+    assert _interior_density(amorphous_sio2(20.0, seed=1), 20.0) == pytest.approx(SIO2_DENSITY, rel=0.05)
+
+
+def test_mixtures_have_their_fractions():
+    """Mixtures hold each species within one atom of N times its fraction: by assignment after
+    the packing (one closest approach, CoPdPt), or by taking each species' innermost atoms of the
+    packing (one closest approach per pair, SiGeSn)."""
+    fractions = np.array([0.5, 0.3, 0.2])
+    for atoms, elements in (
+        (amorphous_copdpt(10.0, fractions=fractions, seed=2), ["Co", "Pd", "Pt"]),
+        (amorphous_sigesn(10.0, fractions=fractions, seed=2), ["Si", "Ge", "Sn"]),
+    ):
+        _assert_centred(atoms)
+        counts = Counter(atoms.get_chemical_symbols())
+        assert set(counts) == set(elements)
+        assert np.all(np.abs(np.array([counts[e] for e in elements]) - len(atoms) * fractions) <= 1.0)
+    sigesn = amorphous_sigesn(10.0, seed=0)
+    closest = _closest_by_pair(sigesn)
+    assert closest[("Si", "Si")] >= 2.2 and closest[("Ge", "Ge")] >= 2.29 and closest[("Sn", "Sn")] >= 2.63
+    assert amorphous_copdpt(8.0, seed=1).get_chemical_symbols() == amorphous_copdpt(8.0, seed=1).get_chemical_symbols()
+
+
+def test_mixed_packing_is_reproducible_and_checks_its_input():
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    distances = [[2.9, 1.55], [1.55, 2.4]]
+    a, la = random_mixed_packing(8.0, SIO2_DENSITY, [1, 2], distances, rng())
+    b, lb = random_mixed_packing(8.0, SIO2_DENSITY, [1, 2], distances, rng())
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    assert (
+        len(a) == round(SIO2_DENSITY * 4.0 / 3.0 * np.pi * 8.0**3) and abs(2 * np.sum(la == 0) - np.sum(la == 1)) <= 1
+    )
+    with pytest.raises(ValueError, match="symmetric"):
+        random_mixed_packing(8.0, 0.05, [1, 2], [[2.9, 1.5], [1.6, 2.4]], rng())
+    with pytest.raises(ValueError, match="fractions"):
+        random_mixed_packing(8.0, 0.05, [1, -1], distances, rng())
+    with pytest.raises(ValueError, match=r"\('O', 'O'\)"):
+        amorphous_particle(["Si", "O"], 8.0, 0.05, {("Si", "O"): 1.55, ("Si", "Si"): 2.9})
+    with pytest.raises(ValueError, match="one proportion"):
+        amorphous_particle(["Si", "Ge"], 8.0, 0.05, 2.2, fractions=[1.0, 2.0, 3.0])
+
+
 def test_nanotube_walls_and_filling():
     atoms = zrte_nanotube(length=30.0)
     _assert_centred(atoms)
@@ -169,7 +265,7 @@ def test_registry_builds_quick_particles(name):
     _assert_centred(atoms)
     assert 100 < len(atoms) < 1000
     assert set(atoms.get_chemical_symbols()) == set(PARTICLES[name].elements)
-    assert _closest(atoms.positions) > (1.4 if name == "nanotube" else 2.0)
+    assert _closest(atoms.positions) > {"nanotube": 1.4, "sio2": 1.5}.get(name, 2.0)  # C-C 1.42, Si-O 1.55 A
 
 
 def test_registry_refuses_unknown_names():

@@ -2,7 +2,9 @@
 
 Each projection follows the paper's recipe (DESIGN.md, "The method in the paper"): the infinite
 projected potential of the rotated structure (abTEM, Lobato parametrization, in V A), convolved
-with a Gaussian probe, plus noise. Geometry and pixel grid are those of :mod:`atomsplat.geometry`.
+with a Gaussian probe, plus Gaussian noise; or, for the low-dose regime, ADF-STEM counts: each
+species' projected potential weighted by its ADF cross-section (:mod:`atomsplat.sim.adf`), plus a
+pedestal, with Poisson noise. Geometry and pixel grid are those of :mod:`atomsplat.geometry`.
 
 abTEM's grid (checked in abTEM 1.0.11's ``ScatteringFactorProjectionIntegrals.integrate_on_grid``
 and by placing single atoms): the array of an (nx, ny) potential is indexed ``[ix, iy]`` and the
@@ -23,7 +25,12 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from scipy.ndimage import gaussian_filter
 
+<<<<<<< HEAD
 from atomsplat.data.series import TiltSeries
+=======
+from atomsplat.data.tiltseries import TiltSeries
+from atomsplat.sim.adf import ADF_EXPONENT, DEFAULT_PEDESTAL, adf_cross_sections, counts_per_potential
+>>>>>>> sim-lowdose
 
 # Space (A) kept between any atom and the edge of the default field of view and of abTEM's grid:
 # the projected potential of an atom falls below 1e-5 of its peak within 3 A.
@@ -114,6 +121,116 @@ def _projected_potential(atoms: Atoms, pixel_size: float, shape: tuple[int, int]
     return np.ascontiguousarray(array[pad_x : pad_x + w, pad_y : pad_y + h].T, dtype=np.float32)
 
 
+def _project_series(
+    atoms: Atoms,
+    angles: np.ndarray,
+    pixel_size: float,
+    probe_sigma: float,
+    shape: tuple[int, int],
+    tilt_axis_angle: float,
+    shifts: np.ndarray,
+    weights: dict | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """(N, H, W) probe-blurred projected potentials of the views of ``angles`` (see
+    :func:`simulate_tilt_series`), each moved by ``shifts`` (N, 2) A on the detector.
+
+    With ``weights`` None: float32, V A, one abTEM projection of all atoms per view. With
+    ``weights`` {symbol: factor}: float64, the sum over species of factor times that species'
+    projection (one abTEM projection per species per view).
+    """
+    progress = progress and sys.stderr.isatty()  # a counter rewritten in place: terminals only
+    symbols = np.array(atoms.get_chemical_symbols())
+    parts = [(atoms, 1.0)] if weights is None else [(atoms[symbols == s], w) for s, w in weights.items()]
+    out = np.zeros((len(angles),) + tuple(shape), dtype=np.float32 if weights is None else np.float64)
+    for k, angle in enumerate(angles):
+        if progress:
+            print(f"\rsimulating projection {k + 1}/{len(angles)}", end="", file=sys.stderr, flush=True)
+        for part, weight in parts:
+            image = _projected_potential(rotate_to_view(part, angle, tilt_axis_angle), pixel_size, shape, shifts[k])
+            if probe_sigma > 0:
+                image = gaussian_filter(image, sigma=probe_sigma / pixel_size, mode="constant")
+            out[k] += image if weights is None else weight * image.astype(np.float64)
+    if progress:
+        print(file=sys.stderr)
+    return out
+
+
+def expected_counts(
+    atoms: Atoms,
+    tilt_angles,
+    dose: float,
+    pixel_size: float = 0.25,
+    probe_sigma: float = 0.5,
+    pedestal: float = DEFAULT_PEDESTAL,
+    shape: tuple[int, int] | None = None,
+    tilt_axis_angle: float = 0.0,
+    shifts=None,
+    exponent: float = ADF_EXPONENT,
+    cross_sections: dict | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """The noise-free expected ADF counts (N, H, W) of ``atoms`` at ``dose`` (:mod:`atomsplat.sim.adf`).
+
+    Pixel (i, j) of view k expects ``dose * p^2 * sum_s sigma_s / C_s * V_s + pedestal`` counts,
+    with ``V_s`` the probe-blurred infinite projected potential (V A) of the atoms of species s in
+    view k as in :func:`simulate_tilt_series`, ``sigma_s`` their ADF cross-section (A^2) and
+    ``C_s`` the plane integral of one atom's projected potential (V A^3): an atom of species s
+    inside the field of view adds ``dose * sigma_s`` counts to the image.
+
+    Args:
+        atoms: the structure, positions in A in the sample frame.
+        tilt_angles: (N,) tilt angles, degrees.
+        dose: electrons per A^2 per projection.
+        pixel_size: pixel size p, A.
+        probe_sigma: standard deviation of the Gaussian probe, A.
+        pedestal: expected counts per pixel with no atom.
+        shape: (H, W) in pixels, or None for :func:`default_shape`.
+        tilt_axis_angle: in-plane angle of the tilt axis from the detector x axis, degrees.
+        shifts: (N, 2) detector shifts in A, or None.
+        exponent: exponent n of ``sigma(Z) = sigma_Si (Z / 14)^n`` (:func:`atomsplat.sim.adf.adf_cross_sections`).
+        cross_sections: {symbol: sigma in A^2} for every species present, overriding ``exponent``.
+        progress: show a projection counter on stderr when it is a terminal.
+
+    Returns:
+        (N, H, W) float64 expected counts.
+    """
+    angles = np.atleast_1d(np.asarray(tilt_angles, dtype=float))
+    if len(atoms) == 0:
+        raise ValueError("the structure holds no atoms")
+    if not dose > 0:
+        raise ValueError(f"dose must be a positive number of electrons per A^2, got {dose!r}")
+    if not pedestal >= 0:
+        raise ValueError(f"pedestal must be a non-negative number of counts per pixel, got {pedestal!r}")
+    if not pixel_size > 0 or not probe_sigma >= 0:
+        raise ValueError("pixel_size must be positive and probe_sigma must not be negative")
+    shape = default_shape(atoms, pixel_size) if shape is None else tuple(int(n) for n in shape)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be two positive numbers of pixels (H, W), got {shape}")
+    shifts = np.zeros((len(angles), 2)) if shifts is None else np.asarray(shifts, dtype=float)
+    if shifts.shape != (len(angles), 2):
+        raise ValueError(f"shifts must have shape ({len(angles)}, 2), got {shifts.shape}")
+    present = [chemical_symbols[z] for z in np.unique(atoms.numbers)]
+    if cross_sections is None:
+        cross_sections = adf_cross_sections(present, exponent)
+    missing = sorted(set(present) - set(cross_sections))
+    if missing:
+        raise ValueError(f"cross_sections gives no ADF cross-section for {missing}")
+    weights = counts_per_potential({s: float(cross_sections[s]) for s in present}, dose, pixel_size)
+    counts = _project_series(atoms, angles, pixel_size, probe_sigma, shape, tilt_axis_angle, shifts, weights, progress)
+    # abTEM projects in Fourier space: its images ring at a few 1e-6 of their peak, also below zero.
+    return np.clip(counts, 0.0, None) + float(pedestal)
+
+
+def _planes(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) planes ``c0 + c1 u + c2 v`` of ``coefficients`` (N, 3), with ``u, v`` the detector
+    coordinates scaled to [-1, 1] at the pixel centres (as the model's background basis)."""
+    u = (np.arange(shape[1]) + 0.5) / shape[1] * 2.0 - 1.0
+    v = (np.arange(shape[0]) + 0.5) / shape[0] * 2.0 - 1.0
+    constant, slope_x, slope_y = np.asarray(coefficients, dtype=float).T[:, :, None, None]
+    return constant + slope_x * u[None, :] + slope_y * v[:, None]
+
+
 def simulate_tilt_series(
     atoms: Atoms,
     tilt_angles,
@@ -127,24 +244,34 @@ def simulate_tilt_series(
     shifts=None,
     misalignment: float = 0.0,
     background_ramp: float = 0.0,
+    pedestal: float = DEFAULT_PEDESTAL,
+    adf_exponent: float = ADF_EXPONENT,
     progress: bool = True,
 ) -> TiltSeries:
-    """Simulate the tilt series of ``atoms`` (sample frame, A) as in the paper.
+    """Simulate the tilt series of ``atoms`` (sample frame, A): the paper's potential images with
+    Gaussian noise, or ADF-STEM counts at a dose.
 
     Projection k is abTEM's infinite projected potential (Lobato parametrization, V A) of the
     structure in view k (:func:`rotate_to_view`), moved by ``shifts[k]`` on the detector,
     sampled at the pixel centres of :mod:`atomsplat.geometry`, convolved with a Gaussian probe
-    (``scipy.ndimage.gaussian_filter``, zero outside the image), optionally spoilt as real data
-    are (``misalignment``: a further unknown shift of each projection, uniform in
-    [-m, m] pixels along x and y; ``background_ramp``: an unknown plane added to each projection,
-    ``A M (1 + (g_x u + g_y v) / 2)`` with ``M`` the largest value of the clean series, ``u, v``
-    the detector coordinates scaled to [-1, 1] and ``g`` uniform in [-1, 1]), and then made noisy:
+    (``scipy.ndimage.gaussian_filter``, zero outside the image). Then one of two noise models:
 
-    - ``noise_sigma``: additive Gaussian noise of that standard deviation (V A);
-    - ``dose`` (electrons per A^2) instead: Poisson counts whose expectation is
-      ``dose * pixel_size**2 * max(projection, 0) / M``, with ``M`` the largest value of the
-      noise-free series, so the brightest pixel expects ``dose * pixel_size**2`` counts.
-      The factor ``dose * pixel_size**2 / M`` (counts per V A) is kept in the metadata.
+    - without ``dose`` (the paper's benchmark): the image in V A, plus additive Gaussian noise of
+      standard deviation ``noise_sigma`` (V A; 0: none);
+    - with ``dose`` (electrons per A^2 per projection): ADF counts. Each species' projected
+      potential is weighted so that one atom sends ``dose * sigma(Z)`` electrons to the detector,
+      with the ADF cross-section ``sigma(Z) = sigma_Si (Z / 14)^adf_exponent``, and a
+      ``pedestal`` of counts is added to every pixel: the expectation of :func:`expected_counts`
+      (:mod:`atomsplat.sim.adf` states the model and its calibration: the brightest pixel of a
+      projection of a 2 nm amorphous Si particle at 0.195 A pixels is about 9, 12 and 46 counts
+      at 8e3, 1.6e4 and 1.6e5 e/A^2). The projections are ``numpy.random.default_rng(seed).poisson(expectation)``:
+      non-negative whole numbers of counts, stored as float32.
+
+    Before the noise, the clean series may be spoilt as real data are (``misalignment``: a further
+    unknown shift of each projection, uniform in [-m, m] pixels along x and y;
+    ``background_ramp``: an unknown plane added to each projection, ``A M (1 + (g_x u + g_y v) /
+    2)`` with ``M`` the largest value of the clean series (with the pedestal, for counts), ``u,
+    v`` the detector coordinates scaled to [-1, 1] and ``g`` uniform in [-1, 1]).
 
     Args:
         atoms: the structure, positions in A in the sample frame (see :func:`center_structure`).
@@ -152,7 +279,7 @@ def simulate_tilt_series(
         pixel_size: pixel size p, A; also abTEM's sampling.
         probe_sigma: standard deviation of the Gaussian probe, A (0: no blur).
         noise_sigma: standard deviation of additive Gaussian noise, V A (0: none).
-        dose: electrons per A^2 for Poisson noise, or None; excludes ``noise_sigma``.
+        dose: electrons per A^2 per projection for ADF counts, or None; excludes ``noise_sigma``.
         seed: seed of ``numpy.random.default_rng`` for the noise.
         shape: (H, W) in pixels, or None for :func:`default_shape`.
         tilt_axis_angle: in-plane angle of the tilt axis from the detector x axis, degrees.
@@ -162,12 +289,17 @@ def simulate_tilt_series(
         background_ramp: level ``A`` of the unknown background ramp, as a fraction of the series
             maximum (0: none); its coefficients (N, 3) of 1, u, v in data units are kept in
             ``extra["simulation"]["background_coefficients"]``.
+        pedestal: with ``dose``: expected counts per pixel with no atom (dark counts, offset).
+        adf_exponent: with ``dose``: exponent of the Z dependence of the ADF cross-sections.
         progress: show a projection counter on stderr when it is a terminal.
 
     Returns:
         A :class:`TiltSeries` with (N, H, W) float32 projections (V A, or counts with ``dose``),
         ``elements`` the species present (by atomic number) and ``extra["simulation"]`` the
-        simulation parameters.
+        simulation parameters; with ``dose`` also ``pedestal``, ``adf_exponent``,
+        ``cross_sections`` {symbol: A^2} and ``counts_per_potential`` {symbol: expected counts per
+        V A of that species' projected potential}, from which :func:`rebuild_expected_counts`
+        rebuilds the noise-free expectation.
     """
     angles = np.atleast_1d(np.asarray(tilt_angles, dtype=float))
     if len(atoms) == 0:
@@ -191,31 +323,25 @@ def simulate_tilt_series(
     # background coefficients of 1, u, v in units of the series maximum
     ramps = background_ramp * np.column_stack([np.ones(len(angles)), 0.5 * spoil.uniform(-1.0, 1.0, (len(angles), 2))])
 
-    progress = progress and sys.stderr.isatty()  # a counter rewritten in place: terminals only
-    projections = np.empty((len(angles),) + shape, dtype=np.float32)
-    for k, angle in enumerate(angles):
-        if progress:
-            print(f"\rsimulating projection {k + 1}/{len(angles)}", end="", file=sys.stderr, flush=True)
-        moved = shift_array[k] + unknown_shifts[k]
-        image = _projected_potential(rotate_to_view(atoms, angle, tilt_axis_angle), pixel_size, shape, moved)
-        if probe_sigma > 0:
-            image = gaussian_filter(image, sigma=probe_sigma / pixel_size, mode="constant")
-        projections[k] = image
-    if progress:
-        print(file=sys.stderr)
+    moved = shift_array + unknown_shifts
+    if dose is None:
+        projections = _project_series(
+            atoms, angles, pixel_size, probe_sigma, shape, tilt_axis_angle, moved, None, progress
+        )
+    else:
+        cross_sections = adf_cross_sections([chemical_symbols[z] for z in np.unique(atoms.numbers)], adf_exponent)
+        projections = expected_counts(
+            atoms, angles, dose, pixel_size, probe_sigma, pedestal, shape, tilt_axis_angle, moved,
+            cross_sections=cross_sections, progress=progress,
+        )  # fmt: skip
 
     if background_ramp > 0:
-        u = (np.arange(shape[1]) + 0.5) / shape[1] * 2.0 - 1.0
-        v = (np.arange(shape[0]) + 0.5) / shape[0] * 2.0 - 1.0
         ramps *= float(projections.max())  # now in data units
-        constant, slope_x, slope_y = ramps.T[:, :, None, None]
-        projections += (constant + slope_x * u[None, :] + slope_y * v[:, None]).astype(np.float32)
+        projections += _planes(ramps, shape).astype(projections.dtype)
 
     rng = np.random.default_rng(seed)
-    counts_per_potential = None
     if dose is not None:
-        counts_per_potential = dose * pixel_size**2 / float(projections.max())
-        projections = rng.poisson(np.clip(projections, 0.0, None) * counts_per_potential).astype(np.float32)
+        projections = rng.poisson(projections).astype(np.float32)
     elif noise_sigma > 0:
         projections += rng.normal(0.0, noise_sigma, projections.shape).astype(np.float32)
 
@@ -231,8 +357,14 @@ def simulate_tilt_series(
         "parametrization": "lobato",
         "tool": f"abTEM {abtem.__version__}",
     }
-    if counts_per_potential is not None:
-        simulation["counts_per_potential"] = counts_per_potential
+    if dose is not None:
+        simulation.update(
+            noise="poisson",
+            pedestal=float(pedestal),
+            adf_exponent=float(adf_exponent),
+            cross_sections=cross_sections,
+            counts_per_potential=counts_per_potential(cross_sections, dose, pixel_size),
+        )
     return TiltSeries(
         projections=projections,
         tilt_angles=angles,
@@ -242,3 +374,33 @@ def simulate_tilt_series(
         elements=[chemical_symbols[z] for z in np.unique(atoms.numbers)],
         extra={"simulation": simulation},
     )
+
+
+def rebuild_expected_counts(series: TiltSeries, atoms: Atoms, progress: bool = False) -> np.ndarray:
+    """The noise-free expectation (N, H, W) float64 from which :func:`simulate_tilt_series` drew
+    the counts of ``series``, rebuilt from its ``extra["simulation"]`` record and the true
+    ``atoms`` (sample frame, A; e.g. the dataset's ground_truth.xyz): :func:`expected_counts` with
+    the recorded dose, probe, pedestal and cross-sections at the known plus unknown shifts, plus the
+    recorded background planes. ``numpy.random.default_rng(seed).poisson`` of it gives back the
+    projections.
+    """
+    record = series.extra.get("simulation", {}) if series.extra else {}
+    if record.get("dose") is None:
+        raise ValueError("the series holds no record of a simulation with a dose: nothing to rebuild")
+    angles = np.asarray(series.tilt_angles, dtype=float)
+    counts = expected_counts(
+        atoms,
+        angles,
+        record["dose"],
+        series.pixel_size,
+        record["probe_sigma"],
+        record["pedestal"],
+        series.shape[1:],
+        series.tilt_axis_angle,
+        series.shifts_or_zeros() + np.asarray(record["misalignment_shifts"], dtype=float).reshape(len(angles), 2),
+        cross_sections=record["cross_sections"],
+        progress=progress,
+    )
+    if record.get("background_ramp", 0.0) > 0:
+        counts += _planes(np.asarray(record["background_coefficients"], dtype=float), series.shape[1:])
+    return counts

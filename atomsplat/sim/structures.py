@@ -5,13 +5,16 @@ public repository (FCC with stacking faults and twins, 6,679 atoms), FePt with g
 amorphous Pd, an amorphous Ni-Pd-Pt high-entropy alloy and, in the ablation, a double-wall carbon
 nanotube holding Zr-Te. Besides Au, whose file the paper ships, it does not publish these
 structures; the builders here make particles of the same kinds and of comparable size (thousands
-of atoms) from documented recipes, reproducible from a seed.
+of atoms) from documented recipes, reproducible from a seed. For the low-dose regime (DESIGN.md,
+"Real data: the low-dose regime") they also build amorphous Si, SiO2 and mixtures (Si-Ge-Sn,
+Co-Pd-Pt) of any size.
 
 Every builder returns an ``ase.Atoms`` in A whose bounding box is centred at the origin and that
 has no cell (so :func:`atomsplat.sim.simulate.center_structure` leaves it where it is): it is
 already in the sample frame, origin at the rotation centre. ``PARTICLES`` names them for the
-benchmark; :func:`build_particle` builds one by name at a "quick" (hundreds of atoms, for CI) or
-"full" (thousands, as in the paper) size, and the FCC Au sphere also at "large" (100,000 atoms).
+benchmark; :func:`build_particle` builds one by name at a "quick" (hundreds of atoms, for CI; for
+the low-dose particles the 2 nm sphere) or "full" (thousands, as in the paper) size, the FCC Au
+sphere also at "large" (100,000 atoms) and amorphous Si at "large" (the 9 nm sphere, 19,000).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.build import nanotube
+from ase.data import atomic_masses
+from ase.units import mol
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -40,6 +45,22 @@ _FEPT_BASIS = (("Fe", (0.0, 0.0, 0.0)), ("Fe", (0.5, 0.5, 0.0)), ("Pt", (0.5, 0.
 # 4 / 3.89^3 = 0.068 atoms / A^3 with neighbours at 2.75 A; the amorphous solid is a few percent
 # less dense, and its shortest pairs come about 10 % closer than the crystal's neighbours.
 PD_DENSITY, PD_MIN_DISTANCE = 0.0635, 2.45
+
+# Amorphous Si: number density (atoms / A^3) of crystalline Si (8 / 5.431^3; a-Si is within 2 % of
+# it) and closest approach (A), a little under the 2.35 A Si-Si bond, as the shortest a-Si pairs are.
+SI_DENSITY, SI_MIN_DISTANCE = 0.0499, 2.2
+
+# Amorphous SiO2 (fused silica): 2.2 g / cm^3, so 3 * 2.2 / 60.08 g/mol * N_A = 0.0662 atoms / A^3, a
+# third of them Si; closest approaches (A) of each pair of species, a little under the Si-O bond
+# (1.61 A), the O-O edge of an SiO4 tetrahedron (2.63 A) and the Si-Si distance across an Si-O-Si
+# bridge (3.1 A).
+SIO2_MASS_DENSITY = 2.2  # g / cm^3
+SIO2_DENSITY = 3.0 * SIO2_MASS_DENSITY / (atomic_masses[14] + 2.0 * atomic_masses[8]) * mol * 1e-24
+SIO2_MIN_DISTANCES = {("Si", "O"): 1.55, ("O", "O"): 2.4, ("Si", "Si"): 2.9}
+
+# Lattice constants (A) of the diamond-structure crystals of Si, Ge and alpha-Sn: atomic volume
+# a^3 / 8, nearest-neighbour bond a * sqrt(3) / 4 (2.352, 2.450, 2.810 A).
+DIAMOND_LATTICE = {"Si": 5.431, "Ge": 5.658, "Sn": 6.489}
 
 # ZrTe3 chain (A): period along the chain (the b axis of ZrTe3) and Zr-Te bond length.
 ZRTE3_PERIOD, ZRTE_BOND = 3.93, 2.95
@@ -196,7 +217,7 @@ def random_packing(
     ``1.02 * min_distance`` by half its overlap each (minimum images, KD-tree pair search), until
     no pair is closer than ``min_distance``; then the sphere of ``radius`` about the cube's centre
     is cut out. The interior keeps the bulk density and the surface is a plain cut, with no pile-up
-    at a wall.
+    at a wall. Amorphous Si at 45 A (0.0499 / A^3, 2.2 A: 19,000 atoms) takes 3 to 4 s on one core.
 
     Args:
         radius: particle radius, A.
@@ -207,59 +228,176 @@ def random_packing(
     """
     _check_positive(radius=radius, density=density, min_distance=min_distance)
     side = 2.0 * (radius + min_distance)
-    n = int(round(density * side**3))
-    positions = rng.random((n, 3)) * side
-    target = 1.02 * min_distance
+    positions = rng.random((int(round(density * side**3)), 3)) * side
+    labels = np.zeros(len(positions), dtype=int)
+    positions = _relax_packing(positions, labels, np.array([[float(min_distance)]]), side, max_iterations, density)
+    positions -= side / 2.0
+    return positions[np.linalg.norm(positions, axis=1) <= radius]
+
+
+def random_mixed_packing(
+    radius: float,
+    density: float,
+    fractions,
+    min_distances,
+    rng: np.random.Generator,
+    max_iterations: int = 10_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random packing of several species with a closest approach for each pair of species.
+
+    As :func:`random_packing`, with species: the ``density * L^3`` points of the periodic cube get
+    species in the proportions ``fractions`` (counts by :func:`_apportion`, in random order)
+    before the relaxation, which pushes apart every pair closer than 1.02 times its own closest
+    approach ``min_distances[s, t]`` until none is closer than that. A sphere cut out of the cube
+    would hold each species in its proportion only on average (a 10 A SiO2 sphere: about 92 +- 8
+    Si), so the particle is instead the ``M = round(density * 4/3 pi radius^3)`` atoms made of the
+    ``M f_s`` atoms of each species s nearest the centre: its composition is exact up to rounding
+    and each species fills a sphere whose radius differs from ``radius`` by a fraction of an A.
+    The distances need not be additive (SiO2's Si-O is far shorter than the mean of Si-Si and
+    O-O): this is a packing of hard spheres with pair-dependent contact distances, not a
+    chemically bonded network.
+
+    Args:
+        radius: particle radius, A.
+        density: total number density, atoms / A^3.
+        fractions: (S,) proportions of the species (normalised here).
+        min_distances: (S, S) symmetric closest approaches between species s and t, A.
+        rng: the random generator.
+        max_iterations: relaxation sweeps before giving up with an error.
+
+    Returns:
+        positions (M, 3) in A about the sphere's centre, and species (M,) int indices into ``fractions``.
+    """
+    fractions = _fractions(fractions)
+    distances = np.asarray(min_distances, dtype=float)
+    if distances.shape != (len(fractions),) * 2 or not np.allclose(distances, distances.T) or not distances.min() > 0:
+        raise ValueError(
+            f"min_distances must be a symmetric ({len(fractions)}, {len(fractions)}) array of positive "
+            f"distances in A, got {distances.tolist()}"
+        )
+    _check_positive(radius=radius, density=density)
+    side = 2.0 * (radius + distances.max())
+    positions = rng.random((int(round(density * side**3)), 3)) * side
+    labels = rng.permutation(np.repeat(np.arange(len(fractions)), _apportion(len(positions), fractions)))
+    positions = _relax_packing(positions, labels, distances, side, max_iterations, density) - side / 2.0
+    distance = np.linalg.norm(positions, axis=1)
+    keep = []
+    for s, count in enumerate(_apportion(int(round(density * 4.0 / 3.0 * np.pi * radius**3)), fractions)):
+        mine = np.flatnonzero(labels == s)
+        keep.append(mine[np.argsort(distance[mine], kind="stable")[:count]])
+        if count and distance[keep[-1][-1]] > side / 2.0:  # beyond the cube's inscribed sphere
+            raise RuntimeError(f"the packing holds too few atoms of species {s} near its centre for radius {radius} A")
+    keep = np.sort(np.concatenate(keep))
+    return positions[keep], labels[keep]
+
+
+def _relax_packing(
+    positions: np.ndarray, labels: np.ndarray, distances: np.ndarray, side: float, max_iterations: int, density: float
+) -> np.ndarray:
+    """Points (N, 3) of a periodic cube of ``side`` A pushed apart until no pair of species (s, t)
+    is closer than ``distances[s, t]`` A (see :func:`random_packing`); ``labels`` (N,) species."""
+    reach = 1.02 * distances.max()
     for _ in range(max_iterations):
-        i, j = cKDTree(positions, boxsize=side).query_pairs(target, output_type="ndarray").T
+        i, j = cKDTree(positions, boxsize=side).query_pairs(reach, output_type="ndarray").T
         delta = positions[j] - positions[i]
         delta -= side * np.round(delta / side)  # minimum image
         length = np.linalg.norm(delta, axis=1)
-        if not np.any(length < min_distance):
-            break
+        closest = distances[labels[i], labels[j]]
+        if not np.any(length < closest):
+            return positions
+        target = 1.02 * closest
+        near = length < target
+        i, j, delta, length, target = i[near], j[near], delta[near], length[near], target[near]
         push = ((target - length) / (2.0 * np.maximum(length, 1e-9)))[:, None] * delta
         step = np.zeros_like(positions)
         np.add.at(step, i, -push)
         np.add.at(step, j, push)
         positions = np.mod(positions + step, side)
-    else:
-        raise RuntimeError(
-            f"no packing of {density} atoms / A^3 with closest approach {min_distance} A after "
-            f"{max_iterations} sweeps: the density is too high for that distance"
-        )
-    positions -= side / 2.0
-    return positions[np.linalg.norm(positions, axis=1) <= radius]
+    raise RuntimeError(
+        f"no packing of {density} atoms / A^3 with closest approaches {np.unique(distances).tolist()} A after "
+        f"{max_iterations} sweeps: the density is too high for those distances"
+    )
+
+
+def _fractions(fractions) -> np.ndarray:
+    """``fractions`` as a normalised (S,) float array; an error unless they are finite, >= 0, with a positive sum."""
+    values = np.atleast_1d(np.asarray(fractions, dtype=float))
+    if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)) or values.min() < 0 or values.sum() <= 0:
+        raise ValueError(f"fractions must be non-negative numbers with a positive sum, got {fractions!r}")
+    return values / values.sum()
+
+
+def _apportion(n: int, fractions: np.ndarray) -> np.ndarray:
+    """Counts (S,) summing to ``n`` in the proportions ``fractions`` (normalised): each species gets
+    ``floor(n * f)`` and the remaining atoms go to the largest remainders (the first species on a
+    tie), so every count is within one of ``n * f``."""
+    exact = n * fractions
+    counts = np.floor(exact + 1e-9).astype(int)
+    counts[np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]] += 1
+    return counts
 
 
 def amorphous_particle(
     elements,
     radius: float = 28.0,
     density: float = PD_DENSITY,
-    min_distance: float = PD_MIN_DISTANCE,
+    min_distance: float | dict = PD_MIN_DISTANCE,
     seed: int = 0,
+    fractions=None,
 ) -> Atoms:
-    """A spherical amorphous particle of ``elements`` in equal parts, randomly mixed.
+    """A spherical amorphous particle of ``elements``, randomly mixed.
 
-    Positions from :func:`random_packing`; species assigned by a random permutation of a list
-    holding each element ``N // len(elements)`` times (the remainder of the division drawn
-    without repetition), so the counts differ by at most one.
+    With one closest approach for every pair (``min_distance`` a number), positions come from
+    :func:`random_packing` and species are then assigned by a random permutation of a list that
+    holds each element in its proportion: with ``fractions`` None, equal parts (each element
+    ``N // len(elements)`` times, the remainder drawn without repetition, so the counts differ by
+    at most one); else the counts of :func:`_apportion`, each within one of ``N * fraction``.
+
+    With a closest approach per pair of species (``min_distance`` a mapping from pairs of
+    symbols, e.g. ``{("Si", "O"): 1.55, ("O", "O"): 2.4, ("Si", "Si"): 2.9}``, order within a
+    pair free, every pair present), species are part of the packing: :func:`random_mixed_packing`.
 
     Args:
         elements: chemical symbols, e.g. ["Pd"] or ["Ni", "Pd", "Pt"].
         radius: particle radius, A (28 A: about 5,800 atoms at 0.0635 / A^3; 10 A: about 270).
         density: number density, atoms / A^3.
-        min_distance: closest approach of two atoms, A.
+        min_distance: closest approach of two atoms, A: a number, or a mapping of species pairs.
         seed: seed of ``numpy.random.default_rng``.
+        fractions: proportions of ``elements`` (normalised), or None for equal parts.
     """
     elements = [elements] if isinstance(elements, str) else list(elements)
     if not elements:
         raise ValueError("elements must name at least one chemical symbol")
+    if fractions is not None and len(np.atleast_1d(fractions)) != len(elements):
+        raise ValueError(f"fractions {fractions!r} must give one proportion for each of {elements}")
     rng = np.random.default_rng(seed)
+    if isinstance(min_distance, dict):
+        labels_fractions = np.ones(len(elements)) if fractions is None else fractions
+        positions, labels = random_mixed_packing(
+            radius, density, labels_fractions, _pair_distances(elements, min_distance), rng
+        )
+        return _centred(Atoms(symbols=[elements[s] for s in labels], positions=positions))
     positions = random_packing(radius, density, min_distance, rng)
     n, k = len(positions), len(elements)
-    symbols = np.array(elements * (n // k) + list(rng.choice(elements, n % k, replace=False)))
+    if fractions is None:
+        symbols = np.array(elements * (n // k) + list(rng.choice(elements, n % k, replace=False)))
+    else:
+        symbols = np.repeat(elements, _apportion(n, _fractions(fractions)))
     atoms = Atoms(symbols=list(rng.permutation(symbols)), positions=positions)
     return _centred(atoms)
+
+
+def _pair_distances(elements: list, pairs: dict) -> np.ndarray:
+    """(S, S) closest approaches of ``elements`` from a mapping of symbol pairs (either order) to A."""
+    distances = np.full((len(elements),) * 2, np.nan)
+    for (a, b), value in pairs.items():
+        if a not in elements or b not in elements:
+            raise ValueError(f"min_distance names the pair ({a}, {b}) but the elements are {elements}")
+        distances[elements.index(a), elements.index(b)] = distances[elements.index(b), elements.index(a)] = value
+    missing = [(elements[i], elements[j]) for i, j in zip(*np.nonzero(np.isnan(np.triu(distances)))) if i <= j]
+    if missing:
+        raise ValueError(f"min_distance gives no closest approach for the pairs {missing}")
+    return distances
 
 
 def amorphous_pd(radius: float = 28.0, seed: int = 0) -> Atoms:
@@ -279,6 +417,61 @@ def amorphous_hea(radius: float = 28.0, seed: int = 0) -> Atoms:
     atomic number (28, 46, 78), which is what species identification has to resolve.
     """
     return amorphous_particle(["Ni", "Pd", "Pt"], radius, PD_DENSITY, PD_MIN_DISTANCE, seed)
+
+
+def amorphous_si(radius: float = 28.0, seed: int = 0) -> Atoms:
+    """Amorphous Si: :func:`amorphous_particle` of Si at 0.0499 atoms / A^3, closest approach 2.2 A.
+
+    The light-element, low-dose test particle (DESIGN.md, "Real data: the low-dose regime"): a
+    10 A radius (2 nm) holds about 210 atoms, 28 A about 4,600, 45 A (9 nm) about 19,000; the 45 A
+    sphere builds in 3 to 4 s on one core (the relaxation converges in few sweeps at a-Si's low
+    packing fraction, 0.28). A dense random packing, not a continuous random network: it has
+    a-Si's density and shortest pairs, not its fourfold coordination.
+    """
+    return amorphous_particle(["Si"], radius, SI_DENSITY, SI_MIN_DISTANCE, seed)
+
+
+def amorphous_sio2(radius: float = 28.0, seed: int = 0) -> Atoms:
+    """Amorphous SiO2: Si and O in the ratio 1 : 2 at 2.2 g / cm^3 (0.0662 atoms / A^3), a random
+    packing with a closest approach for each pair of species (Si-O 1.55, O-O 2.4, Si-Si 2.9 A;
+    :func:`random_mixed_packing`), two O per Si up to the rounding of the count (one atom).
+
+    Pair-dependent hard-sphere contacts, not a network of corner-sharing SiO4 tetrahedra: the
+    density, composition and shortest distances are silica's, the coordination is not. A 10 A
+    radius holds 277 atoms (92 Si), 28 A 6,083 (2 s to build).
+    """
+    return amorphous_particle(["Si", "O"], radius, SIO2_DENSITY, SIO2_MIN_DISTANCES, seed, fractions=(1.0, 2.0))
+
+
+def amorphous_sigesn(radius: float = 28.0, fractions=(0.3, 0.5, 0.2), seed: int = 0) -> Atoms:
+    """An amorphous Si-Ge-Sn alloy of the given atomic ``fractions`` (Si, Ge, Sn): three species
+    of well separated atomic number (14, 32, 50), for species identification at low dose.
+
+    Density by Vegard's law on the atomic volumes ``a^3 / 8`` of the diamond-structure crystals
+    (:data:`DIAMOND_LATTICE`; a-Si's density is that of c-Si): 0.0414 atoms / A^3 at the default
+    fractions. Closest approach of each pair: a-Si's ratio of closest approach to bond
+    (2.2 / 2.352) times the mean of the two elements' bonds (Si-Si 2.20, Ge-Ge 2.29, Sn-Sn 2.63 A),
+    through :func:`random_mixed_packing`; each count is within one atom of its fraction. A 10 A
+    radius holds 173 atoms at the default fractions (52 Si, 86 Ge, 35 Sn).
+    """
+    elements = list(DIAMOND_LATTICE)
+    share = _fractions(fractions)
+    if len(share) != len(elements):
+        raise ValueError(f"fractions {fractions!r} must give one proportion for each of {elements}")
+    lattice = np.array([DIAMOND_LATTICE[e] for e in elements])
+    density = 1.0 / float(share @ (lattice**3 / 8.0))
+    bond = lattice * math.sqrt(3.0) / 4.0
+    ratio = SI_MIN_DISTANCE / bond[0]
+    pairs = {(a, b): ratio * (bond[i] + bond[j]) / 2.0 for i, a in enumerate(elements) for j, b in enumerate(elements)}
+    return amorphous_particle(elements, radius, density, pairs, seed, fractions=share)
+
+
+def amorphous_copdpt(radius: float = 28.0, fractions=None, seed: int = 0) -> Atoms:
+    """An amorphous Co-Pd-Pt alloy: :func:`amorphous_particle` of Co, Pd and Pt (atomic numbers 27,
+    46, 78) in the proportions ``fractions`` (None: equal parts), with the density and closest
+    approach of amorphous Pd as :func:`amorphous_hea` (Co's atoms are about 10 % smaller, which
+    this ignores)."""
+    return amorphous_particle(["Co", "Pd", "Pt"], radius, PD_DENSITY, PD_MIN_DISTANCE, seed, fractions)
 
 
 def zrte3_chain(length: float) -> Atoms:
@@ -371,6 +564,11 @@ PARTICLES = {
     "pd": Particle(amorphous_pd, {"quick": {"radius": 10.0}, "full": {}}, ("Pd",)),
     "hea": Particle(amorphous_hea, {"quick": {"radius": 10.0}, "full": {}}, ("Ni", "Pd", "Pt")),
     "nanotube": Particle(zrte_nanotube, {"quick": {"length": 20.0}, "full": {}}, ("C", "Zr", "Te"), seeded=False),
+    # The low-dose particles (DESIGN.md, "Real data: the low-dose regime"): quick = a 2 nm sphere.
+    "si": Particle(amorphous_si, {"quick": {"radius": 10.0}, "full": {}, "large": {"radius": 45.0}}, ("Si",)),
+    "sio2": Particle(amorphous_sio2, {"quick": {"radius": 10.0}, "full": {}}, ("O", "Si")),
+    "sigesn": Particle(amorphous_sigesn, {"quick": {"radius": 10.0}, "full": {}}, ("Si", "Ge", "Sn")),
+    "copdpt": Particle(amorphous_copdpt, {"quick": {"radius": 10.0}, "full": {}}, ("Co", "Pd", "Pt")),
 }
 
 
