@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import ase.io
@@ -28,14 +27,9 @@ import torch
 from timing import best_time, machine, peak_rss_mb, rss_mb
 
 from atomsplat.geometry import view_rotations
-from atomsplat.render.projector import (
-    _PaddedGrid,
-    _window_start,
-    detector_centres,
-    project_isotropic,
-    projector_backend,
-    window_radii,
-)
+from atomsplat.render.backend import footprint_kernels, projector_backend
+from atomsplat.render.projector import detector_centres, project_isotropic, window_radii
+from atomsplat.render.windows import PaddedGrid, window_start
 
 STRUCTURE = Path(__file__).resolve().parents[2] / "shared" / "data" / "Au_NP.xyz"
 PIXEL = 0.25  # A
@@ -60,8 +54,7 @@ def ball_case(atoms: int, pixels: int, seed: int = 0):
 
 def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> dict:
     """Forward + backward time per view and its floor, in ms, and memory, in MB."""
-    os.environ["ATOMSPLAT_PROJECTOR"] = backend
-    backend = projector_backend(device)
+    kernels = footprint_kernels(device, backend)
     count = len(positions)
     means = torch.tensor(positions, dtype=torch.float32, device=device).requires_grad_()
     sigmas = torch.full((count,), SIGMA, device=device, requires_grad=True)
@@ -70,7 +63,7 @@ def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> di
     offsets = torch.zeros(VIEWS, 2, device=device)
 
     def step():
-        image = project_isotropic(means, sigmas, weights, rotations, offsets, PIXEL, pixels, pixels)
+        image = project_isotropic(means, sigmas, weights, rotations, offsets, PIXEL, pixels, pixels, kernels=kernels)
         image.sum().backward()
 
     before = rss_mb()
@@ -84,9 +77,9 @@ def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> di
     radius = int(window_radii(sigmas.detach(), PIXEL).max())
     size = 2 * radius + 1
     centres = detector_centres(means.detach(), rotations[:1], offsets[:1])
-    grid = _PaddedGrid(
-        _window_start(centres[..., 1], pixels, PIXEL, radius),
-        _window_start(centres[..., 0], pixels, PIXEL, radius),
+    grid = PaddedGrid(
+        window_start(centres[..., 1], pixels, PIXEL, radius),
+        window_start(centres[..., 0], pixels, PIXEL, radius),
         size,
         pixels,
         pixels,
@@ -105,7 +98,7 @@ def measure(positions: np.ndarray, pixels: int, device: str, backend: str) -> di
     return {
         "device": device,
         "machine": machine(device),
-        "backend": backend,
+        "backend": kernels.name,
         "atoms": count,
         "pixels": pixels,
         "views": VIEWS,
@@ -158,8 +151,7 @@ if __name__ == "__main__":
     for device in devices:
         done = set()
         for backend in args.backends:
-            os.environ["ATOMSPLAT_PROJECTOR"] = backend
-            if projector_backend(device) in done:
+            if projector_backend(device, backend) in done:
                 continue  # "auto" is one of the others
             rows.append(measure(positions, pixels, device, backend))
             done.add(rows[-1]["backend"])
