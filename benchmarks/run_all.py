@@ -15,7 +15,8 @@ Measures, each case in a fresh Python process (so that its peak resident memory 
 
 On a machine with CUDA every projector case runs on the GPU as well. The tables replace the part
 of docs/performance.md between its two ``run_all`` markers; the rest of the page is left alone.
-About 1.5 minutes on the 2-core development machine. The end-to-end Au training benchmark is
+About 6 minutes on the 2-core development machine (the projector cases measure the machine's
+peak rates for their floors). The end-to-end Au training benchmark is
 ``benchmarks/au_particle.py`` (minutes per tilt scheme), not part of this suite.
 """
 
