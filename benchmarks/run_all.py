@@ -6,7 +6,8 @@ Measures, each case in a fresh Python process (so that its peak resident memory 
 
 * the projector at the Au particle's size, every backend (``benchmarks/projector.py``);
 * the projector's forward + backward time per view and peak memory for 1k, 10k and 100k atoms
-  at 128^2, 256^2 and 512^2 pixels, each beside its scatter/gather floor;
+  at 128^2, 256^2 and 512^2 pixels, each beside its floor (the least time any implementation
+  needs on this machine);
 * one density-control pass at 10k, 100k and 1M Gaussians beside a KD-tree floor
   (``benchmarks/density.py``);
 * one birth search (back-projected residual and its maxima) at the sizes of the Au particle and
@@ -14,7 +15,8 @@ Measures, each case in a fresh Python process (so that its peak resident memory 
 
 On a machine with CUDA every projector case runs on the GPU as well. The tables replace the part
 of docs/performance.md between its two ``run_all`` markers; the rest of the page is left alone.
-About 1.5 minutes on the 2-core development machine. The end-to-end Au training benchmark is
+About 6 minutes on the 2-core development machine (the projector cases measure the machine's
+peak rates for their floors). The end-to-end Au training benchmark is
 ``benchmarks/au_particle.py`` (minutes per tilt scheme), not part of this suite.
 """
 
@@ -141,8 +143,12 @@ Thread settings in the environment: {settings}. Load average (1, 5, 15 min)
 ### Projector at the Au particle's size
 
 6,679 atoms (Au_NP.xyz), sigma 0.6 A, 280 x 280 pixels of 0.25 A, 4 views per call, float32.
-The floor adds one view's footprint values (3.5 million) into its image with one bare
-`index_add_` and reads them back with one `index_select` (`benchmarks/projector.py`).
+The floor is the least time any implementation needs on this machine (`benchmarks/projector.py`):
+three multiply-adds per footprint value (a window pixel inside the detector: one to add the outer
+product into the image, one for each of the two contractions of the image gradient with it) at
+the peak multiply-add rate of a matrix product, or the image written and its gradient read once
+at the bandwidth of a copy, whichever takes longer; the rates are measured in each case's
+process. The ratio is the measured time over the floor.
 
 {projector.table(au)}
 

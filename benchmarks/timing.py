@@ -33,6 +33,67 @@ def best_time(fn, device: str, min_repeats: int = 3, max_repeats: int = 10, budg
     return min(times)
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def _machine_rate(work: float, make, device: str) -> float:
+    """The highest rate ``work / seconds`` of the operation that ``make()`` returns, best of several
+    runs. On the CPU the larger of the rate on all cores and the rate of one core times the number
+    of cores: each core works at most as fast as it does alone (clocks fall and memory is shared as
+    more cores work), and one thread is the measurement least disturbed by other processes, which
+    make threads wait for a descheduled partner. Both keep the rate an upper bound."""
+    if device == "cuda":
+        return work / best_time(make(), device, min_repeats=10, max_repeats=100, budget=2.0)
+    threads = torch.get_num_threads()
+    rates = []
+    try:
+        for count, scale in ((cores(), 1), (1, cores())):
+            torch.set_num_threads(count)
+            rates.append(scale * work / best_time(make(), device, min_repeats=10, max_repeats=100, budget=2.0))
+    finally:
+        torch.set_num_threads(threads)
+    return max(rates)
+
+
+def multiply_add_rate(device: str, side: int | None = None) -> float:
+    """Peak float32 multiply-adds per second of ``device``: a square matrix product (side**3
+    multiply-adds; TF32 off on CUDA), the operation that BLAS libraries bring closest to the
+    hardware's peak. On the CPU a side of 512 (a few ms a run): its operands stay in cache, and
+    short runs are the likeliest to find a core to themselves on a shared machine."""
+    side = side or (8192 if device == "cuda" else 512)
+
+    def make():
+        a, b = torch.rand(side, side, device=device), torch.rand(side, side, device=device)
+        out = torch.empty(side, side, device=device)
+        return lambda: torch.mm(a, b, out=out)
+
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _machine_rate(float(side) ** 3, make, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def copy_bandwidth(device: str, nbytes: int) -> float:
+    """Memory bandwidth in bytes per second of ``device``: the best rate of copying ``nbytes``
+    (read) into another buffer (written), counted as 2 * nbytes moved, and of copying 256 MB,
+    whichever is higher (a small buffer stays in cache, whose bandwidth is higher; a large copy
+    is the least disturbed by start-up costs)."""
+    rates = []
+    for size in (max(int(nbytes), 4), 1 << 28):
+
+        def make(size=size):
+            source = torch.rand(size // 4, device=device)
+            target = torch.empty_like(source)
+            return lambda: target.copy_(source)
+
+        rates.append(_machine_rate(2.0 * (size // 4) * 4, make, device))
+    return max(rates)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MB (Linux reports ru_maxrss in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

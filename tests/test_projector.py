@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
+from atomsplat.render import backend
+from atomsplat.render.backend import footprint_kernels, projector_backend
+from atomsplat.render.kernels.reference import ReferenceFootprints
 from atomsplat.render.projector import (
     backproject_points,
     project_anisotropic,
     project_isotropic,
     project_isotropic_dense,
-    projector_backend,
     window_radii,
 )
 
@@ -75,17 +77,17 @@ def test_fast_mixed_widths_use_several_windows_and_still_match():
     assert (fast - dense).abs().max() / dense.abs().max() < 1e-3
 
 
-def test_compiled_cpu_kernels_equal_the_reference_kernels(monkeypatch):
+def test_compiled_cpu_kernels_equal_the_reference_kernels():
     # atoms inside, across the edges and far away; widths on several rungs of the window ladder
     means, _, weights, rot, off, p, h, w = problem(atoms=14, extent=0.7, seed=12)
     means[0, 0], means[1, 1], means[2] = 13.0, -9.0, torch.tensor([400.0, -3.0, 1.0], dtype=F64)
     sigmas = torch.linspace(0.03, 2.5, 14, dtype=F64)
     upstream = torch.randn(5, h, w, generator=torch.Generator().manual_seed(13), dtype=F64)
     results = []
-    for backend in ("numba", "reference"):
-        monkeypatch.setenv("ATOMSPLAT_PROJECTOR", backend)
+    for name in ("numba", "reference"):
+        kernels = footprint_kernels("cpu", name)
         leaves = [t.clone().requires_grad_(True) for t in (means, sigmas, weights, off)]
-        image = project_isotropic(leaves[0], leaves[1], leaves[2], rot, leaves[3], p, h, w)
+        image = project_isotropic(leaves[0], leaves[1], leaves[2], rot, leaves[3], p, h, w, kernels=kernels)
         (image * upstream).sum().backward()
         results.append([image.detach()] + [leaf.grad for leaf in leaves])
     for ours, reference in zip(*results):
@@ -105,14 +107,60 @@ def test_window_radii_follow_the_ladder():
 def test_backend_choice(monkeypatch):
     monkeypatch.delenv("ATOMSPLAT_PROJECTOR", raising=False)
     assert projector_backend("cpu") == "numba"
+    for value in ("", " AUTO ", "auto"):
+        monkeypatch.setenv("ATOMSPLAT_PROJECTOR", value)
+        assert projector_backend("cpu") == "numba"
     for name in ("reference", "numba"):
         monkeypatch.setenv("ATOMSPLAT_PROJECTOR", name)
         assert projector_backend("cpu") == name
+        assert footprint_kernels("cpu").name == name
     with pytest.raises(ValueError, match="CPU tensors only"):
         projector_backend("cuda")
     monkeypatch.setenv("ATOMSPLAT_PROJECTOR", "fastest")
     with pytest.raises(ValueError, match="ATOMSPLAT_PROJECTOR='fastest'"):
         projector_backend("cpu")
+    # an explicit choice wins over the variable, and its errors name the argument
+    assert projector_backend("cpu", "reference") == "reference"
+    with pytest.raises(ValueError, match="projector backend='fastest'"):
+        projector_backend("cpu", "fastest")
+
+
+def test_backend_whose_package_does_not_import(monkeypatch):
+    # auto falls back to the reference kernels; a named backend is an error, never a silent fallback
+    monkeypatch.setattr(backend, "_imports", lambda package: package != "numba")
+    monkeypatch.delenv("ATOMSPLAT_PROJECTOR", raising=False)
+    assert projector_backend("cpu") == "reference"
+    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", "numba")
+    with pytest.raises(RuntimeError, match="ATOMSPLAT_PROJECTOR=numba, but the numba package does not import"):
+        projector_backend("cpu")
+
+
+class CountingKernels(ReferenceFootprints):
+    """The reference kernels, counting their calls."""
+
+    calls = {"add": 0, "contract": 0}
+
+    @staticmethod
+    def add(*args):
+        CountingKernels.calls["add"] += 1
+        ReferenceFootprints.add(*args)
+
+    @staticmethod
+    def contract(*args):
+        CountingKernels.calls["contract"] += 1
+        return ReferenceFootprints.contract(*args)
+
+
+def test_explicit_kernels_are_used_and_the_variable_is_not_read(monkeypatch):
+    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", "fastest")  # reading it would raise
+    means, sigmas, weights, rot, off, p, h, w = problem(atoms=6, seed=14)
+    leaves = [t.clone().requires_grad_(True) for t in (means, sigmas, weights)]
+    CountingKernels.calls.update(add=0, contract=0)
+    image = project_isotropic(*leaves, rot, off, p, h, w, kernels=CountingKernels)
+    image.sum().backward()
+    assert CountingKernels.calls["add"] > 0 and CountingKernels.calls["contract"] > 0
+    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", "reference")
+    torch.testing.assert_close(image, project_isotropic(means, sigmas, weights, rot, off, p, h, w), rtol=0, atol=0)
 
 
 # --- oracle vs brute-force integration of the 3D density -----------------------------------------
@@ -212,9 +260,9 @@ def test_gradcheck_isotropic():
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-@pytest.mark.parametrize("backend", ["numba", "reference"])
-def test_gradcheck_isotropic_full_jacobian_small(backend, monkeypatch):
-    monkeypatch.setenv("ATOMSPLAT_PROJECTOR", backend)
+@pytest.mark.parametrize("name", ["numba", "reference"])
+def test_gradcheck_isotropic_full_jacobian_small(name):
+    kernels = footprint_kernels("cpu", name)
     pixel, height, width = 0.5, 6, 7
     means = torch.tensor([[0.3, -0.4, 0.2], [1.6, 0.5, -0.3]], dtype=F64)  # the second one at the edge
     sigmas = torch.tensor([0.42, 0.9], dtype=F64)
@@ -224,7 +272,7 @@ def test_gradcheck_isotropic_full_jacobian_small(backend, monkeypatch):
     inputs = tuple(t.clone().requires_grad_(True) for t in (means, sigmas, weights, offsets))
 
     def fn(m, s, w, o):
-        return project_isotropic(m, s, w, rotations, o, pixel, height, width)
+        return project_isotropic(m, s, w, rotations, o, pixel, height, width, kernels=kernels)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
-from atomsplat.render.projector import project_isotropic, project_isotropic_dense, projector_backend
+from atomsplat.render.backend import footprint_kernels, projector_backend
+from atomsplat.render.projector import project_isotropic, project_isotropic_dense
 
 NAMES = ["image", "means", "sigmas", "weights", "offsets"]
 
@@ -47,8 +48,10 @@ def image_and_gradients(backend, args, upstream):
     if backend == "dense":
         image = project_isotropic_dense(leaves[0], leaves[1], leaves[2], rotations, leaves[3], pixel, height, width)
     else:
-        os.environ["ATOMSPLAT_PROJECTOR"] = backend
-        image = project_isotropic(leaves[0], leaves[1], leaves[2], rotations, leaves[3], pixel, height, width)
+        kernels = footprint_kernels(means.device, backend)
+        image = project_isotropic(
+            leaves[0], leaves[1], leaves[2], rotations, leaves[3], pixel, height, width, kernels=kernels
+        )
     (image * upstream).sum().backward()
     return [image.detach()] + [leaf.grad for leaf in leaves]
 
@@ -116,15 +119,15 @@ def test_kernels_compile_for_hopper():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from atomsplat.render import projector_triton
+    from atomsplat.render.kernels import triton as triton_kernels
 
-    if not isinstance(projector_triton._add_kernel, triton.runtime.JITFunction):
+    if not isinstance(triton_kernels._add_kernel, triton.runtime.JITFunction):
         pytest.skip("triton was imported with TRITON_INTERPRET set")
     pointers = {"image": "*fp32", "rows": "*fp32", "cols": "*fp32", "start_y": "*i64", "start_x": "*i64"}
     sizes = {"count": "i32", "size": "i32", "height": "i32", "width": "i32", "BLOCK": "constexpr"}
     kernels = [
-        (projector_triton._add_kernel, {**pointers, **sizes}),
-        (projector_triton._contract_kernel, {**pointers, "along_rows": "*fp32", "along_cols": "*fp32", **sizes}),
+        (triton_kernels._add_kernel, {**pointers, **sizes}),
+        (triton_kernels._contract_kernel, {**pointers, "along_rows": "*fp32", "along_cols": "*fp32", **sizes}),
     ]
     for kernel, signature in kernels:
         source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": 32})
@@ -134,12 +137,12 @@ def test_kernels_compile_for_hopper():
 if __name__ == "__main__":  # the interpreted run (TRITON_INTERPRET=1 set by the caller)
     from triton.runtime.interpreter import InterpretedFunction
 
-    from atomsplat.render import projector_triton
+    from atomsplat.render.kernels import triton as triton_kernels
 
     print(
         json.dumps(
             {
-                "interpreted": isinstance(projector_triton._add_kernel, InterpretedFunction),
+                "interpreted": isinstance(triton_kernels._add_kernel, InterpretedFunction),
                 "float64": compare(torch.float64, seed=0),
                 "float32": compare(torch.float32, seed=1),
             }

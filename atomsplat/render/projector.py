@@ -16,9 +16,9 @@ Three implementations, one convention:
   covers at least ``+-window * sigma`` around its centre (:func:`window_radii`). Its footprint
   there is the outer product of two 1D profiles; one custom autograd function holds the calculus
   and keeps only the profiles (never the views x atoms x window^2 footprints) for the backward
-  pass, and a set of footprint kernels adds the outer products into the image and contracts the
-  image gradient with them: compiled CPU kernels (numba), Triton kernels on CUDA, or the
-  reference, torch index ops (:func:`projector_backend` picks). Truncation is the only
+  pass, and a set of footprint kernels (:mod:`atomsplat.render.kernels`: torch, numba or Triton)
+  adds the outer products into the image and contracts the image gradient with them; the caller
+  passes the kernels or :mod:`atomsplat.render.backend` chooses them. Truncation is the only
   approximation: at ``window = 4`` the mass outside the window is below 6.4e-5 of the atom's
   weight per axis, 1.3e-4 in all (measured worst case in the tests: 3.6e-5).
 * :func:`project_isotropic_dense` - the oracle: the same exact pixel integrals over the whole
@@ -31,14 +31,14 @@ Three implementations, one convention:
 
 from __future__ import annotations
 
-import functools
-import importlib
 import math
-import os
 
 import torch
 
 from atomsplat.geometry import pixel_index
+from atomsplat.render.backend import footprint_kernels
+from atomsplat.render.kernels import FootprintKernels
+from atomsplat.render.windows import PaddedGrid, window_start
 
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -80,15 +80,6 @@ def backproject_points(
             values = images[v].reshape(-1)[rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)]
             part += torch.where(inside, values, torch.zeros_like(values))
     return total / max(count, 1)
-
-
-def _window_start(coord: torch.Tensor, n: int, pixel_size: float, radius: int) -> torch.Tensor:
-    """First pixel (long) of the window of 2R + 1 pixels around detector coordinate ``coord``.
-
-    Clamped to [-R, n - 1 - R] so that every window lies inside the grid padded by R on each
-    side. A clamped window belongs to a centre off the detector; it still covers every detector
-    pixel that the unclamped window covered, and its values are computed at the true centre."""
-    return (pixel_index(coord, n, pixel_size) - radius).clamp_(-radius, n - 1 - radius)
 
 
 def _profiles(coord, sigma, start, n, pixel_size, size):
@@ -149,82 +140,6 @@ def _profile_vjp(grad_prof, first, t, sigma, pixel_size):
     return total * norm, moment * (norm / sigma[None, :])
 
 
-class _PaddedGrid:
-    """Flat int32 indices of every (V, K, S, S) window in a (V, H + 2R, W + 2R) padded image.
-
-    Windows never need clamping per pixel: values that fall into the padding are cropped away,
-    and they are the pixels outside the detector.
-    """
-
-    def __init__(self, start_y, start_x, size, height, width, radius):
-        self.shape = (start_y.shape[0], height + 2 * radius, width + 2 * radius)
-        views, rows, cols = self.shape
-        view = torch.arange(views, device=start_y.device, dtype=torch.int32)[:, None] * (rows * cols)
-        base = view + ((start_y + radius) * cols + (start_x + radius)).int()  # (V, K)
-        steps = torch.arange(size, device=start_y.device, dtype=torch.int32)
-        local = steps[:, None] * cols + steps[None, :]  # (S, S)
-        self.index = (base[..., None, None] + local).reshape(-1)
-        self.radius, self.height, self.width = radius, height, width
-
-    def scatter(self, block: torch.Tensor, padded=None) -> torch.Tensor:
-        """Add (V, K, S, S) window values into a flat padded image (new when ``padded`` is None)."""
-        if padded is None:
-            padded = block.new_zeros(math.prod(self.shape))
-        return padded.index_add_(0, self.index, block.reshape(-1))
-
-    def crop(self, padded: torch.Tensor) -> torch.Tensor:
-        """The (V, H, W) detector part of a flat padded image."""
-        r = self.radius
-        return padded.view(self.shape)[:, r : r + self.height, r : r + self.width]
-
-    def gather(self, padded: torch.Tensor, size: int) -> torch.Tensor:
-        """The (V, K, S, S) window values of a flat padded image."""
-        return padded.index_select(0, self.index).view(self.shape[0], -1, size, size)
-
-
-class TorchFootprints:
-    """Separable window footprints added into images and contracted with them by torch index ops.
-
-    The reference kernels, and the interface of the fast ones (:mod:`atomsplat.render.footprint_kernels`
-    for the CPU, :mod:`atomsplat.render.projector_triton` for CUDA). A footprint is the outer
-    product of ``rows`` (V, k, S) and ``cols`` (V, k, S) over the window of S x S pixels whose
-    first pixel is (``start_y``, ``start_x``) (V, k) long, as :func:`_window_start` places it;
-    pixels outside the (V, H, W) image are dropped. Here every footprint value is formed and
-    written with one single-threaded ``index_add_`` (into an image padded by R, cropped after).
-    """
-
-    @staticmethod
-    def chunk(views: int, size: int) -> int:
-        """Gaussians per chunk: their (V, k, S, S) footprints hold at most 2^23 values (32 MB in
-        float32, below glibc's largest mmap threshold, so that blocks are served from the heap
-        instead of fresh pages on every call: this halved the time per view on the 2-core
-        development machine)."""
-        return max(1, (1 << 23) // (views * size * size))
-
-    @staticmethod
-    def add(image, rows, cols, start_y, start_x):
-        """``image`` (V, H, W) += each footprint, in place."""
-        views, height, width = image.shape
-        size = rows.shape[-1]
-        grid = _PaddedGrid(start_y, start_x, size, height, width, (size - 1) // 2)
-        image += grid.crop(grid.scatter(rows[..., :, None] * cols[..., None, :]))
-
-    @staticmethod
-    def contract(image, rows, cols, start_y, start_x):
-        """Sums over each window of ``image`` (V, H, W) times the footprint's factors.
-
-        Returns:
-            (V, k, S) ``sum_j image[y0 + i, x0 + j] cols[j]`` and (V, k, S)
-            ``sum_i rows[i] image[y0 + i, x0 + j]``.
-        """
-        views, height, width = image.shape
-        size = rows.shape[-1]
-        radius = (size - 1) // 2
-        grid = _PaddedGrid(start_y, start_x, size, height, width, radius)
-        block = grid.gather(torch.nn.functional.pad(image, (radius,) * 4).contiguous().view(-1), size)
-        return (block @ cols[..., :, None])[..., 0], (rows[..., None, :] @ block)[..., 0, :]
-
-
 def _radius_groups(radii: torch.Tensor):
     """Yields (R, members): each distinct window radius R (int) of ``radii`` (K,) and the (k,) long
     indices of the Gaussians that share it (:func:`window_radii`)."""
@@ -246,15 +161,15 @@ def _windows(centres, sigmas, radii, pixel_size, height, width, kernels):
         for first in range(0, len(group), step):
             members = group[first : first + step]
             coord_x, coord_y = centres[:, members, 0], centres[:, members, 1]
-            start_x = _window_start(coord_x, width, pixel_size, radius)
-            start_y = _window_start(coord_y, height, pixel_size, radius)
+            start_x = window_start(coord_x, width, pixel_size, radius)
+            start_y = window_start(coord_y, height, pixel_size, radius)
             x = _profiles(coord_x, sigmas[members], start_x, width, pixel_size, size)
             y = _profiles(coord_y, sigmas[members], start_y, height, pixel_size, size)
             yield members, x, y, start_y, start_x
 
 
 class _WindowedIsotropic(torch.autograd.Function):
-    """Windowed exact projection with pluggable footprint kernels (:class:`TorchFootprints`).
+    """Windowed exact projection with pluggable footprint kernels (:class:`FootprintKernels`).
 
     ``apply(centres, sigmas, weights, radii, pixel_size, height, width, kernels)``: detector
     centres (V, K, 2), widths (K,), weights (K,), window radii (K,) long (:func:`window_radii`);
@@ -323,57 +238,6 @@ def window_radii(sigmas: torch.Tensor, pixel_size: float, window: float = DEFAUL
     return top[rung].long()
 
 
-BACKEND_VARIABLE = "ATOMSPLAT_PROJECTOR"
-_BACKENDS = ("auto", "numba", "triton", "reference")
-
-
-def projector_backend(device) -> str:
-    """The footprint kernels that :func:`project_isotropic` uses for tensors on ``device``.
-
-    The environment variable ``ATOMSPLAT_PROJECTOR`` chooses: ``numba`` (compiled CPU kernels,
-    :mod:`atomsplat.render.footprint_kernels`), ``triton`` (GPU kernels,
-    :mod:`atomsplat.render.projector_triton`), ``reference`` (torch index ops,
-    :class:`TorchFootprints`) or ``auto`` (default): ``triton`` on CUDA when Triton imports,
-    ``numba`` on the CPU when numba imports, else ``reference``. All compute the same pixels
-    and gradients within float rounding.
-    """
-    choice = os.environ.get(BACKEND_VARIABLE, "").strip().lower() or "auto"
-    if choice not in _BACKENDS:
-        raise ValueError(f"{BACKEND_VARIABLE}={choice!r}: expected one of {', '.join(_BACKENDS)}")
-    kind = torch.device(device).type
-    if choice == "auto":
-        if kind == "cuda" and _imports("triton"):
-            return "triton"
-        return "numba" if kind == "cpu" and _imports("numba") else "reference"
-    if choice != "reference" and not _imports(choice):
-        raise RuntimeError(f"{BACKEND_VARIABLE}={choice}, but the {choice} package does not import")
-    if choice == "numba" and kind != "cpu":
-        raise ValueError(f"{BACKEND_VARIABLE}=numba runs on CPU tensors only, got tensors on {kind}")
-    return choice
-
-
-@functools.lru_cache(maxsize=None)
-def _imports(package: str) -> bool:
-    try:
-        importlib.import_module(package)
-    except Exception:  # missing or broken: the reference kernels remain
-        return False
-    return True
-
-
-def _kernels(backend: str):
-    """The footprint kernels of a backend; the compiled ones are imported when first used."""
-    if backend == "numba":
-        from atomsplat.render.footprint_kernels import NumbaFootprints
-
-        return NumbaFootprints
-    if backend == "triton":
-        from atomsplat.render.projector_triton import TritonFootprints
-
-        return TritonFootprints
-    return TorchFootprints
-
-
 def project_isotropic(
     means: torch.Tensor,
     sigmas: torch.Tensor,
@@ -384,6 +248,7 @@ def project_isotropic(
     height: int,
     width: int,
     window: float = DEFAULT_WINDOW,
+    kernels: FootprintKernels | None = None,
 ) -> torch.Tensor:
     """Project isotropic Gaussians into V views (exact pixel integrals in windows).
 
@@ -396,16 +261,19 @@ def project_isotropic(
         pixel_size: detector pixel size, same length unit as ``means``.
         height, width: detector size in pixels.
         window: half-width of the evaluated window in units of sigma (:func:`window_radii`).
+        kernels: the footprint kernels to use (:mod:`atomsplat.render.kernels`); None: those
+            that :func:`atomsplat.render.backend.footprint_kernels` chooses for the tensors' device.
 
     Returns:
         (V, height, width) mean projected density per pixel; differentiable in means, sigmas,
-        weights and offsets. The kernels are chosen by :func:`projector_backend`.
+        weights and offsets.
     """
     _check(means, sigmas, weights, rotations, offsets)
     centres = detector_centres(means, rotations, offsets)
     if means.shape[0] == 0:
         return centres.new_zeros(rotations.shape[0], height, width) + 0.0 * weights.sum()
-    kernels = _kernels(projector_backend(centres.device))
+    if kernels is None:
+        kernels = footprint_kernels(centres.device)
     radii = window_radii(sigmas, pixel_size, window)
     return _WindowedIsotropic.apply(
         centres, sigmas, weights, radii, float(pixel_size), int(height), int(width), kernels
@@ -477,8 +345,8 @@ def _anisotropic_windows(
     """(V, H, W) image of 2D Gaussians of detector centres (V, K, 2), covariances (V, K, 2, 2)
     (pixel variance included) and weights (K,), each point-sampled in a window of radius R."""
     size = 2 * radius + 1
-    sx = _window_start(centres[..., 0], width, pixel_size, radius)
-    sy = _window_start(centres[..., 1], height, pixel_size, radius)
+    sx = window_start(centres[..., 0], width, pixel_size, radius)
+    sy = window_start(centres[..., 1], height, pixel_size, radius)
     steps = torch.arange(size, device=centres.device, dtype=centres.dtype)
     dx = ((sx.to(centres.dtype) + 0.5 - width / 2.0)[..., None] + steps) * pixel_size - centres[..., 0:1]
     dy = ((sy.to(centres.dtype) + 0.5 - height / 2.0)[..., None] + steps) * pixel_size - centres[..., 1:2]
@@ -490,5 +358,5 @@ def _anisotropic_windows(
     )
     amp = weights[None, :] / (2.0 * math.pi * torch.linalg.det(cov2).sqrt())
     block = amp[..., None, None] * torch.exp(-0.5 * quad)
-    grid = _PaddedGrid(sy, sx, size, height, width, radius)
+    grid = PaddedGrid(sy, sx, size, height, width, radius)
     return grid.crop(grid.scatter(block))

@@ -1,13 +1,11 @@
-"""Compiled CPU kernels (numba) for the projector's separable footprints.
+"""Footprint kernels (:class:`atomsplat.render.kernels.FootprintKernels`) compiled by numba, for
+CPU tensors.
 
-The same interface and results as :class:`atomsplat.render.projector.TorchFootprints`: add the
-outer products ``rows (x) cols`` of every (view, Gaussian) window into an image, and contract an
-image with them. The reference forms every footprint value in memory and moves it with one
-single-threaded ``index_add_``; here each window row is a short contiguous loop that the compiler
-vectorises, the image stays in cache, and the work is spread over the cores: by (view, band of
-rows) when adding, each image band belonging to one thread, and by (view, Gaussian) when
-contracting, where nothing is shared. numba comes with abTEM; it compiles each kernel once per
-dtype (a few seconds) and caches the result on disk.
+No footprint value is stored: each window row is a short contiguous loop that the compiler
+vectorises, and the image stays in cache. The work is spread over the cores by (view, band of
+image rows) when adding, so that each band is written by one thread only and no write needs a
+lock, and by (view, Gaussian) when contracting, where the threads share nothing. numba comes with
+abTEM; it compiles each kernel once per dtype (a few seconds) and caches the result on disk.
 """
 
 from __future__ import annotations
@@ -79,7 +77,9 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 
 
 class NumbaFootprints:
-    """Footprint kernels for CPU tensors (see :class:`atomsplat.render.projector.TorchFootprints`)."""
+    """Footprint kernels compiled by numba, for CPU tensors."""
+
+    name = "numba"
 
     @staticmethod
     def chunk(views: int, size: int) -> int:
@@ -102,7 +102,7 @@ class NumbaFootprints:
 
     @staticmethod
     def contract(image, rows, cols, start_y, start_x):
-        """(V, k, S) sums along each window's rows and columns (see TorchFootprints.contract)."""
+        """(V, k, S) sums along each window's rows and columns."""
         along_rows = torch.empty_like(rows)
         along_cols = torch.empty_like(cols)
         _contract(

@@ -1,10 +1,6 @@
-"""Triton kernels for the projector's separable footprints on CUDA.
-
-The same interface and results as :class:`atomsplat.render.projector.TorchFootprints`, which the
-projector's autograd function drives; the calculus (profiles, their derivatives, the gradients of
-centres, widths and weights) stays in that function, so that every kernel set gives the same
-gradients in the same parametrisation. One program per (view, Gaussian) walks its window of S x S
-pixels in BLOCK x BLOCK pieces:
+"""Footprint kernels (:class:`atomsplat.render.kernels.FootprintKernels`) in Triton, for CUDA
+tensors. One program per (view, Gaussian) walks its window of S x S pixels in BLOCK x BLOCK
+pieces:
 
 * ``add``: forms the outer product ``rows (x) cols`` in registers and adds it into the image with
   atomic adds, dropping pixels outside the detector;
@@ -82,7 +78,9 @@ def _block(size: int) -> int:
 
 
 class TritonFootprints:
-    """Footprint kernels for CUDA tensors (see :class:`atomsplat.render.projector.TorchFootprints`)."""
+    """Footprint kernels in Triton, for CUDA tensors."""
+
+    name = "triton"
 
     @staticmethod
     def chunk(views: int, size: int) -> int:
@@ -111,7 +109,7 @@ class TritonFootprints:
 
     @staticmethod
     def contract(image, rows, cols, start_y, start_x):
-        """(V, k, S) sums along each window's rows and columns (see TorchFootprints.contract)."""
+        """(V, k, S) sums along each window's rows and columns."""
         views, height, width = image.shape
         count, size = rows.shape[1], rows.shape[2]
         along_rows = torch.zeros_like(rows)
