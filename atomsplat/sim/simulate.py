@@ -25,12 +25,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from scipy.ndimage import gaussian_filter
 
-<<<<<<< HEAD
 from atomsplat.data.series import TiltSeries
-=======
-from atomsplat.data.tiltseries import TiltSeries
 from atomsplat.sim.adf import ADF_EXPONENT, DEFAULT_PEDESTAL, adf_cross_sections, counts_per_potential
->>>>>>> sim-lowdose
 
 # Space (A) kept between any atom and the edge of the default field of view and of abTEM's grid:
 # the projected potential of an atom falls below 1e-5 of its peak within 3 A.
