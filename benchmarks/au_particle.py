@@ -23,8 +23,8 @@ from pathlib import Path
 import ase.io
 
 from atomsplat.analysis.matching import evaluate
+from atomsplat.benchmark.run import machine
 from atomsplat.cli.simulate import main as simulate
-from atomsplat.comparison import machine
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.report import plot_report
 from atomsplat.sim.structures import AU_XYZ, PARTICLES, build_particle

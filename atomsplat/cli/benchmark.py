@@ -3,78 +3,126 @@
     atomsplat-benchmark --preset quick --output results/quick     # minutes on 2 CPU cores
     atomsplat-benchmark --preset full --output results/full       # what docs/benchmarks.md reports
 
-Presets are the JSON files in ``configs/`` (``benchmark_<name>.json``) or a path to one. The
-output directory gets ``results.json``, ``results.md`` and ``figures/``; simulated tilt series,
-training runs and each method's finished result go to ``--work`` and are reused by later runs with
-the same settings: the same command run again after an interruption goes on where it stopped.
+Presets are the JSON files in ``configs/`` (``benchmark_<name>.json``) or a path to one
+(:mod:`atomsplat.benchmark.preset`). The output directory gets ``results.json``, ``results.md`` and
+``figures/``; simulated tilt series, training runs and each method's finished result go to
+``--work`` and are reused by later runs with the same settings: the same command run again after
+an interruption goes on where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+import tyro
 
 
-def preset_path(name: str) -> Path:
-    """A preset by name (``configs/benchmark_<name>.json``) or by path."""
-    path = Path(name)
-    return path if path.suffix == ".json" or path.exists() else CONFIGS / f"benchmark_{name}.json"
+@dataclass
+class Benchmark:
+    """Run every method of a preset on every particle and tilt scheme; write results.json,
+    results.md and figures/ into --output. Simulated tilt series, training runs and each method's
+    finished result go to --work and are reused by later runs with the same settings, so the same
+    command run again after an interruption goes on where it stopped.
+
+        atomsplat-benchmark --preset quick --output results/quick   # minutes on 2 CPU cores
+        atomsplat-benchmark --preset full --output results/full     # what docs/benchmarks.md reports
+    """
+
+    # Results directory to write (results.json, results.md, figures/).
+    output: Path
+    # Preset: quick, full, another name of configs/benchmark_<name>.json, or a path to a preset file.
+    preset: str = "quick"
+    # Simulated data, training runs and finished method results, reused by later runs with the same
+    # settings (None: OUTPUT/work).
+    work: Optional[Path] = None
+    # Run only these particles of the preset (none given: all).
+    particles: Tuple[str, ...] = ()
+    # Run only these tilt schemes of the preset, by name (none given: all).
+    schemes: Tuple[str, ...] = ()
+    # Run only these methods (none given: the preset's): the preset's options for those it lists,
+    # the defaults for any other registered method.
+    methods: Tuple[str, ...] = ()
+    # Run the preset's ablation (--no-ablation skips it).
+    ablation: bool = True
+    # Replace results of other settings already in --output.
+    overwrite: bool = False
+
+    def main(self) -> None:
+        """Run the preset as chosen and print the tables; :class:`BenchmarkError` on bad choices."""
+        from atomsplat.benchmark import BenchmarkError
+        from atomsplat.benchmark.methods import METHODS
+        from atomsplat.benchmark.preset import load_preset
+        from atomsplat.benchmark.run import run_comparison
+
+        preset = load_preset(self.preset)
+        for name, chosen, available in (
+            ("particles", self.particles, preset.particles),
+            ("schemes", self.schemes, list(preset.schemes)),
+        ):
+            if set(chosen) - set(available):
+                raise BenchmarkError(
+                    f"--{name}: {sorted(set(chosen) - set(available))} not in the preset ({available})"
+                )
+        if set(self.methods) - set(METHODS):
+            raise BenchmarkError(
+                f"--methods: unknown {sorted(set(self.methods) - set(METHODS))}; methods: {', '.join(sorted(METHODS))}"
+            )
+        if self.particles:
+            preset.particles = list(self.particles)
+        if self.schemes:
+            preset.schemes = {k: v for k, v in preset.schemes.items() if k in self.schemes}
+        if self.methods:
+            preset.methods = {m: preset.methods.get(m, {}) for m in self.methods}
+        if not self.ablation:
+            preset.ablation = None
+        if not (preset.particles and preset.schemes and preset.methods) and not preset.ablation:
+            raise BenchmarkError("nothing to run: no particle, scheme or method chosen and no ablation")
+        self._check_output(preset.to_dict())
+        results = run_comparison(preset, self.output, self.work or self.output / "work")
+        print((self.output / "results.md").read_text())
+        print(f"results: {self.output / 'results.md'}, figures: {self.output / 'figures'}")
+        if not (results.rows or results.ablation):
+            raise BenchmarkError("no results")
+
+    def _check_output(self, preset: dict) -> None:
+        """Refuse an --output that holds results of other settings, unless --overwrite."""
+        from atomsplat.benchmark import BenchmarkError
+
+        previous = self.output / "results.json"
+        if not previous.exists() or self.overwrite:
+            return
+        try:
+            held = json.loads(previous.read_text()).get("preset")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            held = None
+        if held != preset:
+            raise BenchmarkError(
+                f"{self.output} already holds results of other settings; choose another --output or pass --overwrite"
+            )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="atomsplat-benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="quick", help="quick, full, or a preset file (default: %(default)s)")
-    parser.add_argument("--output", type=Path, required=True, help="results directory to write")
-    parser.add_argument("--work", type=Path, help="simulated data and training runs (default: OUTPUT/work)")
-    parser.add_argument("--particles", nargs="+", help="run only these particles of the preset")
-    parser.add_argument("--schemes", nargs="+", help="run only these tilt schemes of the preset (by name)")
-    parser.add_argument("--methods", nargs="+", help="run only these methods of the preset")
-    parser.add_argument("--no-ablation", action="store_true", help="skip the preset's ablation")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    args = parser.parse_args(argv)
+    """Parse ``argv`` (default: the command line), run, and return the exit status: 0, or 2 with
+    a one-line message on stderr for a bad preset, choice or output directory."""
+    from atomsplat.benchmark import BenchmarkError
 
-    from atomsplat.comparison import load_preset, run_comparison
-
+    benchmark = tyro.cli(Benchmark, args=argv, prog="atomsplat-benchmark")
     try:
-        preset = load_preset(preset_path(args.preset))
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    for name, chosen, available in (
-        ("particles", args.particles, preset.particles),
-        ("schemes", args.schemes, list(preset.schemes)),
-        ("methods", args.methods, list(preset.methods)),
-    ):
-        if chosen and set(chosen) - set(available):
-            parser.error(f"--{name}: {sorted(set(chosen) - set(available))} not in the preset ({available})")
-    if args.particles:
-        preset.particles = args.particles
-    if args.schemes:
-        preset.schemes = {k: v for k, v in preset.schemes.items() if k in args.schemes}
-    if args.methods:
-        preset.methods = {k: v for k, v in preset.methods.items() if k in args.methods}
-    if args.no_ablation:
-        preset.ablation = None
-    previous = args.output / "results.json"
-    if (
-        previous.exists()
-        and not args.overwrite
-        and json.loads(previous.read_text()).get("preset") != json.loads(json.dumps(asdict(preset)))
-    ):
-        parser.error(
-            f"{args.output} already holds results of other settings; choose another --output or pass --overwrite"
-        )
-    results = run_comparison(preset, args.output, args.work or args.output / "work")
-    print((args.output / "results.md").read_text())
-    print(f"results: {args.output / 'results.md'}, figures: {args.output / 'figures'}")
-    return 0 if results["rows"] or results["ablation"] else 1
+        benchmark.main()
+    except BenchmarkError as err:
+        print(f"atomsplat-benchmark: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def entrypoint():
+    """Entrypoint for the ``atomsplat-benchmark`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,182 @@
+"""What a comparison runs: the preset (``configs/benchmark_*.json``) as typed records.
+
+A preset file::
+
+    {"particles": ["fept", "pd"], "size": "quick",
+     "schemes": {"all": "-90:90:2", "wedge": "-70:70:3"},
+     "simulation": {"pixel_size": 0.25, "probe_sigma": 0.5, "noise_sigma": 50.0, "seed": 0},
+     "methods": {"atomsplat": {"steps": 800}, "fbp": {}, "sirt": {"iterations": 30}},
+     "ablation": {"particle": "nanotube", "size": "quick", "scheme": "-90:90:2", "steps": 800,
+                  "merge_distance": 1.2}}
+
+Omitted fields take the defaults of :class:`Preset`, :class:`SimulationSettings` and
+:class:`Ablation`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from atomsplat.benchmark import BenchmarkError
+from atomsplat.benchmark.methods import METHODS
+from atomsplat.data.series import parse_tilt_scheme
+from atomsplat.sim.structures import PARTICLES
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the presets by name: benchmark_<name>.json
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """How a particle's tilt series is simulated.
+
+    Every field is the keyword of the same name of :func:`atomsplat.sim.simulate.simulate_tilt_series`
+    and is passed to it as it is (:meth:`keywords`); ``seed`` also seeds the structure
+    (:func:`atomsplat.sim.structures.build_particle`). Every field is part of the key of the
+    simulated dataset in the work directory (:mod:`atomsplat.benchmark.datasets`), so a setting
+    added here (e.g. a counting mode's dose in e/A^2 and pedestal) reaches the simulation and the
+    cache key with no other change.
+
+    Attributes:
+        pixel_size: A; also the voxel size of every volume.
+        probe_sigma: standard deviation of the Gaussian probe blur, A.
+        noise_sigma: standard deviation of additive Gaussian noise, V A.
+        seed: seeds the structure and the noise.
+    """
+
+    pixel_size: float = 0.25
+    probe_sigma: float = 0.5
+    noise_sigma: float = 50.0
+    seed: int = 0
+
+    def keywords(self) -> dict:
+        """The settings as keywords of ``simulate_tilt_series``."""
+        return asdict(self)
+
+
+ABLATION_METHODS = ("atomsplat", "atomsplat-noiso", "atomsplat-nomerge")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """atomsplat with and without isotropy and merging (:data:`ABLATION_METHODS`) on one particle.
+
+    Attributes:
+        particle: a name in :data:`atomsplat.sim.structures.PARTICLES`.
+        scheme: tilt scheme "start:stop:step", degrees.
+        size: the particle's size; None: the preset's.
+        steps: training steps of each method.
+        merge_distance: minimum distance of merged Gaussians, A (not given to atomsplat-nomerge).
+    """
+
+    particle: str
+    scheme: str
+    size: Optional[str] = None
+    steps: int = 3000
+    merge_distance: float = 1.6
+
+    def options(self, method: str) -> dict:
+        """The runner options of ``method`` in the ablation."""
+        if method == "atomsplat-nomerge":
+            return {"steps": self.steps}
+        return {"steps": self.steps, "merge_distance": self.merge_distance}
+
+
+@dataclass
+class Preset:
+    """What a comparison runs (the fields of a ``configs/benchmark_*.json`` file).
+
+    Attributes:
+        particles: names in :data:`atomsplat.sim.structures.PARTICLES`.
+        size: "quick" or "full" (the builders' sizes).
+        schemes: tilt schemes by name, e.g. {"all": "-90:90:1", "wedge": "-70:70:3"}.
+        simulation: how every tilt series is simulated.
+        methods: method name (:data:`atomsplat.benchmark.methods.METHODS`) -> its runner's options
+            (atomsplat: "steps" and model-config fields; fbp: fbp's keywords; sirt: sirt's; inr:
+            fit_inr's; the traced methods: also "trace" with trace_atoms' keywords).
+        ablation: None, or the ablation to run.
+    """
+
+    particles: List[str]
+    size: str = "full"
+    schemes: Dict[str, str] = field(default_factory=lambda: {"all": "-90:90:1", "wedge": "-70:70:3"})
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    methods: Dict[str, dict] = field(default_factory=lambda: {name: {} for name in ("atomsplat", "fbp", "sirt", "inr")})
+    ablation: Optional[Ablation] = None
+
+    def to_dict(self) -> dict:
+        """The preset as plain JSON values (the layout of a preset file)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str) -> "Preset":
+        """The preset of the plain values ``raw``, checked; errors name ``where`` and the problem."""
+        if not isinstance(raw, dict):
+            raise BenchmarkError(f"{where}: not a valid preset: expected a JSON object")
+        raw = dict(raw)
+        try:
+            if "simulation" in raw:
+                raw["simulation"] = _record(SimulationSettings, raw["simulation"], "simulation")
+            if raw.get("ablation") is not None:
+                raw["ablation"] = _record(Ablation, raw["ablation"], "ablation")
+            preset = _record(cls, raw, "preset")
+        except (TypeError, ValueError) as err:
+            raise BenchmarkError(f"{where}: not a valid preset: {err}") from None
+        preset.check(where)
+        return preset
+
+    def check(self, where: str) -> None:
+        """Raise :class:`BenchmarkError` naming ``where`` if a particle, size, scheme or method is unknown."""
+        particles = list(self.particles) + ([self.ablation.particle] if self.ablation else [])
+        unknown = [p for p in particles if p not in PARTICLES] + [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise BenchmarkError(
+                f"{where}: unknown particles or methods {unknown}; particles: {sorted(PARTICLES)}, "
+                f"methods: {sorted(METHODS)}"
+            )
+        sizes = [(p, self.size) for p in self.particles]
+        if self.ablation:
+            sizes.append((self.ablation.particle, self.ablation.size or self.size))
+        for particle, size in sizes:
+            if size not in PARTICLES[particle].sizes:
+                raise BenchmarkError(
+                    f"{where}: {particle} has no size {size!r}; sizes: {sorted(PARTICLES[particle].sizes)}"
+                )
+        schemes = dict(self.schemes, **({"ablation": self.ablation.scheme} if self.ablation else {}))
+        for name, scheme in schemes.items():
+            try:
+                parse_tilt_scheme(scheme)
+            except ValueError as err:
+                raise BenchmarkError(f"{where}: tilt scheme {name!r}: {err}") from None
+
+
+def _record(cls, raw, name: str):
+    """``cls(**raw)``, with a message naming the record when ``raw`` is not a dict of its fields."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"{name} must be a JSON object")
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"{name} has unknown fields {unknown}; fields: {[f.name for f in fields(cls)]}")
+    return cls(**raw)
+
+
+def preset_path(name: str) -> Path:
+    """A preset by name (``configs/benchmark_<name>.json``) or by path (a name ending in .json or
+    an existing file)."""
+    path = Path(name)
+    return path if path.suffix == ".json" or path.exists() else CONFIGS / f"benchmark_{name}.json"
+
+
+def load_preset(name: str) -> Preset:
+    """Read and check a preset by name or path; errors name the file and the problem."""
+    path = preset_path(name)
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("benchmark_") for p in CONFIGS.glob("benchmark_*.json"))
+        raise BenchmarkError(f"{path}: no such preset; presets by name: {', '.join(known)}, or a path to a JSON file")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BenchmarkError(f"{path}: not a valid preset: {err}") from None
+    return Preset.from_dict(raw, str(path))

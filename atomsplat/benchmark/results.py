@@ -1,0 +1,185 @@
+"""The comparison's results as typed records, and their files.
+
+- :class:`Row`: one method on one particle and tilt scheme (the fields of a results table);
+  :class:`AblationRow` adds what the ablation measures.
+- :class:`Results`: a whole run, written as ``results.json`` (:meth:`Results.write`, read back by
+  :meth:`Results.read`).
+- :class:`Finished`: a method's row and what the figures show of it, kept in the work directory
+  (:func:`save_finished`, :func:`load_finished`) so that a later run with the same settings
+  reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from atomsplat.benchmark import BenchmarkError
+from atomsplat.benchmark.preset import Preset
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method on one particle and tilt scheme.
+
+    Attributes:
+        particle: the particle's name.
+        scheme: the tilt scheme's name in the preset ("ablation" for the ablation's rows).
+        tilt: the tilt scheme, "start:stop:step" in degrees.
+        method: the method's name.
+        n_true, n_pred, n_matched: true atoms, atoms found, and pairs matched within ``max_distance``.
+        tpr: true-positive rate n_matched / n_true.
+        fpr: false-positive rate (n_pred - n_matched) / n_pred.
+        rmse: RMS distance of matched pairs, A; None when nothing matched.
+        species_accuracy: fraction of matched pairs of equal species; None without species (a
+            method that tells none, or a particle of one element).
+        max_distance: matching radius, A.
+        ssim: SSIM of the method's volume against the true potential
+            (:func:`atomsplat.analysis.metrics.volume_ssim`).
+        seconds: the method's wall time.
+    """
+
+    particle: str
+    scheme: str
+    tilt: str
+    method: str
+    n_true: int
+    n_pred: int
+    n_matched: int
+    tpr: float
+    fpr: float
+    rmse: Optional[float]
+    species_accuracy: Optional[float]
+    max_distance: float
+    ssim: Optional[float]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """The row as plain JSON values."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict):
+        """The row of ``raw`` (as :meth:`to_dict` writes it); TypeError when the fields differ."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict) or set(raw) != names:
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise TypeError(f"a {cls.__name__} needs the fields {sorted(names)}, got {got}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class AblationRow(Row):
+    """A row of the ablation.
+
+    Attributes:
+        gaussians_per_atom: Gaussians the model ends with per true atom (n_pred / n_true).
+        separability: how well the true species of matched atoms separate by learned weight
+            (:func:`atomsplat.analysis.species.separability`); None for a particle of one element.
+    """
+
+    gaussians_per_atom: float
+    separability: Optional[float]
+
+
+@dataclass
+class Results:
+    """A comparison run (``results.json``).
+
+    Attributes:
+        machine: the machine the times were measured on, in words.
+        preset: what was run.
+        rows: the methods' rows, by particle, scheme and method.
+        ablation: the ablation's rows (empty without one).
+        total_seconds: the whole run's wall time; None while it runs.
+    """
+
+    machine: str
+    preset: Preset
+    rows: List[Row] = field(default_factory=list)
+    ablation: List[AblationRow] = field(default_factory=list)
+    total_seconds: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        """The results as plain JSON values."""
+        return {
+            "machine": self.machine,
+            "preset": self.preset.to_dict(),
+            "rows": [r.to_dict() for r in self.rows],
+            "ablation": [r.to_dict() for r in self.ablation],
+            "total_seconds": self.total_seconds,
+        }
+
+    def write(self, path: Path) -> Path:
+        """Write the results as JSON to ``path`` (replaced whole: never half-written)."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> "Results":
+        """The results in a ``results.json``; :class:`BenchmarkError` naming the file otherwise."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                machine=raw["machine"],
+                preset=Preset.from_dict(raw["preset"], f"{path}, preset"),
+                rows=[Row.from_dict(r) for r in raw["rows"]],
+                ablation=[AblationRow.from_dict(r) for r in raw["ablation"]],
+                total_seconds=raw["total_seconds"],
+            )
+        except FileNotFoundError:
+            raise BenchmarkError(f"{path}: no such results file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise BenchmarkError(f"{path}: not a results file of this version: {err}") from None
+
+
+@dataclass
+class Finished:
+    """A method's finished run on one case: its row and what the figures show of it.
+
+    Attributes:
+        row: the scores.
+        positions: (K, 3) atoms found, A.
+        slab: (nx, ny) the central slab of its volume (:func:`atomsplat.benchmark.report.central_slab`).
+        weights: (K,) learned weights of the atoms, or None for a method without.
+    """
+
+    row: Row
+    positions: np.ndarray
+    slab: np.ndarray
+    weights: Optional[np.ndarray] = None
+
+
+def save_finished(path: Path, settings: dict, finished: Finished) -> None:
+    """Keep ``finished`` at ``path`` (.npz) with the ``settings`` (JSON-ready) that made it; a run
+    killed while writing leaves no half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"settings": settings, "row": finished.row.to_dict()})
+    arrays = {"positions": finished.positions, "slab": finished.slab}
+    if finished.weights is not None:
+        arrays["weights"] = finished.weights
+    partial = path.with_name(path.stem + ".partial.npz")
+    np.savez_compressed(partial, meta=np.array(meta), **arrays)
+    partial.replace(path)
+
+
+def load_finished(path: Path, settings: dict) -> Optional[Finished]:
+    """The :class:`Finished` kept at ``path`` by a run with the same ``settings``, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+        if meta["settings"] != json.loads(json.dumps(settings)):
+            return None
+        weights = stored["weights"] if "weights" in stored.files else None
+        return Finished(Row.from_dict(meta["row"]), stored["positions"], stored["slab"], weights)
