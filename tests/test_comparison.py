@@ -7,7 +7,7 @@ import json
 import ase.io
 import numpy as np
 import pytest
-from atomsplat.data.tiltseries import GROUND_TRUTH
+from atomsplat.data.series import GROUND_TRUTH
 
 from atomsplat.benchmark import BenchmarkError
 from atomsplat.benchmark.datasets import SETTINGS, SimulatedDataset, simulated_dataset
