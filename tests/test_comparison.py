@@ -7,7 +7,6 @@ import json
 import ase.io
 import numpy as np
 import pytest
-from atomsplat.data.series import GROUND_TRUTH
 
 from atomsplat.benchmark import BenchmarkError
 from atomsplat.benchmark.datasets import SETTINGS, SimulatedDataset, simulated_dataset
@@ -17,6 +16,7 @@ from atomsplat.benchmark.report import results_markdown
 from atomsplat.benchmark.results import AblationRow, Finished, Results, Row, load_finished, save_finished
 from atomsplat.benchmark.run import run_case
 from atomsplat.cli.benchmark import main
+from atomsplat.data.series import GROUND_TRUTH
 from atomsplat.sim.potential import potential_volume
 
 THREE_TILTS = "-60:60:60"  # a cheap scheme for the tests that only need some dataset
