@@ -182,8 +182,8 @@ def test_the_density_schedule_counts_the_steps_of_a_resumed_run():
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
-    from atomsplat.method import resumed_steps
     from atomsplat.model.atomsplat_model import AtomSplatModelConfig
+    from atomsplat.trainer import resumed_steps
 
     outputs = TomographyDataParserConfig(data=bundled_demo_path()).setup().get_dataparser_outputs("train")
     model = AtomSplatModelConfig(init_count=50, refine_shifts=True).setup(
@@ -218,15 +218,36 @@ def test_ablation_without_merging_keeps_gaussians_closer_than_the_minimum_distan
     assert model.num_points > 201
 
 
-def test_ns_train_knows_the_methods():
+def test_ns_train_help_is_short_and_every_model_option_acts():
+    """``ns-train atomsplat --help`` lists the methods' options: at most 228 lines at 120 columns
+    (half of what it was before nerfstudio's unused options were hidden), and every model option it
+    lists is read somewhere in atomsplat besides its own definition."""
+    import os
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    import atomsplat
+    from atomsplat.model.atomsplat_model import AtomSplatModelConfig
+
     result = subprocess.run(
         [sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--help"],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "COLUMNS": "120"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "tomography" in result.stdout or "atomsplat" in result.stdout
+    help_text = result.stdout
+    assert len(help_text.splitlines()) <= 228
+    assert "--pipeline.datamanager.dataparser.pixel-size" in help_text
+    source = "\n".join(p.read_text() for p in Path(atomsplat.__file__).parent.rglob("*.py"))
+    listed = set(re.findall(r"--pipeline\.model\.([a-z0-9-]+)", help_text))
+    assert listed
+    for name in sorted(listed):
+        attribute = name.replace("-", "_")
+        assert attribute in {f.name for f in fields(AtomSplatModelConfig)}, name
+        assert re.search(rf"\.{attribute}\b", source), f"--pipeline.model.{name} is read nowhere"
 
 
 def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path):

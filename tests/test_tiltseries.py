@@ -171,7 +171,7 @@ def set_metadata(directory, **changes):
 def test_missing_pixel_size(dataset):
     set_metadata(dataset, pixel_size=None)
     message = expect_error(dataset, METADATA, "pixel_size")
-    assert "override" in message and "tomography --pixel-size 0.25" in message
+    assert "override" in message and "--pipeline.datamanager.dataparser.pixel-size 0.25" in message
 
 
 def test_pixel_size_override(dataset):

@@ -22,6 +22,7 @@ from typing import Optional, Type
 
 import numpy as np
 import torch
+import tyro
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
@@ -45,8 +46,9 @@ class TomographyDataParserConfig(DataParserConfig):
     [, ``ground_truth.xyz``], or the paper's ``transforms.json``) or an MRC stack with its IMOD angle file."""
 
     _target: Type = field(default_factory=lambda: TomographyDataParser)
-    data: Path = field(default_factory=bundled_demo_path)
-    """Dataset directory or MRC stack file (default: the small tilt series bundled with atomsplat)."""
+    data: tyro.conf.Suppress[Path] = field(default_factory=bundled_demo_path)
+    """Dataset directory or MRC stack file (default: the small tilt series bundled with atomsplat);
+    set by ns-train's ``--data``."""
     pixel_size: Optional[float] = None
     """Detector pixel size in A, overriding metadata.json and the MRC header (the transforms.json layout needs it
     unless a metadata.json beside it gives it)."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Tuple, Type
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
+import tyro
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
+
+from atomsplat.data.dataparser import TomographyDataParserConfig
 
 
 def display_image(projection: torch.Tensor, top: float) -> torch.Tensor:
@@ -42,8 +46,22 @@ class TiltSeriesDataManagerConfig(FullImageDatamanagerConfig):
     """Full projections, ``views_per_step`` random views (without replacement per epoch) a step."""
 
     _target: Type = field(default_factory=lambda: TiltSeriesDataManager)
+    dataparser: TomographyDataParserConfig = field(default_factory=TomographyDataParserConfig)
+    """Tilt series are read by the tomography DataParser only."""
     views_per_step: int = 4
     """Projections per optimisation step."""
+    # nerfstudio's options that this data manager does not read, or that would rescale the
+    # cameras but not the float32 projections: fixed, and hidden from the CLI (``--data`` is ns-train's)
+    data: tyro.conf.Suppress[Optional[Path]] = None
+    masks_on_gpu: tyro.conf.Suppress[bool] = False
+    images_on_gpu: tyro.conf.Suppress[bool] = False
+    camera_res_scale_factor: tyro.conf.Suppress[float] = 1.0
+    eval_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
+    eval_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
+    eval_image_indices: tyro.conf.Suppress[Optional[Tuple[int, ...]]] = (0,)
+    cache_images: tyro.conf.Suppress[Literal["cpu", "gpu"]] = "gpu"
+    cache_images_type: tyro.conf.Suppress[Literal["uint8", "float32"]] = "float32"
+    max_thread_workers: tyro.conf.Suppress[Optional[int]] = None
 
 
 class TiltSeriesDataManager(FullImageDatamanager[TiltSeriesDataset]):

@@ -39,7 +39,8 @@ PIXEL_SIZE_RANGE = (0.01, 20.0)
 # How a user gives the pixel size where a file does not (appended to error messages).
 PIXEL_SIZE_HINT = (
     'give it in Angstrom as {"pixel_size": 0.25} in metadata.json, or as an override: '
-    "read_tilt_series(path, pixel_size=0.25), ns-train atomsplat --data PATH tomography --pixel-size 0.25, "
+    "read_tilt_series(path, pixel_size=0.25), "
+    "ns-train atomsplat --data PATH --pipeline.datamanager.dataparser.pixel-size 0.25, "
     "atomsplat-demo --pixel-size 0.25"
 )
 

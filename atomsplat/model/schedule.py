@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Type
 
+import tyro
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
 from torch.optim import Optimizer, lr_scheduler
 
@@ -21,7 +22,9 @@ class LogLinearDecaySchedulerConfig(SchedulerConfig):
 
     _target: Type = field(default_factory=lambda: LogLinearDecayScheduler)
     lr_final: float = 1e-3
-    max_steps: int = 3000
+    """Learning rate at the last step."""
+    max_steps: tyro.conf.Suppress[int] = 3000
+    """Steps of the decay: set by the trainer to all the steps of the run (resumed ones included)."""
 
 
 class LogLinearDecayScheduler(Scheduler):
