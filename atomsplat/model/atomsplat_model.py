@@ -18,6 +18,7 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Type
 
@@ -42,6 +43,7 @@ from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.monitor import TrainingMonitor
+from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, RefineRecord, rebind
 from atomsplat.render.projector import DEFAULT_WINDOW
 
@@ -66,10 +68,18 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Initial number of Gaussians; None: ``init_density`` x the volume of the support."""
     init_density: float = 0.08
     """Initial Gaussians per A^3 of the support (FCC gold has 0.059 atoms per A^3)."""
-    init_support: Literal["hull", "sphere"] = "hull"
-    """Where to draw initial positions: the visual hull of the projections, or the sphere seen by every view."""
+    init_support: Literal["reconstruction", "hull", "sphere"] = "reconstruction"
+    """Where to draw initial positions (:mod:`atomsplat.model.init`): by the density of a quick SIRT
+    reconstruction, in the visual hull of the projections, or in the sphere seen by every view."""
+    init_voxel: float = 0.4
+    """Voxel size of the initial reconstruction, A (the projections are binned to about it)."""
+    init_smoothing: float = 1.0
+    """Width of the Gaussian that smooths the initial reconstruction, A."""
+    support_threshold: float = 0.1
+    """The support is where the smoothed reconstruction exceeds this fraction of its peak."""
     hull_threshold: float = 0.05
-    """A point is in the hull when its pixel exceeds this fraction of the series maximum in nearly every view."""
+    """"hull": a point is in the hull when its pixel exceeds this fraction of the series maximum in
+    nearly every view."""
     init_sigma: float = 0.6
     """Initial width, A."""
     min_sigma: float = 0.05
@@ -77,20 +87,28 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     max_sigma: float = 2.0
     window: float = DEFAULT_WINDOW
     """Footprint half-width in widths; at 4 the truncated mass is below 1.3e-4 of an atom."""
-    loss: Literal["l1", "l2", "poisson", "mixed"] = "l1"
-    """Data term (:mod:`atomsplat.model.losses`): "l1" (the paper's), "l2", "poisson" for
-    projections in counts, "mixed" for shot plus read noise (``gain``, ``read_noise``)."""
-    gain: float = 1.0
-    """Counts per data unit, for the "mixed" loss (1 when the projections are counts)."""
+    loss: Literal["auto", "l1", "l2", "poisson", "mixed"] = "auto"
+    """Data term (:mod:`atomsplat.model.losses`): "auto" fits counts (the series' ``counts``:
+    non-negative integers, or declared in metadata.json) by their Poisson likelihood and other data
+    by "l1" (the paper's); "l2", "poisson", "mixed" (shot plus read noise: ``gain``, ``read_noise``)."""
+    gain: Optional[float] = None
+    """Counts per data unit (None: the series' ``gain``, 1 for data recorded in counts)."""
     read_noise: float = 0.0
     """Read-noise standard deviation in data units, for the "mixed" loss."""
     refine_shifts: bool = False
     """Learn one detector shift per projection (alignment) jointly with the atoms."""
     shifts_after: float = 0.05
     """Fraction of the training steps before the shifts start to move (the atoms take shape first)."""
-    background_degree: int = -1
+    background_degree: Optional[int] = None
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
-    2: quadratic); -1: none, the projections are of the atoms alone."""
+    2: quadratic); -1: none, the projections are of the atoms alone. None: a pedestal (0) for
+    counts, none for other data."""
+    final_refinement: bool = True
+    """After the last density pass, fit the atoms to every training projection at once to
+    convergence (L-BFGS on the smooth likelihood, :mod:`atomsplat.model.refinement`)."""
+    full_uncertainty_limit: int = 1000
+    """Up to this many atoms the positional uncertainties include the correlations of all atoms
+    (the whole Fisher matrix); above it, each atom's own Fisher block (a lower bound)."""
     seed: int = 0
     """Seed of the initial positions and of duplication."""
 
@@ -115,11 +133,9 @@ class AtomSplatModel(SplatfactoModel):
         self.register_buffer("measured", stack, persistent=False)
         train = torch.as_tensor(np.asarray(metadata["indices"]), dtype=torch.long)
         self.register_buffer("train_indices", train, persistent=False)
-        self.noise = NoiseModel(config.loss, 1e-3 * self.level, config.gain, config.read_noise)
+        self.noise, degree = noise_model(self.series, config)
         rotations = torch.from_numpy(view_rotations(self.series.tilt_angles, self.series.tilt_axis_angle)).float()
-        self.corrections = ViewCorrections(
-            rotations, train, stack, config.refine_shifts, config.background_degree, self.noise
-        )
+        self.corrections = ViewCorrections(rotations, train, stack, config.refine_shifts, degree, self.noise)
         signal = stack
         if self.corrections.has_background:
             signal = stack - self.corrections.background_of(torch.arange(len(stack)))
@@ -138,6 +154,8 @@ class AtomSplatModel(SplatfactoModel):
         self.strategy = DensityStrategy(config, generator=self.generator)
         self.register_buffer("finished", torch.zeros((), dtype=torch.bool))
         """True once training ran its final pass (:meth:`finish`): the atoms are final."""
+        self.register_buffer("uncertainty", torch.zeros(0, 3))
+        """(K, 3) Cramer-Rao standard deviations of the final atoms' x, y, z, A (empty before)."""
         self.step = 0
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         truth = metadata.get("ground_truth")
@@ -149,6 +167,7 @@ class AtomSplatModel(SplatfactoModel):
 
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
         self.cloud.resize(state_dict["cloud.params.positions"].shape[0])
+        self.uncertainty = self.uncertainty.new_zeros(state_dict["uncertainty"].shape)
         return torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -348,10 +367,27 @@ class AtomSplatModel(SplatfactoModel):
 
     @torch.no_grad()
     def finish(self) -> RefineRecord:
-        """The last pass of a training run (merge and prune, as every pass); the atoms are final."""
+        """The end of a training run: the last density pass (merge and prune), the final refinement
+        to convergence, and the atoms' positional uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
-        self.finished.fill_(True)
         self.report(record)
+        views = self.series_views(self.train_indices)
+        args = (self.cloud, self.corrections, self.measured, views, self.noise, self.step)
+        if self.config.final_refinement and self.cloud.count > 0:
+            done = refine(*args)
+            CONSOLE.print(
+                f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
+                f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
+            )
+        if self.config.isotropic and self.cloud.count > 0:
+            start = time.perf_counter()
+            self.uncertainty, how = position_uncertainties(*args, full_limit=self.config.full_uncertainty_limit)
+            median = float(self.uncertainty.median()) * 100.0
+            CONSOLE.print(
+                f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'full' else 'per atom'}): median "
+                f"{median:.2f} pm per axis ({time.perf_counter() - start:.0f} s)"
+            )
+        self.finished.fill_(True)
         return record
 
     def _residuals(self, count: int):
@@ -384,9 +420,32 @@ class AtomSplatModel(SplatfactoModel):
     # ----------------------------------------------------------------------------- results
     @torch.no_grad()
     def atoms(self) -> Dict[str, np.ndarray]:
-        """The atoms: positions (K, 3) A, sigmas (K,) A, weights (K,) as float64 numpy; when training
-        did not end with its final pass, the merge-and-prune of one is applied to a copy (the model
-        is not changed)."""
+        """The atoms: positions (K, 3) A, sigmas (K,) A, weights (K,) as float64 numpy, and
+        "uncertainty" (K, 3) A, the Cramer-Rao standard deviations of x, y, z, when training ran its
+        final pass. Otherwise the merge-and-prune of a pass is applied to a copy (the model is not
+        changed) and there are no uncertainties."""
         if bool(self.finished):
-            return self.cloud.atoms()
+            atoms = self.cloud.atoms()
+            if len(self.uncertainty) == len(atoms["positions"]):
+                atoms["uncertainty"] = self.uncertainty.cpu().double().numpy()
+            return atoms
         return atoms_of(self.strategy.cleanup(self.cloud.detached()))
+
+
+def noise_model(series, config: AtomSplatModelConfig):
+    """The data term and the background degree for ``series``: the config's, or, where it says
+    "auto" / None, the Poisson likelihood with a pedestal for counts and the paper's L1 without a
+    background for other data (says which on the console)."""
+    counts = bool(series.counts)
+    kind = config.loss if config.loss != "auto" else ("poisson" if counts else "l1")
+    degree = config.background_degree if config.background_degree is not None else (0 if counts else -1)
+    gain = series.gain if config.gain is None else config.gain
+    if config.loss == "auto" or config.background_degree is None:
+        likelihood = {"poisson": "their Poisson likelihood", "l1": "the L1 norm (the paper's)"}.get(kind, kind)
+        background = {-1: "no background", 0: "a pedestal per projection"}.get(degree, f"a degree-{degree} background")
+        CONSOLE.print(
+            f"{series.source or 'tilt series'}: {'detector counts' if counts else 'not counts'}; fitting them by "
+            f"{likelihood}, with {background} (--pipeline.model.loss and .background-degree choose otherwise)"
+        )
+    level = float(series.projections.max())
+    return NoiseModel(kind, 1e-3 * level, gain, config.read_noise), degree

@@ -141,19 +141,8 @@ class AtomCloud(torch.nn.Module):
         return self.params["positions"].shape[0]
 
     def covariances(self) -> torch.Tensor:
-        """(K, 3, 3) covariances in A^2 of anisotropic Gaussians."""
-        q = torch.nn.functional.normalize(self.params["quats"], dim=1)
-        w, x, y, z = q.unbind(1)
-        rot = torch.stack(
-            [
-                1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-            ],
-            dim=1,
-        ).view(-1, 3, 3)  # fmt: skip
-        scales = self.params["log_scales"].exp()
-        return rot @ torch.diag_embed(scales**2) @ rot.transpose(1, 2)
+        """(K, 3, 3) covariances in A^2 of anisotropic Gaussians (:func:`covariances`)."""
+        return covariances(self.params)
 
     def detached(self) -> Dict[str, torch.Tensor]:
         """The parameters as plain tensors (what :mod:`atomsplat.model.density` operates on)."""
@@ -179,14 +168,8 @@ class AtomCloud(torch.nn.Module):
 
     # ----------------------------------------------------------------------------- projection
     def project(self, views: Views, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(V, H, W) projections of the Gaussians into ``views`` (mean density per pixel, data units),
-        differentiable in every parameter and in the views' offsets. ``weights`` (K,) replaces the
-        Gaussians' own weights (e.g. weights times depth, for a depth map)."""
-        weights = self.weights if weights is None else weights
-        args = (views.rotations, views.offsets, views.pixel_size, views.height, views.width, self.window)
-        if self.isotropic:
-            return project_isotropic(self.positions, self.sigmas, weights, *args)
-        return project_anisotropic(self.positions, self.covariances(), weights, *args)
+        """(V, H, W) projections of the Gaussians into ``views`` (:func:`project`)."""
+        return project(self.params, views, weights, self.window)
 
     def atoms(self) -> Dict[str, np.ndarray]:
         """The Gaussians as atoms (:func:`atoms_of`)."""
@@ -201,3 +184,38 @@ def atoms_of(params: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         "sigmas": width_of(params).detach().cpu().double().numpy(),
         "weights": params["log_weights"].detach().exp().cpu().double().numpy(),
     }
+
+
+def project(
+    params: Dict[str, torch.Tensor],
+    views: Views,
+    weights: Optional[torch.Tensor] = None,
+    window: float = DEFAULT_WINDOW,
+) -> torch.Tensor:
+    """(V, H, W) projections of Gaussians with parameters ``params`` (see the module docstring) into
+    ``views``: mean density per pixel, data units, differentiable in every parameter and in the
+    views' offsets. ``weights`` (K,) replaces the Gaussians' own (e.g. weights times depth, for a
+    depth map)."""
+    weights = params["log_weights"].exp() if weights is None else weights
+    dtype = params["positions"].dtype
+    args = (views.rotations.to(dtype), views.offsets.to(dtype), views.pixel_size, views.height, views.width, window)
+    if "log_sigmas" in params:
+        return project_isotropic(params["positions"], params["log_sigmas"].exp(), weights, *args)
+    return project_anisotropic(params["positions"], covariances(params), weights, *args)
+
+
+def covariances(params: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """(K, 3, 3) covariances in A^2 of anisotropic Gaussians: ``R diag(exp(log_scales))^2 R^T``
+    with R the rotation of the unit quaternion ``quats`` (w, x, y, z)."""
+    q = torch.nn.functional.normalize(params["quats"], dim=1)
+    w, x, y, z = q.unbind(1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).view(-1, 3, 3)  # fmt: skip
+    scales = params["log_scales"].exp()
+    return rot @ torch.diag_embed(scales**2) @ rot.transpose(1, 2)

@@ -166,14 +166,29 @@ class ViewCorrections(torch.nn.Module):
         """(V, H, W) the backgrounds of projections ``indices`` (V,)."""
         return background(self.background[indices], self._basis)
 
+    @property
+    def basis(self) -> Optional[torch.Tensor]:
+        """(T, H, W) the background's images (:func:`background_basis`; the first is the constant 1),
+        None without a background."""
+        return self._basis if self.has_background else None
+
     @torch.no_grad()
-    def fit(self, atoms: torch.Tensor, measured: torch.Tensor, indices: torch.Tensor, iterations: int = 5) -> None:
+    def fit(
+        self,
+        atoms: torch.Tensor,
+        measured: torch.Tensor,
+        indices: torch.Tensor,
+        iterations: int = 5,
+        noise: Optional[NoiseModel] = None,
+    ) -> None:
         """Solve the background coefficients of projections ``indices`` (V,) for the atoms'
         projections ``atoms`` (V, H, W) and the ``measured`` ones (V, H, W), starting from their
         last fit, in at most ``iterations`` steps (:meth:`NoiseModel.fit_linear`; a few suffice
-        in training, where the atoms move little between two visits of a view)."""
+        in training, where the atoms move little between two visits of a view), for the training
+        data term or another ``noise``."""
         start = self.background[indices]
-        self.background[indices] = self.noise.fit_linear(atoms, measured, self._basis, start, iterations)
+        noise = self.noise if noise is None else noise
+        self.background[indices] = noise.fit_linear(atoms, measured, self._basis, start, iterations)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -1,32 +1,53 @@
-"""Where the Gaussians start: random positions in the particle's support, from the projections."""
+"""Where the Gaussians start: random positions in the particle's support, from the projections.
+
+Two supports (``init_support``):
+
+- ``"reconstruction"`` (default): a quick SIRT reconstruction of the projections less their fitted
+  background, on voxels of about ``init_voxel`` A (the projections binned to that size), smoothed
+  over ``init_smoothing`` A. Its smoothed density sets both where the particle is (voxels above
+  ``support_threshold`` of the density's robust peak) and where in it the Gaussians start (drawn
+  with probability proportional to the density there). This works at any dose, for any tilt range
+  (a half turn starting at 0 too), and for a particle that is not seen whole in every view: no
+  pixel needs to be bright in every projection.
+- ``"hull"``: the visual hull: points whose pixel exceeds ``hull_threshold`` x the series maximum
+  in at least 95 % of the views, uniformly (the paper-era initialisation; it needs the particle
+  to stand out from the noise in almost every projection, which counts at low dose do not).
+- ``"sphere"``: uniform in the sphere seen by every projection.
+
+The count is ``init_density`` x the volume of the support unless ``init_count`` is set.
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
-from atomsplat.geometry import pixel_index, view_rotations
+from atomsplat.analysis.baselines import sirt
+from atomsplat.geometry import pixel_centers, pixel_index, view_rotations
 from atomsplat.render.projector import detector_centres
 
 
-def initial_positions(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
-    """(K, 3) random initial positions, A, sample frame, from the projections ``signal`` (N, H, W)
-    of the atoms (the series less any fitted background).
+class EmptySeriesError(ValueError):
+    """The projections hold nothing above their background: there is no particle to fit."""
 
-    Candidates are uniform in the sphere seen by every projection (radius: half the smaller
-    detector side). With ``init_support="hull"`` only candidates whose pixel exceeds
-    ``hull_threshold`` x the series maximum in at least 95 % of the views are kept: the visual
-    hull of the particle, which puts no Gaussians in the empty space around it. The count is
-    ``init_density`` x the volume of the support unless ``init_count`` is set.
+
+def initial_positions(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    """(K, 3) random initial positions, A, sample frame (module docstring).
+
+    Args:
+        series: the TiltSeries (geometry: angles, tilt axis, shifts, pixel size).
+        signal: (N, H, W) projections of the atoms: the series less any fitted background.
+        config: the model configuration (``init_*``, ``support_threshold``, ``hull_threshold``).
+        generator: the random generator.
     """
+    if config.init_support == "reconstruction":
+        return _from_reconstruction(series, signal, config, generator)
     _, height, width = series.shape
     radius = 0.5 * min(height, width) * series.pixel_size
     volume = 4.0 / 3.0 * math.pi * radius**3
-    rotations = torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle))
-    shifts = torch.from_numpy(series.shifts_or_zeros())
-    stack = signal
-    level = config.hull_threshold * float(stack.max())
 
     def sphere(count):
         direction = torch.nn.functional.normalize(
@@ -34,20 +55,77 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
         )
         return direction * radius * torch.rand(count, 1, generator=generator, dtype=torch.float64) ** (1.0 / 3.0)
 
+    if config.init_support == "sphere":
+        return sphere(config.init_count or max(1, int(config.init_density * volume))).float()
+    rotations = torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle))
+    shifts = torch.from_numpy(series.shifts_or_zeros())
+    level = config.hull_threshold * float(signal.max())
+
     def in_hull(points):
         centres = detector_centres(points, rotations, shifts)  # (V, K, 2)
         cols = pixel_index(centres[..., 0], width, series.pixel_size).clamp(0, width - 1)
         rows = pixel_index(centres[..., 1], height, series.pixel_size).clamp(0, height - 1)
-        values = stack[torch.arange(len(stack))[:, None], rows, cols]
+        values = signal[torch.arange(len(signal))[:, None], rows, cols]
         return points[(values > level).float().mean(0) >= 0.95]
 
-    if config.init_support == "sphere":
-        return sphere(config.init_count or max(1, int(config.init_density * volume))).float()
     batch = max(20000, int(config.init_density * volume))
     hull = in_hull(sphere(batch))
     if len(hull) == 0:
-        raise ValueError("initialisation: no point of the volume is bright in every projection (is the data empty?)")
+        raise EmptySeriesError(
+            "initialisation: no point of the volume is bright in every projection (is the data empty? "
+            "--pipeline.model.init-support reconstruction needs no such point)"
+        )
     count = config.init_count or max(1, int(config.init_density * volume * len(hull) / batch))
     while len(hull) < count:
         hull = torch.cat([hull, in_hull(sphere(batch))])
     return hull[:count].float()
+
+
+def support_density(series, signal: np.ndarray, voxel: float, smoothing: float, iterations: int = 20):
+    """The smoothed density of a quick SIRT reconstruction of ``signal`` (N, H, W).
+
+    The projections are binned by whole pixels to about ``voxel`` A, reconstructed by
+    :func:`atomsplat.analysis.baselines.sirt` (non-negative, ``iterations`` passes), and smoothed by
+    a Gaussian of ``smoothing`` A.
+
+    Returns:
+        density (nx, ny, nz) in data units per A^3 (``volume[ix, iy, iz]`` as in
+        :mod:`atomsplat.analysis.baselines`), and its voxel size in A.
+    """
+    factor = max(1, int(round(voxel / series.pixel_size)))
+    n, height, width = signal.shape
+    h, w = height // factor, width // factor
+    binned = signal[:, : h * factor, : w * factor].reshape(n, h, factor, w, factor).mean(axis=(2, 4))
+    size = series.pixel_size * factor
+    # the binned grid drops the last pixels of a side that is not a multiple of the factor, which
+    # moves its centre by half of what it drops: a known shift of every projection
+    shifts = series.shifts_or_zeros() - np.array([w * factor - width, h * factor - height]) * series.pixel_size / 2.0
+    volume = sirt(
+        binned,
+        series.tilt_angles,
+        size,
+        iterations=iterations,
+        tilt_axis_angle=series.tilt_axis_angle,
+        shifts=shifts if np.any(shifts) else None,
+    )
+    return gaussian_filter(volume / size, smoothing / size, mode="constant"), size
+
+
+def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    density, size = support_density(series, signal.cpu().numpy(), config.init_voxel, config.init_smoothing)
+    peak = float(np.quantile(density, 0.9999))
+    if not peak > 0:
+        raise EmptySeriesError(
+            "initialisation: the projections hold nothing above their background (is the data empty?)"
+        )
+    weight = np.where(density > config.support_threshold * peak, density, 0.0).reshape(-1)
+    support = int(np.count_nonzero(weight))
+    count = config.init_count or max(1, int(config.init_density * support * size**3))
+    numpy_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    cells = numpy_rng.choice(weight.size, size=count, p=weight / weight.sum())
+    index = np.stack(np.unravel_index(cells, density.shape), axis=1)
+    nx, ny, nz = density.shape
+    centres = np.stack([pixel_centers(nx, size), pixel_centers(ny, size), pixel_centers(nz, size)], axis=0)
+    positions = np.stack([centres[axis][index[:, axis]] for axis in range(3)], axis=1)
+    positions += (numpy_rng.random(positions.shape) - 0.5) * size  # anywhere in the voxel
+    return torch.from_numpy(positions).float()

@@ -85,6 +85,39 @@ class NoiseModel:
         """The data term of every pixel (:func:`pixel_loss`)."""
         return pixel_loss(model, measured, self.kind, self.floor, self.gain, self.read_noise)
 
+    @property
+    def is_likelihood(self) -> bool:
+        """Whether :meth:`negative_log_likelihood` is an absolute likelihood (counting noise of a
+        known gain), which model selection and uncertainties need."""
+        return self.kind in ("poisson", "mixed")
+
+    @property
+    def smooth(self) -> "NoiseModel":
+        """The smooth data term for a final refinement to convergence: this one, or, for "l1", the
+        Gaussian likelihood "l2" (exact for additive Gaussian noise, which L1 stands in for)."""
+        return NoiseModel("l2", self.floor, self.gain, self.read_noise) if self.kind == "l1" else self
+
+    def negative_log_likelihood(self, model: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """Summed negative log-likelihood in nats, up to a constant that does not depend on the
+        model: "poisson" of the counts ``gain * measured``, "mixed" as its Gaussian approximation.
+        Only for :attr:`is_likelihood` data terms."""
+        if not self.is_likelihood:
+            raise ValueError(f"the {self.kind} data term has no absolute likelihood (the noise level is unknown)")
+        scale = self.gain if self.kind == "poisson" else 1.0
+        return scale * self.pixels(model, measured).sum()
+
+    def variance(self, model: torch.Tensor, residual_variance: float = None) -> torch.Tensor:
+        """The variance of every pixel (data units^2) for the model values ``model``: ``model /
+        gain`` for counts ("poisson"), plus ``read_noise^2`` ("mixed"); for "l1" and "l2", the
+        ``residual_variance`` measured from the fit (additive noise of unknown level)."""
+        if self.kind == "poisson":
+            return model.clamp_min(self.floor) / self.gain
+        if self.kind == "mixed":
+            return model.clamp_min(self.floor) / self.gain + self.read_noise**2
+        if residual_variance is None:
+            raise ValueError(f"the {self.kind} data term needs the residual variance for pixel variances")
+        return torch.full_like(model, float(residual_variance))
+
     @torch.no_grad()
     def fit_linear(
         self,

@@ -121,6 +121,21 @@ def pixel_profiles(coord, sigma, start, n, pixel_size, size) -> torch.Tensor:
     return _profiles(coord, sigma, start, n, pixel_size, size)[0]
 
 
+def profile_derivatives(coord, sigma, start, n, pixel_size, size):
+    """The 1D pixel integrals of :func:`pixel_profiles` and their derivatives by the centre and by
+    the width: (prof, d prof / d coord, d prof / d sigma), each (V, K, S), same arguments.
+
+    With rel_e the window's pixel edges minus the centre and pdf_e the Gaussian's density there,
+    ``d prof_m / d coord = pdf_m - pdf_m+1`` and ``d prof_m / d sigma = (pdf_m rel_m - pdf_m+1 rel_m+1) / sigma``
+    (what :func:`_profile_vjp` contracts, written out per pixel).
+    """
+    prof, first, t = _profiles(coord, sigma, start, n, pixel_size, size)
+    edges = torch.arange(t.shape[-1], device=t.device, dtype=t.dtype) * pixel_size
+    pdf = torch.exp(-t.square()) * (_INV_SQRT_2PI / sigma)[None, :, None]  # (V, K, S + 1)
+    moment = pdf * (first[..., None] + edges) / sigma[None, :, None]
+    return prof, pdf[..., :-1] - pdf[..., 1:], moment[..., :-1] - moment[..., 1:]
+
+
 def _profile_vjp(grad_prof, first, t, sigma, pixel_size):
     """Gradients (V, K) by the centre and by sigma of ``sum_m grad_prof_m prof_m`` for the 1D
     pixel integrals ``prof`` of :func:`_profiles`, from its ``first`` (V, K) and ``t``

@@ -1,0 +1,182 @@
+"""Fisher information of isotropic Gaussians' parameters, for the Cramer-Rao bound on their positions.
+
+Each pixel value m (data units) of a projection has a variance var(m) (Poisson counts: m / gain;
+Gaussian noise: sigma^2; :meth:`atomsplat.model.losses.NoiseModel.variance`). For independent
+pixels the Fisher information of parameters a, b is ``sum over pixels of (dm/da)(dm/db) / var(m)``
+(exact for Poisson and Gaussian noise). Its inverse bounds the covariance of any unbiased estimate
+(Cramer-Rao); the maximum-likelihood estimate reaches it when the counts are many.
+
+Per atom the parameters are (x, y, z) A, log w and log sigma. An atom's footprint in view v is
+``A py_i px_j`` with ``A = w / p^2`` and the exact 1D pixel integrals px, py of
+:func:`atomsplat.render.projector.pixel_profiles`, so its derivatives on the detector are
+
+    dm/dcx = A py_i dpx_j,  dm/dcy = A dpy_i px_j,  dm/dlog w = A py_i px_j,
+    dm/dlog sigma = A sigma (dspy_i px_j + py_i dspx_j)
+
+in the same window as the projector's (:func:`atomsplat.render.projector.window_radii`), and a
+position derivative is ``dm/dr = (dm/dcx, dm/dcy) M_v[:2]``. Two forms:
+
+- :func:`fisher_blocks`: each atom's own 5 x 5 block, summed over views (K x 5 x 5; linear in the
+  atoms, for any size). Inverting a block treats the other atoms as known: it ignores the
+  correlation with neighbours that overlap in projection, so it bounds the error from below;
+- :func:`fisher_matrix`: the whole (5K + T) x (5K + T) matrix, with the neighbours' correlations
+  and T extra linear parameters per view (a pedestal), as a sparse matrix; its inverse gives the
+  marginal variances. Its size grows with the overlaps, so it is meant for up to a few thousand atoms.
+
+Pure functions of tensors; lengths in A.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, profile_derivatives, window_radii
+from atomsplat.render.windows import PaddedGrid, window_start
+
+PARAMETERS = ("x", "y", "z", "log_weight", "log_sigma")
+
+_WINDOW_VALUES = 1 << 21  # (V, k, 4, S, S) derivative values of one chunk of atoms
+
+
+def _derivative_windows(
+    positions, sigmas, weights, rotations, offsets, pixel_size: float, height: int, width: int, window: float
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor, PaddedGrid, int]]:
+    """Yields (members (k,), derivatives (V, k, 5, S, S), grid, S): each chunk of atoms' derivative
+    images in the sample frame (x, y, z, log w, log sigma), and the padded grid of their windows."""
+    centres = detector_centres(positions, rotations, offsets)  # (V, K, 2)
+    radii = window_radii(sigmas, pixel_size, window)
+    views = len(rotations)
+    projection = rotations[:, :2, :].to(positions.dtype)  # (V, 2, 3)
+    for radius in torch.unique(radii).tolist():
+        group = torch.nonzero(radii == radius).squeeze(1)
+        size = 2 * radius + 1
+        step = max(1, _WINDOW_VALUES // (views * 5 * size * size))
+        for first in range(0, len(group), step):
+            members = group[first : first + step]
+            cx, cy = centres[:, members, 0], centres[:, members, 1]
+            start_x = window_start(cx, width, pixel_size, radius)
+            start_y = window_start(cy, height, pixel_size, radius)
+            sig = sigmas[members]
+            px, dpx, dspx = profile_derivatives(cx, sig, start_x, width, pixel_size, size)
+            py, dpy, dspy = profile_derivatives(cy, sig, start_y, height, pixel_size, size)
+            amplitude = (weights[members] / pixel_size**2)[None, :, None, None]
+
+            def outer(rows, cols):
+                return rows[..., :, None] * cols[..., None, :]  # (V, k, S, S)
+
+            d_cx = amplitude * outer(py, dpx)
+            d_cy = amplitude * outer(dpy, px)
+            d_logw = amplitude * outer(py, px)
+            d_logs = amplitude * sig[None, :, None, None] * (outer(dspy, px) + outer(py, dspx))
+            # detector derivatives to the sample frame: dm/dr_d = dm/dcx M[0, d] + dm/dcy M[1, d]
+            d_r = torch.einsum("vcd,vkcij->vkdij", projection, torch.stack([d_cx, d_cy], dim=2))
+            derivatives = torch.cat([d_r, d_logw[:, :, None], d_logs[:, :, None]], dim=2)
+            yield members, derivatives, PaddedGrid(start_y, start_x, size, height, width, radius), size
+
+
+def fisher_blocks(
+    positions: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    offsets: torch.Tensor,
+    pixel_size: float,
+    inverse_variance: torch.Tensor,
+    window: float = DEFAULT_WINDOW,
+) -> torch.Tensor:
+    """Each atom's own Fisher information block, (K, 5, 5), parameters in :data:`PARAMETERS` order.
+
+    Args:
+        positions: (K, 3) A; sigmas: (K,) A; weights: (K,) (data units x A^2).
+        rotations: (V, 3, 3) view matrices; offsets: (V, 2) detector offsets, A.
+        pixel_size: A.
+        inverse_variance: (V, H, W) 1 / var(m) of every pixel of the views (data units^-2).
+        window: footprint half-width in widths, as the projector's.
+    """
+    views, height, width = inverse_variance.shape
+    blocks = positions.new_zeros(len(positions), 5, 5)
+    for members, derivatives, grid, size in _derivative_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window
+    ):
+        padded = torch.nn.functional.pad(inverse_variance, (grid.radius,) * 4).contiguous().view(-1)
+        weight = grid.gather(padded, size)  # (V, k, S, S): 0 outside the detector
+        blocks[members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight.to(derivatives), derivatives)
+    return blocks
+
+
+def fisher_matrix(
+    positions: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    offsets: torch.Tensor,
+    pixel_size: float,
+    inverse_variance: torch.Tensor,
+    linear: torch.Tensor = None,
+    window: float = DEFAULT_WINDOW,
+) -> sparse.csr_matrix:
+    """The whole Fisher information of all atoms' parameters (5K, in :data:`PARAMETERS` order per
+    atom) and of T linear parameters per view (V * T more, view by view), as a sparse matrix.
+
+    Args:
+        positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window: as
+            :func:`fisher_blocks`.
+        linear: (T, H, W) images of linear terms of every view (e.g. the constant 1 of a pedestal),
+            or None.
+    """
+    views, height, width = inverse_variance.shape
+    count = len(positions)
+    extra = 0 if linear is None else len(linear)
+    size_all = 5 * count + views * extra
+    total = sparse.csr_matrix((size_all, size_all))
+    pixels = height * width
+    rows, cols, values = [[] for _ in range(views)], [[] for _ in range(views)], [[] for _ in range(views)]
+    for members, derivatives, grid, size in _derivative_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window
+    ):
+        # padded-grid indices back to detector pixels, dropping the padding
+        padded_h, padded_w = height + 2 * grid.radius, width + 2 * grid.radius
+        flat = grid.index.long().view(views, -1, size, size) % (padded_h * padded_w)
+        row, col = flat // padded_w - grid.radius, flat % padded_w - grid.radius
+        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (V, k, S, S)
+        for v in range(views):
+            keep = inside[v]  # (k, S, S)
+            pixel = (row[v] * width + col[v])[keep]  # (n,)
+            atom = members[:, None, None].expand_as(keep)[keep]
+            for parameter in range(5):
+                rows[v].append(pixel.cpu().numpy())
+                cols[v].append((5 * atom + parameter).cpu().numpy())
+                values[v].append(derivatives[v, :, parameter][keep].double().cpu().numpy())
+    for v in range(views):
+        row = np.concatenate(rows[v]) if rows[v] else np.zeros(0, int)
+        col = np.concatenate(cols[v]) if cols[v] else np.zeros(0, int)
+        val = np.concatenate(values[v]) if values[v] else np.zeros(0)
+        if extra:
+            basis = linear.reshape(extra, -1).double().cpu().numpy()
+            pix, term = np.nonzero(basis.T)
+            row = np.concatenate([row, pix])
+            col = np.concatenate([col, 5 * count + v * extra + term])
+            val = np.concatenate([val, basis.T[pix, term]])
+        jacobian = sparse.csr_matrix((val, (row, col)), shape=(pixels, size_all))
+        weight = sparse.diags(inverse_variance[v].reshape(-1).double().cpu().numpy())
+        total = total + (jacobian.T @ weight @ jacobian)
+    return total.tocsr()
+
+
+def position_covariances(blocks: torch.Tensor) -> torch.Tensor:
+    """(K, 3, 3) covariance bounds of the positions (A^2) from per-atom blocks (K, 5, 5): the
+    position part of each block's inverse (the width and weight unknown too)."""
+    return torch.linalg.inv(blocks.double())[:, :3, :3].to(blocks.dtype)
+
+
+def marginal_position_variances(matrix: sparse.spmatrix, count: int) -> np.ndarray:
+    """(K, 3) the Cramer-Rao variances (A^2) of every atom's x, y and z: the diagonal of the inverse
+    of the whole Fisher matrix (:func:`fisher_matrix`) at the position parameters."""
+    dense = matrix.toarray()
+    inverse = np.linalg.inv(dense)
+    index = (5 * np.arange(count)[:, None] + np.arange(3)[None, :]).reshape(-1)
+    return inverse[index, index].reshape(count, 3)
