@@ -14,8 +14,8 @@ from PIL import Image
 
 from atomsplat.data.dataparser import TomographyDataParserConfig, bundled_demo_path
 from atomsplat.model.atomsplat_model import AtomSplatModelConfig
-from atomsplat.model.monitor import weight_colours, width_groups
 from atomsplat.render.voxelize import voxelize
+from atomsplat.viewer.display import weight_colours, width_groups
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,36 @@ def test_colours_and_width_groups():
     groups = width_groups(np.array([0.5, 0.5 * 2**0.5, 1.0, 0.99]))
     assert groups.tolist() == [0, 2, 3, 3]
     assert width_groups(np.array([0.6, 0.6])).tolist() == [0, 0]
+
+
+def test_the_panel_order_is_its_own_whatever_the_attribute_names(model):
+    """nerfstudio's viewer finds the elements in the alphabetical order of their attribute names and
+    installs them in that order (viser shows them in the order they are made). With the monitor's
+    attributes renamed so that the alphabet reverses them, the viewer finds them reversed and the
+    panel still shows them in its own order."""
+    import viser
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    from atomsplat.viewer.monitor import TrainingMonitor
+
+    intended = ["Show atoms", "Atom colour", "counts", "Slice height (A)", "slice", "Tilt index", "view"]
+    monitor = TrainingMonitor(model)
+    elements = {name: value for name, value in vars(monitor).items() if isinstance(value, ViewerElement)}
+    for rank, name in enumerate(sorted(elements)):
+        delattr(monitor, name)
+        setattr(monitor, f"{chr(ord('z') - rank)}_{name}", elements[name])
+    found = [element for _, element in parse_object(monitor, ViewerElement, "Custom Elements")]
+    assert [element.name for element in found] == intended[::-1]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = viser.ViserServer(host="127.0.0.1", port=port, verbose=False)
+    try:
+        for element in found:  # as nerfstudio's viewer does
+            element.install(server)
+        shown = sorted(found, key=lambda element: element.gui_handle.order)
+        assert [element.name for element in shown] == intended
+    finally:
+        server.stop()

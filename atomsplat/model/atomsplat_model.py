@@ -42,10 +42,10 @@ from atomsplat.model.cloud import AtomCloud, Views, atoms_of, series_views
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions
 from atomsplat.model.losses import NoiseModel
-from atomsplat.model.monitor import TrainingMonitor
 from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, RefineRecord, rebind
 from atomsplat.render.projector import DEFAULT_WINDOW
+from atomsplat.viewer.monitor import TrainingMonitor
 
 
 @dataclass
