@@ -43,7 +43,8 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
 
     Returns:
         ase.Atoms with positions in A (sample frame) and per-atom arrays "weight" (integrated
-        weight, data units x A^2) and "sigma" (A).
+        weight, data units x A^2), "sigma" (A) and, when training ran its final pass,
+        "uncertainty" (K, 3): the Cramer-Rao standard deviations of x, y, z (A).
     """
     found = model.atoms()
     if elements is None:
@@ -52,6 +53,8 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
     atoms = ase.Atoms(symbols=list(symbols), positions=found["positions"])
     atoms.set_array("weight", found["weights"])
     atoms.set_array("sigma", found["sigmas"])
+    if "uncertainty" in found:
+        atoms.set_array("uncertainty", found["uncertainty"])
     return atoms
 
 

@@ -1,7 +1,11 @@
 """``atomsplat-simulate``: simulate a tilt-series dataset of an atomic structure with abTEM.
 
 atomsplat-simulate STRUCTURE --tilt=-70:70:3 --output DIR [--pixel-size 0.25] [--probe-sigma 0.5]
-    [--noise-sigma 50 | --dose D] [--seed 0] [--shape H W] [--tilt-axis-angle 0] [--overwrite]
+    [--noise-sigma 50 | --dose D [--pedestal 1] [--adf-exponent 1.7]] [--seed 0] [--shape H W]
+    [--tilt-axis-angle 0] [--overwrite]
+
+STRUCTURE is a file ASE reads, or a built-in particle by name (:data:`atomsplat.sim.structures.PARTICLES`),
+``NAME`` or ``NAME:SIZE`` (quick, full, large), e.g. ``si:quick`` for a 2 nm amorphous Si particle.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class Simulate:
     probe, Gaussian or Poisson noise) and write it to DIR, with the atoms, centred, as ground_truth.xyz."""
 
     structure: Annotated[Path, tyro.conf.Positional, arg(metavar="STRUCTURE")]
-    """atomic structure, any file ase.io.read reads (e.g. .xyz, .cif); positions in A"""
+    """atomic structure, any file ase.io.read reads (e.g. .xyz, .cif; positions in A), or a built-in
+    particle NAME[:SIZE], e.g. si:quick (a 2 nm amorphous Si particle), au, fept:full"""
     tilt: Annotated[str, arg(metavar="START:STOP:STEP")]
     """tilt angles in degrees from START to STOP (included) in steps of STEP, e.g. --tilt=-70:70:3"""
     output: Annotated[Path, arg(metavar="DIR")]
@@ -45,7 +50,12 @@ class Simulate:
     ] = None
     """standard deviation of additive Gaussian noise in V A, 0 for none"""
     dose: Annotated[Optional[float], Noise, arg(metavar="E_PER_A2", help_behavior_hint="")] = None
-    """Poisson noise instead: electrons per A^2; the brightest pixel expects dose * pixel_size^2 counts"""
+    """ADF-STEM counts instead: electrons per A^2 per projection; each atom sends dose x its ADF
+    cross-section (Z^1.7 law, atomsplat.sim.adf) to the detector, plus a pedestal, Poisson noise"""
+    pedestal: Annotated[float, arg(metavar="COUNTS")] = 1.0
+    """with --dose: counts per pixel of dark counts and detector offset"""
+    adf_exponent: Annotated[float, arg(metavar="N")] = 1.7
+    """with --dose: exponent n of the ADF cross-section sigma(Z) ~ Z^n"""
     seed: int = 0
     """random seed of the noise"""
     shape: Annotated[
@@ -67,7 +77,6 @@ class Simulate:
 
     def main(self) -> int:
         """Simulate and write the dataset; bad input stops with a one-line error (exit status 2)."""
-        import ase.io
 
         from atomsplat.data.formats import write_tilt_series
         from atomsplat.data.series import parse_tilt_scheme
@@ -78,10 +87,7 @@ class Simulate:
             angles = parse_tilt_scheme(self.tilt)
         except ValueError as err:
             fail(PROG, f"--tilt: {err}")
-        try:
-            atoms = ase.io.read(self.structure)
-        except Exception as err:  # ase raises many kinds of errors for missing or malformed files
-            fail(PROG, f"cannot read structure file {str(self.structure)!r}: {str(err) or type(err).__name__}")
+        atoms = read_structure(self.structure, self.seed)
         try:
             check_writable(self.output, self.overwrite)  # before minutes of simulation, not after
         except FileExistsError as err:
@@ -103,6 +109,8 @@ class Simulate:
                 tilt_axis_angle=self.tilt_axis_angle,
                 misalignment=self.misalign,
                 background_ramp=self.background_ramp,
+                pedestal=self.pedestal,
+                adf_exponent=self.adf_exponent,
             )
             write_tilt_series(self.output, series, ground_truth=atoms, overwrite=self.overwrite)
         except ValueError as err:  # bad parameters, or a series the dataset format refuses
@@ -115,6 +123,28 @@ class Simulate:
             f"{len(atoms)} atoms ({atoms.get_chemical_formula()}) -> {self.output}"
         )
         return 0
+
+
+def read_structure(structure: Path, seed: int):
+    """The atoms of a structure file, or of a built-in particle ``NAME[:SIZE]`` built with ``seed``;
+    a one-line error when it is neither."""
+    import ase.io
+
+    from atomsplat.sim.structures import PARTICLES, build_particle
+
+    name, _, size = str(structure).partition(":")
+    if not structure.exists() and name in PARTICLES:
+        try:
+            return build_particle(name, size or "quick", seed)
+        except (ValueError, KeyError) as err:
+            fail(PROG, f"particle {str(structure)!r}: {err}")
+    try:
+        return ase.io.read(structure)
+    except Exception as err:  # ase raises many kinds of errors for missing or malformed files
+        names = ", ".join(sorted(PARTICLES))
+        fail(
+            PROG, f"cannot read structure file {str(structure)!r} ({str(err) or type(err).__name__}); built-in: {names}"
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

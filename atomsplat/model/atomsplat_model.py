@@ -38,12 +38,15 @@ from torch.nn import Parameter
 from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataset import display_image
 from atomsplat.geometry import view_rotations, views_from_camera_to_worlds
-from atomsplat.model.cloud import AtomCloud, Views, atoms_of, series_views
+from atomsplat.model import density
+from atomsplat.model.cloud import AtomCloud, Views, atoms_of, project, series_views
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import position_uncertainties, refine
-from atomsplat.model.strategy import DensityOptions, DensityStrategy, RefineRecord, rebind
+from atomsplat.model.species_prior import SpeciesPrior
+from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, RefineRecord, rebind
+from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import DEFAULT_WINDOW
 from atomsplat.viewer.monitor import TrainingMonitor
 
@@ -68,13 +71,15 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Initial number of Gaussians; None: ``init_density`` x the volume of the support."""
     init_density: float = 0.08
     """Initial Gaussians per A^3 of the support (FCC gold has 0.059 atoms per A^3)."""
-    init_support: Literal["reconstruction", "hull", "sphere"] = "reconstruction"
+    init_support: Literal["peaks", "reconstruction", "hull", "sphere"] = "peaks"
     """Where to draw initial positions (:mod:`atomsplat.model.init`): by the density of a quick SIRT
     reconstruction, in the visual hull of the projections, or in the sphere seen by every view."""
     init_voxel: float = 0.4
     """Voxel size of the initial reconstruction, A (the projections are binned to about it)."""
     init_smoothing: float = 1.0
-    """Width of the Gaussian that smooths the initial reconstruction, A."""
+    """Width of the Gaussian that smooths the initial reconstruction for its support, A."""
+    init_peak_smoothing: float = 0.5
+    """"peaks": width of the Gaussian that smooths the initial reconstruction before its maxima are taken, A."""
     support_threshold: float = 0.1
     """The support is where the smoothed reconstruction exceeds this fraction of its peak."""
     hull_threshold: float = 0.05
@@ -103,6 +108,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
     2: quadratic); -1: none, the projections are of the atoms alone. None: a pedestal (0) for
     counts, none for other data."""
+    tie_species: Literal["auto", "on", "off"] = "auto"
+    """Tie each atom's weight and width to its species' (:mod:`atomsplat.model.species_prior`), the
+    species from the dataset's "elements"; "auto": for counts whose elements the dataset names."""
+    species_spread: float = 0.1
+    """Spread of log-weight within a species (the log-width's is half of it)."""
     final_refinement: bool = True
     """After the last density pass, fit the atoms to every training projection at once to
     convergence (L-BFGS on the smooth likelihood, :mod:`atomsplat.model.refinement`)."""
@@ -151,7 +161,16 @@ class AtomSplatModel(SplatfactoModel):
             config.window,
             self.generator,
         )
-        self.strategy = DensityStrategy(config, generator=self.generator)
+        if config.selection == "evidence" and not (self.noise.is_likelihood and config.isotropic):
+            raise ValueError(
+                "selection 'evidence' needs a likelihood (counts: loss poisson or mixed) and isotropic Gaussians"
+            )
+        evidence = None
+        if self.noise.is_likelihood and config.isotropic:
+            evidence = Evidence(self._removal_evidence)
+        self.strategy = DensityStrategy(config, generator=self.generator, evidence=evidence)
+        self.prior = species_prior(self.series, config, self.noise)
+        """The :class:`SpeciesPrior` of the atoms, or None."""
         self.register_buffer("finished", torch.zeros((), dtype=torch.bool))
         """True once training ran its final pass (:meth:`finish`): the atoms are final."""
         self.register_buffer("uncertainty", torch.zeros(0, 3))
@@ -311,7 +330,14 @@ class AtomSplatModel(SplatfactoModel):
     # ----------------------------------------------------------------------------- losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
-        return {self.noise.kind: self.noise.loss(outputs["projection"], target)}
+        losses = {self.noise.kind: self.noise.loss(outputs["projection"], target)}
+        if self.prior is not None and self.prior.ready(self.num_points):
+            # the prior in the data term's units: nats over (nats per unit x all training pixels)
+            pixels = len(self.train_indices) * self.measured.shape[1] * self.measured.shape[2]
+            params = self.cloud.params
+            nats = self.prior.negative_log_prior(params["log_weights"], params["log_sigmas"])
+            losses["species"] = nats / (self.noise.nats * pixels)
+        return losses
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
@@ -363,7 +389,15 @@ class AtomSplatModel(SplatfactoModel):
         self.corrections.after_step()
         if record is not None:
             self.finished.fill_(False)
+            self._update_prior()
             self.report(record)
+
+    def _update_prior(self) -> None:
+        """Species, and their mean weight and width, for the Gaussians as they are (not diffuse ones)."""
+        if self.prior is not None and self.config.isotropic:
+            params = self.cloud.detached()
+            atoms = ~density.diffuse(params, self.config.diffuse_width)
+            self.prior.update(params["log_weights"], params["log_sigmas"], atoms)
 
     @torch.no_grad()
     def finish(self) -> RefineRecord:
@@ -371,17 +405,21 @@ class AtomSplatModel(SplatfactoModel):
         to convergence, and the atoms' positional uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
+        self._update_prior()
+        prior = self.prior if self.prior is not None and self.prior.ready(self.num_points) else None
         views = self.series_views(self.train_indices)
         args = (self.cloud, self.corrections, self.measured, views, self.noise, self.step)
         if self.config.final_refinement and self.cloud.count > 0:
-            done = refine(*args)
+            done = refine(*args, prior=prior)
             CONSOLE.print(
                 f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
                 f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
             )
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
-            self.uncertainty, how = position_uncertainties(*args, full_limit=self.config.full_uncertainty_limit)
+            self.uncertainty, how = position_uncertainties(
+                *args, full_limit=self.config.full_uncertainty_limit, prior=prior
+            )
             median = float(self.uncertainty.median()) * 100.0
             CONSOLE.print(
                 f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'full' else 'per atom'}): median "
@@ -400,36 +438,63 @@ class AtomSplatModel(SplatfactoModel):
         residual = self.measured[views.indices] - torch.cat([part["projection"] for part in parts])
         return residual, views.moved(torch.cat([part["offsets"] for part in parts]))
 
+    def _models(self, params):
+        """Yields (views, model (V, H, W), measured (V, H, W)) of the training projections in chunks,
+        for Gaussians ``params``: the shifts and background as they are."""
+        for chunk in self.series_views(self.train_indices).split(8):
+            views = chunk.moved(self.corrections.offsets(chunk.offsets, chunk.indices, self.step).detach())
+            model = project(params, views, window=self.cloud.window)
+            if self.corrections.has_background:
+                model = model + self.corrections.background_of(chunk.indices)
+            yield views, model, self.measured[chunk.indices]
+
+    @torch.no_grad()
+    def _removal_evidence(self, params):
+        """:attr:`Evidence.removal` on all training projections (nats, pixels)."""
+        positions, sigmas, weights = params["positions"], density.width_of(params), params["log_weights"].exp()
+        gains, touched = positions.new_zeros(len(positions)), positions.new_zeros(len(positions))
+        for views, model, measured in self._models(params):
+            gain, touch = removal_gains(
+                positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, model, measured,
+                self.noise.negative_log_likelihood, self.cloud.window,
+            )  # fmt: skip
+            gains += gain
+            touched += touch
+        return gains, touched
+
     def report(self, record: RefineRecord) -> None:
         """Log a density pass (console, nerfstudio's writers, the viewer), with TPR / FPR when the
         true atoms are known."""
         if self.truth is not None:
-            scores = evaluate(self.cloud.positions.detach().cpu().numpy(), self.truth)
+            narrow = ~density.diffuse(self.cloud.detached(), self.config.diffuse_width)
+            scores = evaluate(self.cloud.positions.detach()[narrow].cpu().numpy(), self.truth)
             record.tpr, record.fpr = scores.tpr, scores.fpr
         values = record.as_dict()
-        for key in ("before", "merged", "pruned", "split", "born", "after", "tpr", "fpr"):
+        for key in ("before", "merged", "pruned", "split", "born", "after", "diffuse", "tpr", "fpr"):
             if key in values:
                 writer.put_scalar(f"atoms/{key}", values[key], record.step)
         match = f", TPR {record.tpr:.3f} FPR {record.fpr:.3f}" if record.tpr is not None else ""
         CONSOLE.print(
             f"{'final pass' if record.final else f'step {record.step}'}: {record.before} -> {record.after} Gaussians "
-            f"(merged {record.merged}, pruned {record.pruned}, split {record.split}, born {record.born}){match}"
+            f"(merged {record.merged}, pruned {record.pruned}, split {record.split}, born {record.born}, "
+            f"diffuse {record.diffuse}){match}"
         )
         self.monitor.refined(values)
 
     # ----------------------------------------------------------------------------- results
     @torch.no_grad()
     def atoms(self) -> Dict[str, np.ndarray]:
-        """The atoms: positions (K, 3) A, sigmas (K,) A, weights (K,) as float64 numpy, and
-        "uncertainty" (K, 3) A, the Cramer-Rao standard deviations of x, y, z, when training ran its
-        final pass. Otherwise the merge-and-prune of a pass is applied to a copy (the model is not
-        changed) and there are no uncertainties."""
-        if bool(self.finished):
-            atoms = self.cloud.atoms()
-            if len(self.uncertainty) == len(atoms["positions"]):
-                atoms["uncertainty"] = self.uncertainty.cpu().double().numpy()
-            return atoms
-        return atoms_of(self.strategy.cleanup(self.cloud.detached()))
+        """The atoms: the Gaussians that are not diffuse (:func:`atomsplat.model.density.diffuse`),
+        positions (K, 3) A, sigmas (K,) A, weights (K,) as float64 numpy, and "uncertainty" (K, 3) A,
+        the Cramer-Rao standard deviations of x, y, z, when training ran its final pass. Otherwise
+        the merge-and-prune of a pass is applied to a copy (the model is not changed) and there are
+        no uncertainties."""
+        params = self.cloud.detached() if bool(self.finished) else self.strategy.cleanup(self.cloud.detached())
+        atoms_only = (~density.diffuse(params, self.config.diffuse_width)).cpu().numpy()
+        atoms = {name: values[atoms_only] for name, values in atoms_of(params).items()}
+        if bool(self.finished) and len(self.uncertainty) == len(atoms_only):
+            atoms["uncertainty"] = self.uncertainty.cpu().double().numpy()[atoms_only]
+        return atoms
 
 
 def noise_model(series, config: AtomSplatModelConfig):
@@ -449,3 +514,16 @@ def noise_model(series, config: AtomSplatModelConfig):
         )
     level = float(series.projections.max())
     return NoiseModel(kind, 1e-3 * level, gain, config.read_noise), degree
+
+
+def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Optional[SpeciesPrior]:
+    """The species prior the config asks for: "on" needs the dataset's elements and a likelihood
+    (counts), "auto" ties species where both are there, "off" never."""
+    possible = bool(series.elements) and noise.nats is not None and config.isotropic
+    if config.tie_species == "on" and not possible:
+        raise ValueError(
+            "tie_species 'on' needs the dataset's elements (metadata.json \"elements\"), counts and isotropic Gaussians"
+        )
+    if config.tie_species == "off" or not possible:
+        return None
+    return SpeciesPrior(series.elements, config.species_spread, 0.5 * config.species_spread)

@@ -188,3 +188,14 @@ def width_of(params: Params) -> torch.Tensor:
     if "log_sigmas" in params:
         return params["log_sigmas"].exp()
     return params["log_scales"].mean(dim=1).exp()
+
+
+def diffuse(params: Params, width: float) -> torch.Tensor:
+    """(K,) bool: the Gaussians wider than ``width`` x the median width. They stand for what one
+    Gaussian per atom does not capture (the long tails of atoms' projected potential, diffuse
+    signal), not for atoms: :class:`atomsplat.model.strategy.DensityStrategy` neither merges nor
+    splits them, and the model does not report them as atoms."""
+    widths = width_of(params)
+    if len(widths) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=widths.device)
+    return widths > width * widths.median()

@@ -1,14 +1,18 @@
 """Where the Gaussians start: random positions in the particle's support, from the projections.
 
-Two supports (``init_support``):
+The supports (``init_support``):
 
-- ``"reconstruction"`` (default): a quick SIRT reconstruction of the projections less their fitted
+- ``"reconstruction"``: a quick SIRT reconstruction of the projections less their fitted
   background, on voxels of about ``init_voxel`` A (the projections binned to that size), smoothed
   over ``init_smoothing`` A. Its smoothed density sets both where the particle is (voxels above
   ``support_threshold`` of the density's robust peak) and where in it the Gaussians start (drawn
   with probability proportional to the density there). This works at any dose, for any tilt range
   (a half turn starting at 0 too), and for a particle that is not seen whole in every view: no
   pixel needs to be bright in every projection.
+- ``"peaks"`` (default): one Gaussian at every local maximum of the reconstruction smoothed over
+  ``init_peak_smoothing`` A inside that support, maxima at least ``merge_distance`` apart (the
+  strongest first): the atoms where the data already show them, noise maxima included, which
+  model selection then removes.
 - ``"hull"``: the visual hull: points whose pixel exceeds ``hull_threshold`` x the series maximum
   in at least 95 % of the views, uniformly (the paper-era initialisation; it needs the particle
   to stand out from the noise in almost every projection, which counts at low dose do not).
@@ -26,6 +30,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from atomsplat.analysis.baselines import sirt
+from atomsplat.analysis.tracing import trace_atoms
 from atomsplat.geometry import pixel_centers, pixel_index, view_rotations
 from atomsplat.render.projector import detector_centres
 
@@ -43,7 +48,7 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
         config: the model configuration (``init_*``, ``support_threshold``, ``hull_threshold``).
         generator: the random generator.
     """
-    if config.init_support == "reconstruction":
+    if config.init_support in ("reconstruction", "peaks"):
         return _from_reconstruction(series, signal, config, generator)
     _, height, width = series.shape
     radius = 0.5 * min(height, width) * series.pixel_size
@@ -81,15 +86,12 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
     return hull[:count].float()
 
 
-def support_density(series, signal: np.ndarray, voxel: float, smoothing: float, iterations: int = 20):
-    """The smoothed density of a quick SIRT reconstruction of ``signal`` (N, H, W).
-
-    The projections are binned by whole pixels to about ``voxel`` A, reconstructed by
-    :func:`atomsplat.analysis.baselines.sirt` (non-negative, ``iterations`` passes), and smoothed by
-    a Gaussian of ``smoothing`` A.
+def reconstruction(series, signal: np.ndarray, voxel: float, iterations: int = 20):
+    """A quick SIRT reconstruction of ``signal`` (N, H, W), the projections binned by whole pixels to
+    about ``voxel`` A (:func:`atomsplat.analysis.baselines.sirt`, non-negative, ``iterations`` passes).
 
     Returns:
-        density (nx, ny, nz) in data units per A^3 (``volume[ix, iy, iz]`` as in
+        volume (nx, ny, nz) in data units per A^3 (``volume[ix, iy, iz]`` as in
         :mod:`atomsplat.analysis.baselines`), and its voxel size in A.
     """
     factor = max(1, int(round(voxel / series.pixel_size)))
@@ -108,24 +110,38 @@ def support_density(series, signal: np.ndarray, voxel: float, smoothing: float, 
         tilt_axis_angle=series.tilt_axis_angle,
         shifts=shifts if np.any(shifts) else None,
     )
-    return gaussian_filter(volume / size, smoothing / size, mode="constant"), size
+    return volume / size, size
 
 
-def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
-    density, size = support_density(series, signal.cpu().numpy(), config.init_voxel, config.init_smoothing)
-    peak = float(np.quantile(density, 0.9999))
+def _support(volume: np.ndarray, size: float, config) -> np.ndarray:
+    """The support (bool, like ``volume``): where the reconstruction smoothed over ``init_smoothing``
+    A exceeds ``support_threshold`` of its robust peak (the 99.99th percentile)."""
+    smooth = gaussian_filter(volume, config.init_smoothing / size, mode="constant")
+    peak = float(np.quantile(smooth, 0.9999))
     if not peak > 0:
         raise EmptySeriesError(
             "initialisation: the projections hold nothing above their background (is the data empty?)"
         )
-    weight = np.where(density > config.support_threshold * peak, density, 0.0).reshape(-1)
-    support = int(np.count_nonzero(weight))
-    count = config.init_count or max(1, int(config.init_density * support * size**3))
+    return smooth > config.support_threshold * peak
+
+
+def _voxel_centres(index: np.ndarray, shape, size: float) -> np.ndarray:
+    """(M, 3) positions, A, of voxels ``index`` (M, 3) of a volume of ``shape`` (voxel ``size`` A)."""
+    return np.stack([pixel_centers(shape[axis], size)[index[:, axis]] for axis in range(3)], axis=1)
+
+
+def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    volume, size = reconstruction(series, signal.cpu().numpy(), config.init_voxel)
+    support = _support(volume, size, config)
     numpy_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    if config.init_support == "peaks":
+        sharp = gaussian_filter(volume, config.init_peak_smoothing / size, mode="constant") * support
+        traced = trace_atoms(sharp, size, min_distance=config.merge_distance, threshold=0.0)
+        return torch.from_numpy(traced.positions).float()
+    smooth = gaussian_filter(volume, config.init_smoothing / size, mode="constant")
+    weight = np.where(support, np.clip(smooth, 0.0, None), 0.0).reshape(-1)
+    count = config.init_count or max(1, int(config.init_density * int(support.sum()) * size**3))
     cells = numpy_rng.choice(weight.size, size=count, p=weight / weight.sum())
-    index = np.stack(np.unravel_index(cells, density.shape), axis=1)
-    nx, ny, nz = density.shape
-    centres = np.stack([pixel_centers(nx, size), pixel_centers(ny, size), pixel_centers(nz, size)], axis=0)
-    positions = np.stack([centres[axis][index[:, axis]] for axis in range(3)], axis=1)
+    positions = _voxel_centres(np.stack(np.unravel_index(cells, volume.shape), axis=1), volume.shape, size)
     positions += (numpy_rng.random(positions.shape) - 0.5) * size  # anywhere in the voxel
     return torch.from_numpy(positions).float()

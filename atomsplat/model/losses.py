@@ -20,6 +20,7 @@ optimum instead of chasing it by gradient steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -92,19 +93,25 @@ class NoiseModel:
         return self.kind in ("poisson", "mixed")
 
     @property
+    def nats(self) -> Optional[float]:
+        """Nats per unit of the summed data term (a likelihood's scale: the gain for counts, 1 for
+        "mixed"), or None where the data term is no absolute likelihood."""
+        return {"poisson": self.gain, "mixed": 1.0}.get(self.kind)
+
+    @property
     def smooth(self) -> "NoiseModel":
         """The smooth data term for a final refinement to convergence: this one, or, for "l1", the
         Gaussian likelihood "l2" (exact for additive Gaussian noise, which L1 stands in for)."""
         return NoiseModel("l2", self.floor, self.gain, self.read_noise) if self.kind == "l1" else self
 
     def negative_log_likelihood(self, model: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
-        """Summed negative log-likelihood in nats, up to a constant that does not depend on the
-        model: "poisson" of the counts ``gain * measured``, "mixed" as its Gaussian approximation.
-        Only for :attr:`is_likelihood` data terms."""
+        """Each pixel's negative log-likelihood in nats (same shape), up to a constant that does not
+        depend on the model: "poisson" of the counts ``gain * measured``, "mixed" as its Gaussian
+        approximation. Only for :attr:`is_likelihood` data terms."""
         if not self.is_likelihood:
             raise ValueError(f"the {self.kind} data term has no absolute likelihood (the noise level is unknown)")
         scale = self.gain if self.kind == "poisson" else 1.0
-        return scale * self.pixels(model, measured).sum()
+        return scale * self.pixels(model, measured)
 
     def variance(self, model: torch.Tensor, residual_variance: float = None) -> torch.Tensor:
         """The variance of every pixel (data units^2) for the model values ``model``: ``model /

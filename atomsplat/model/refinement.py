@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from atomsplat.model.cloud import Views, project
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
@@ -44,22 +45,31 @@ def _views_of(views: Views, corrections, step: int) -> Views:
     return Views(views.rotations.double(), offsets.double(), views.pixel_size, views.height, views.width, views.indices)
 
 
-def _mean_loss(params, views: Views, measured, corrections, noise, chunk: int, backward: bool) -> float:
-    """Mean data term per pixel over ``views`` in chunks (gradients accumulated when ``backward``)."""
-    total, pixels = 0.0, len(views) * views.height * views.width
+def _total(params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool) -> float:
+    """``scale`` x the data term summed over the pixels of ``views``, in chunks (gradients accumulated
+    when ``backward``)."""
+    total = 0.0
     for part in views.split(chunk):
         model = project(params, part)
         if corrections.has_background:
             model = model + corrections.background_of(part.indices).double()
-        loss = noise.pixels(model, measured[part.indices].double()).sum() / pixels
+        loss = scale * noise.pixels(model, measured[part.indices].double()).sum()
         if backward:
             loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total
 
 
+def _nats(noise, residual_variance: float) -> float:
+    """The factor that turns the summed data term into a negative log-likelihood in nats (up to a
+    constant): :attr:`NoiseModel.nats` for likelihoods, 1 / (2 s^2) for "l2" with s^2 the residual
+    variance. In nats the objective's curvature is the Fisher information, which L-BFGS's unit first
+    steps and tolerances suit whatever the dose."""
+    return noise.nats if noise.nats is not None else 0.5 / max(residual_variance, 1e-30)
+
+
 def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step: int, iterations: int = 100,
-           rounds: int = 2, chunk: int = 8) -> RefinementReport:  # fmt: skip
+           rounds: int = 2, chunk: int = 8, prior=None) -> RefinementReport:  # fmt: skip
     """Refine ``cloud``'s parameters in place on all ``views`` (of measured projections) to convergence.
 
     Args:
@@ -71,14 +81,18 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         step: the training step (the shifts' schedule).
         iterations: most L-BFGS iterations per round; rounds: background solves between them.
         chunk: views projected at a time.
+        prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` whose negative log-prior (nats)
+            joins the objective, or None.
     """
     start = time.perf_counter()
     smooth = noise.smooth
     views = _views_of(views, corrections, step)
     params = {name: p.detach().double().clone().requires_grad_(True) for name, p in cloud.params.items()}
+    pixels = len(views) * views.height * views.width
     done = 0
     with torch.no_grad():
-        before = _mean_loss(params, views, measured, corrections, smooth, chunk, backward=False)
+        before = _total(params, views, measured, corrections, smooth, 1.0, chunk, backward=False) / pixels
+    scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
     for _ in range(rounds):
         if corrections.has_background:
             with torch.no_grad():
@@ -90,14 +104,19 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
             lr=1.0,
             max_iter=iterations,
             history_size=20,
-            tolerance_grad=1e-12,
-            tolerance_change=1e-14,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-9,  # nats, and A (or log units) per step
             line_search_fn="strong_wolfe",
         )
 
         def closure():
             optimizer.zero_grad()
-            return torch.tensor(_mean_loss(params, views, measured, corrections, smooth, chunk, backward=True))
+            total = _total(params, views, measured, corrections, smooth, scale, chunk, backward=True)
+            if prior is not None:
+                penalty = prior.negative_log_prior(params["log_weights"], params["log_sigmas"])
+                penalty.backward()
+                total += float(penalty.detach())
+            return torch.tensor(total)
 
         optimizer.step(closure)
         done += int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0))
@@ -105,17 +124,26 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         for name, p in cloud.params.items():
             p.copy_(params[name].to(p.dtype))
         cloud.clamp_widths()
-        after = _mean_loss(cloud.params, views, measured, corrections, smooth, chunk, backward=False)
+        after = _total(cloud.params, views, measured, corrections, smooth, 1.0, chunk, backward=False) / pixels
     return RefinementReport(done, before, after, time.perf_counter() - start)
 
 
 @torch.no_grad()
 def position_uncertainties(
-    cloud, corrections, measured: torch.Tensor, views: Views, noise, step: int, full_limit: int = 1000, chunk: int = 8
+    cloud,
+    corrections,
+    measured: torch.Tensor,
+    views: Views,
+    noise,
+    step: int,
+    full_limit: int = 1000,
+    chunk: int = 8,
+    prior=None,
 ):
     """(K, 3) the Cramer-Rao standard deviations (A) of every atom's x, y, z at the cloud's parameters,
     and how they were computed ("full": the whole Fisher matrix with the background's parameters;
-    "blocks": each atom's own block). Isotropic Gaussians only."""
+    "blocks": each atom's own block). A species ``prior`` adds its curvature to the log-weights'
+    and log-widths' information. Isotropic Gaussians only."""
     views = _views_of(views, corrections, step)
     params = {name: p.detach().double() for name, p in cloud.params.items()}
     models = []
@@ -130,9 +158,14 @@ def position_uncertainties(
     inverse_variance = 1.0 / noise.variance(model, residual_variance)
     positions, sigmas, weights = params["positions"], params["log_sigmas"].exp(), params["log_weights"].exp()
     args = (positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, inverse_variance)
+    curvature = torch.zeros(cloud.count, 2) if prior is None else prior.curvature()
     if cloud.count <= full_limit:
-        linear = corrections.basis
-        variances = marginal_position_variances(fisher_matrix(*args, linear=linear, window=cloud.window), cloud.count)
+        matrix = fisher_matrix(*args, linear=corrections.basis, window=cloud.window)
+        diagonal = np.zeros(matrix.shape[0])
+        diagonal[: 5 * cloud.count] = np.pad(curvature.double().numpy(), ((0, 0), (3, 0))).reshape(-1)
+        variances = marginal_position_variances(matrix + sparse.diags(diagonal), cloud.count)
         return torch.from_numpy(np.sqrt(np.clip(variances, 0.0, None))).float(), "full"
-    covariance = position_covariances(fisher_blocks(*args, window=cloud.window))
+    blocks = fisher_blocks(*args, window=cloud.window)
+    blocks[:, 3:, 3:] += torch.diag_embed(curvature.to(blocks))
+    covariance = position_covariances(blocks)
     return covariance.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt().float(), "blocks"

@@ -9,7 +9,12 @@ caller's business. No nerfstudio import.
 The schedule (steps counted from the start of training, of ``total_steps`` in all):
 
 - every ``refine_every`` steps: merge clusters closer than ``merge_distance`` (the paper's
-  minimum-distance prior) and prune light Gaussians;
+  minimum-distance prior), then keep only the Gaussians the data call for (``selection``):
+  "evidence" keeps a Gaussian when removing it would raise the negative log-likelihood by more
+  than the Bayesian information criterion's price of its parameters, ``(k / 2) log n`` for k
+  parameters and the n pixels it touches (a threshold-free test that scales with dose, for data
+  whose likelihood is known: counts); "weight" prunes Gaussians lighter than ``prune_fraction``
+  of the median (the paper's rule, for data of unknown noise level);
 - until ``split_until`` x total: split Gaussians wider than ``split_width`` x the median width
   (one Gaussian on several atoms);
 - until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
@@ -46,10 +51,16 @@ class DensityOptions:
     densify_fraction: float = 0.05
     """Fraction of Gaussians duplicated per pass (largest mean position gradient). Copies are placed
     1.1 x ``merge_distance`` apart, so that they survive the next merge unless they come back to one atom."""
-    split_width: float = 1.5
+    split_width: float = 1.3
     """Gaussians wider than this many times the median width cover several atoms: they are split."""
+    diffuse_width: float = 2.0
+    """Gaussians wider than this many times the median width are not atoms but diffuse signal (the
+    atoms' long tails): they stay in the model, unmerged and unsplit, and are not reported as atoms."""
+    selection: Literal["auto", "evidence", "weight"] = "auto"
+    """Which Gaussians stay (module docstring): "evidence" (model selection by likelihood and
+    BIC), "weight" (prune light ones), "auto": evidence where the data term is a likelihood (counts)."""
     prune_fraction: float = 0.15
-    """Gaussians lighter than this fraction of the median weight are removed."""
+    """"weight" selection: Gaussians lighter than this fraction of the median weight are removed."""
     birth_every: int = 300
     """Steps between passes that add Gaussians where atoms are missing (0: never): the measured minus
     modelled projections are back-projected onto a grid, and every local maximum above the threshold
@@ -75,8 +86,9 @@ class DensityOptions:
 @dataclass
 class RefineRecord:
     """What one density pass did: Gaussians before and after, and how many were merged away,
-    pruned, split or duplicated, and born. ``tpr`` and ``fpr`` are for the caller to fill in when
-    it knows the true atoms; ``final`` marks the last pass of a training run."""
+    pruned, split or duplicated, and born; how many of those after are diffuse (not atoms).
+    ``tpr`` and ``fpr`` are for the caller to fill in when it knows the true atoms; ``final``
+    marks the last pass of a training run."""
 
     step: int
     before: int
@@ -85,6 +97,7 @@ class RefineRecord:
     split: int
     born: int
     after: int
+    diffuse: int = 0
     final: bool = False
     tpr: Optional[float] = None
     fpr: Optional[float] = None
@@ -98,6 +111,26 @@ Residuals = Callable[[int], Tuple[torch.Tensor, "object"]]
 projections spread evenly over the series, and their :class:`atomsplat.model.cloud.Views`."""
 
 
+@dataclass
+class Evidence:
+    """What the data say about Gaussians, in nats of negative log-likelihood (the model's business).
+
+    Attributes:
+        removal: ``removal(params)``: how much the negative log-likelihood of the training
+            projections would grow without each Gaussian, the others held (K,), and the pixels each
+            touches (K,) (:func:`atomsplat.render.footprints.removal_gains`).
+        merging: ``merging(params, pairs, merged)``: how much it would grow if each pair (P, 2) of
+            Gaussians became the one Gaussian ``merged`` (params of P), and the pixels that one
+            touches (:func:`atomsplat.render.footprints.merge_gains`); None: pairs closer than
+            ``merge_distance`` are merged whatever the data say.
+    """
+
+    removal: Callable[[density.Params], Tuple[torch.Tensor, torch.Tensor]]
+    merging: Optional[Callable[[density.Params, torch.Tensor, density.Params], Tuple[torch.Tensor, torch.Tensor]]] = (
+        None
+    )
+
+
 class DensityStrategy:
     """Density control of an :class:`atomsplat.model.cloud.AtomCloud` (see the module docstring).
 
@@ -107,10 +140,18 @@ class DensityStrategy:
         generator: random directions of duplicated Gaussians.
     """
 
-    def __init__(self, options: DensityOptions, total_steps: int = 0, generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        options: DensityOptions,
+        total_steps: int = 0,
+        generator: Optional[torch.Generator] = None,
+        evidence: Optional[Evidence] = None,
+    ):
         self.options = options
         self.total_steps = total_steps
         self.generator = generator
+        self.evidence = evidence if options.selection != "weight" else None
+        """The model's evidence function, or None: weight pruning."""
         self._grad_sum: Optional[torch.Tensor] = None
         self._grad_steps = 0
 
@@ -168,22 +209,22 @@ class DensityStrategy:
         params, kept, merged, pruned = self._merge_and_prune(params)
         source, scores = _follow(source, kept, -1), _follow(scores.to(kept.device), kept, 0.0)
         widths = density.width_of(params)
-        chosen = (
-            torch.nonzero(widths > o.split_width * widths.median()).squeeze(1)
-            if split
-            else widths.new_zeros(0, dtype=torch.long)
-        )
+        atoms = ~density.diffuse(params, o.diffuse_width)
+        wide = (widths > o.split_width * widths.median()) & atoms
+        chosen = torch.nonzero(wide).squeeze(1) if split else widths.new_zeros(0, dtype=torch.long)
         if densify:
-            count = int(round(o.densify_fraction * len(scores)))
-            chosen = torch.unique(torch.cat([chosen, torch.topk(scores, count).indices]))
+            count = int(round(o.densify_fraction * int(atoms.sum())))
+            ranked = torch.where(atoms, scores, torch.full_like(scores, -float("inf")))
+            chosen = torch.unique(torch.cat([chosen, torch.topk(ranked, count).indices]))
         offset = torch.maximum(widths[chosen], widths.new_tensor(0.55 * o.merge_distance))
         params, new_source = density.duplicate(params, chosen, offset, self.generator)
         source = _follow(source, new_source, -1)
         born = 0
         if search is not None:
             score, points, threshold = search
+            narrow = params["positions"][~density.diffuse(params, o.diffuse_width)]
             found = density.residual_peaks(
-                score, points, threshold, o.merge_distance, o.birth_spacing, params["positions"].cpu().numpy()
+                score, points, threshold, o.merge_distance, o.birth_spacing, narrow.cpu().numpy()
             )
             # the weight that explains the residual's peak with a Gaussian of the median width
             area = 2.0 * math.pi * float(density.width_of(params).median()) ** 2
@@ -191,11 +232,25 @@ class DensityStrategy:
             params, new_source = density.append(params, torch.from_numpy(points[found]), log_weights)
             source, born = _follow(source, new_source, -1), len(found)
         self.install(cloud, optimizers, params, source)
-        return RefineRecord(step, before, merged, pruned, len(chosen), born, cloud.count, final=final)
+        diffuse = int(density.diffuse(cloud.detached(), o.diffuse_width).sum())
+        return RefineRecord(step, before, merged, pruned, len(chosen), born, cloud.count, diffuse, final=final)
 
     def cleanup(self, params: density.Params) -> density.Params:
         """The merge-and-prune part of a pass on plain tensors (a model's copy), nothing else changed."""
         return self._merge_and_prune(params)[0]
+
+    def keep(self, params: density.Params) -> torch.Tensor:
+        """(K',) long indices of the Gaussians to keep (``selection``, module docstring)."""
+        if self.evidence is None:
+            return density.prune(params, self.options.prune_fraction)[1]
+        gains, touched = self.evidence.removal(params)
+        return torch.nonzero(gains.to(touched) > self._price(params, touched)).squeeze(1).to(params["positions"].device)
+
+    @staticmethod
+    def _price(params: density.Params, touched: torch.Tensor) -> torch.Tensor:
+        """BIC's price of one Gaussian in nats: half its parameters times the log of the pixels it touches."""
+        per_gaussian = sum(math.prod(values.shape[1:]) for values in params.values())
+        return 0.5 * per_gaussian * torch.log(touched.clamp_min(2.0))
 
     def _merge_and_prune(self, params: density.Params):
         """(params, kept, merged, pruned): ``kept`` maps each remaining Gaussian to the old one it
@@ -205,12 +260,19 @@ class DensityStrategy:
         kept = torch.arange(before, device=params["positions"].device)
         merged = 0
         if o.merge and before > 1:
-            labels = density.cluster_labels(
-                params["positions"].cpu().numpy(), o.merge_distance, o.merge_neighbours, o.merge_neighbours_above
+            narrow = ~density.diffuse(params, o.diffuse_width).cpu().numpy()
+            labels = np.arange(before) + before  # the diffuse Gaussians: clusters of their own
+            labels[narrow] = density.cluster_labels(
+                params["positions"].cpu().numpy()[narrow],
+                o.merge_distance,
+                o.merge_neighbours,
+                o.merge_neighbours_above,
             )
+            labels = np.unique(labels, return_inverse=True)[1]
             params, kept = density.merge(params, torch.from_numpy(labels).to(kept.device), o.merge_mode)
             merged = before - len(params["positions"])
-        params, chosen = density.prune(params, o.prune_fraction)
+        chosen = self.keep(params)
+        params = {name: values[chosen] for name, values in params.items()}
         return params, kept[chosen], merged, before - merged - len(chosen)
 
     def _birth_search(self, cloud, residuals: Residuals):

@@ -6,76 +6,30 @@ pixels the Fisher information of parameters a, b is ``sum over pixels of (dm/da)
 (exact for Poisson and Gaussian noise). Its inverse bounds the covariance of any unbiased estimate
 (Cramer-Rao); the maximum-likelihood estimate reaches it when the counts are many.
 
-Per atom the parameters are (x, y, z) A, log w and log sigma. An atom's footprint in view v is
-``A py_i px_j`` with ``A = w / p^2`` and the exact 1D pixel integrals px, py of
-:func:`atomsplat.render.projector.pixel_profiles`, so its derivatives on the detector are
-
-    dm/dcx = A py_i dpx_j,  dm/dcy = A dpy_i px_j,  dm/dlog w = A py_i px_j,
-    dm/dlog sigma = A sigma (dspy_i px_j + py_i dspx_j)
-
-in the same window as the projector's (:func:`atomsplat.render.projector.window_radii`), and a
-position derivative is ``dm/dr = (dm/dcx, dm/dcy) M_v[:2]``. Two forms:
+Per atom the parameters are (x, y, z) A, log w and log sigma, and their derivatives are exact in
+each atom's window (:meth:`atomsplat.render.footprints.AtomWindows.derivatives`). Two forms:
 
 - :func:`fisher_blocks`: each atom's own 5 x 5 block, summed over views (K x 5 x 5; linear in the
   atoms, for any size). Inverting a block treats the other atoms as known: it ignores the
   correlation with neighbours that overlap in projection, so it bounds the error from below;
-- :func:`fisher_matrix`: the whole (5K + T) x (5K + T) matrix, with the neighbours' correlations
-  and T extra linear parameters per view (a pedestal), as a sparse matrix; its inverse gives the
-  marginal variances. Its size grows with the overlaps, so it is meant for up to a few thousand atoms.
+- :func:`fisher_matrix`: the whole (5K + V T) x (5K + V T) matrix, with the neighbours'
+  correlations and T extra linear parameters per view (a pedestal), as a sparse matrix; its inverse
+  gives the marginal variances. Its size grows with the overlaps, so it is meant for up to a few
+  thousand atoms.
 
 Pure functions of tensors; lengths in A.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
-
 import numpy as np
 import torch
 from scipy import sparse
 
-from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, profile_derivatives, window_radii
-from atomsplat.render.windows import PaddedGrid, window_start
+from atomsplat.render.footprints import atom_windows
+from atomsplat.render.projector import DEFAULT_WINDOW
 
 PARAMETERS = ("x", "y", "z", "log_weight", "log_sigma")
-
-_WINDOW_VALUES = 1 << 21  # (V, k, 4, S, S) derivative values of one chunk of atoms
-
-
-def _derivative_windows(
-    positions, sigmas, weights, rotations, offsets, pixel_size: float, height: int, width: int, window: float
-) -> Iterator[Tuple[torch.Tensor, torch.Tensor, PaddedGrid, int]]:
-    """Yields (members (k,), derivatives (V, k, 5, S, S), grid, S): each chunk of atoms' derivative
-    images in the sample frame (x, y, z, log w, log sigma), and the padded grid of their windows."""
-    centres = detector_centres(positions, rotations, offsets)  # (V, K, 2)
-    radii = window_radii(sigmas, pixel_size, window)
-    views = len(rotations)
-    projection = rotations[:, :2, :].to(positions.dtype)  # (V, 2, 3)
-    for radius in torch.unique(radii).tolist():
-        group = torch.nonzero(radii == radius).squeeze(1)
-        size = 2 * radius + 1
-        step = max(1, _WINDOW_VALUES // (views * 5 * size * size))
-        for first in range(0, len(group), step):
-            members = group[first : first + step]
-            cx, cy = centres[:, members, 0], centres[:, members, 1]
-            start_x = window_start(cx, width, pixel_size, radius)
-            start_y = window_start(cy, height, pixel_size, radius)
-            sig = sigmas[members]
-            px, dpx, dspx = profile_derivatives(cx, sig, start_x, width, pixel_size, size)
-            py, dpy, dspy = profile_derivatives(cy, sig, start_y, height, pixel_size, size)
-            amplitude = (weights[members] / pixel_size**2)[None, :, None, None]
-
-            def outer(rows, cols):
-                return rows[..., :, None] * cols[..., None, :]  # (V, k, S, S)
-
-            d_cx = amplitude * outer(py, dpx)
-            d_cy = amplitude * outer(dpy, px)
-            d_logw = amplitude * outer(py, px)
-            d_logs = amplitude * sig[None, :, None, None] * (outer(dspy, px) + outer(py, dspx))
-            # detector derivatives to the sample frame: dm/dr_d = dm/dcx M[0, d] + dm/dcy M[1, d]
-            d_r = torch.einsum("vcd,vkcij->vkdij", projection, torch.stack([d_cx, d_cy], dim=2))
-            derivatives = torch.cat([d_r, d_logw[:, :, None], d_logs[:, :, None]], dim=2)
-            yield members, derivatives, PaddedGrid(start_y, start_x, size, height, width, radius), size
 
 
 def fisher_blocks(
@@ -99,12 +53,10 @@ def fisher_blocks(
     """
     views, height, width = inverse_variance.shape
     blocks = positions.new_zeros(len(positions), 5, 5)
-    for members, derivatives, grid, size in _derivative_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window
-    ):
-        padded = torch.nn.functional.pad(inverse_variance, (grid.radius,) * 4).contiguous().view(-1)
-        weight = grid.gather(padded, size)  # (V, k, S, S): 0 outside the detector
-        blocks[members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight.to(derivatives), derivatives)
+    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
+        derivatives = part.derivatives(rotations)
+        weight = part.gather(inverse_variance).to(derivatives)  # (V, k, S, S): 0 outside the detector
+        blocks[part.members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight, derivatives)
     return blocks
 
 
@@ -135,9 +87,8 @@ def fisher_matrix(
     total = sparse.csr_matrix((size_all, size_all))
     pixels = height * width
     rows, cols, values = [[] for _ in range(views)], [[] for _ in range(views)], [[] for _ in range(views)]
-    for members, derivatives, grid, size in _derivative_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window
-    ):
+    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
+        derivatives, members, grid, size = part.derivatives(rotations), part.members, part.grid, part.size
         # padded-grid indices back to detector pixels, dropping the padding
         padded_h, padded_w = height + 2 * grid.radius, width + 2 * grid.radius
         flat = grid.index.long().view(views, -1, size, size) % (padded_h * padded_w)

@@ -96,7 +96,7 @@ def counts_table(
     else:
         header = ("density pass", f"step {record['step']}")
         rows = [("atoms", f"{record['after']}")] + [
-            (key, f"{record[key]}") for key in ("merged", "pruned", "split", "born") if key in record
+            (key, f"{record[key]}") for key in ("merged", "pruned", "split", "born", "diffuse") if key in record
         ]
         rows += [(key.upper(), f"{record[key]:.3f}") for key in ("tpr", "fpr") if key in record]
     if loss is not None:

@@ -1,0 +1,156 @@
+"""Each atom's footprint in its pixel window, and what it is worth to the data: tensors in, tensors out.
+
+The projector adds every atom's footprint ``A py_i px_j`` (``A = w / p^2``, exact 1D pixel
+integrals px, py) into images without ever holding all footprints. Some questions are asked per
+atom instead: how much would the data term grow without this atom (:func:`removal_gains`, model
+selection), and how well do the data fix its parameters (:mod:`atomsplat.render.fisher`). Both
+walk the atoms' windows in chunks with :func:`atom_windows`, in the same windows as the projector
+(:func:`atomsplat.render.projector.window_radii`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Tuple
+
+import torch
+
+from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, profile_derivatives, window_radii
+from atomsplat.render.windows import PaddedGrid, window_start
+
+_WINDOW_VALUES = 1 << 21  # (V, k, S, S) values of one chunk of atoms, times the derivatives asked for
+_TOUCHED = 0.01  # a pixel is touched by a footprint above this fraction of the footprint's peak
+
+
+@dataclass
+class AtomWindows:
+    """The windows of a chunk of k atoms in V views.
+
+    Attributes:
+        members: (k,) long indices of the atoms.
+        px, dpx, dspx: (V, k, S) the 1D pixel integrals along x and their derivatives by the centre
+            and by sigma (:func:`atomsplat.render.projector.profile_derivatives`); py, dpy, dspy along y.
+        sigma: (k,) widths, A; amplitude: (k,) ``w / p^2``.
+        grid: the windows' :class:`atomsplat.render.windows.PaddedGrid`; size: S.
+    """
+
+    members: torch.Tensor
+    px: torch.Tensor
+    dpx: torch.Tensor
+    dspx: torch.Tensor
+    py: torch.Tensor
+    dpy: torch.Tensor
+    dspy: torch.Tensor
+    sigma: torch.Tensor
+    amplitude: torch.Tensor
+    grid: PaddedGrid
+    size: int
+
+    def footprints(self) -> torch.Tensor:
+        """(V, k, S, S) each atom's mean density in each window pixel (data units)."""
+        return self.amplitude[None, :, None, None] * _outer(self.py, self.px)
+
+    def derivatives(self, rotations: torch.Tensor) -> torch.Tensor:
+        """(V, k, 5, S, S) the footprints' derivatives by x, y, z (A, sample frame; ``rotations`` the
+        (V, 3, 3) view matrices), log w and log sigma:
+
+            dm/dcx = A py dpx,  dm/dcy = A dpy px,  dm/dr = (dm/dcx, dm/dcy) M[:2],
+            dm/dlog w = A py px,  dm/dlog sigma = A sigma (dspy px + py dspx).
+        """
+        amplitude = self.amplitude[None, :, None, None]
+        detector = torch.stack([amplitude * _outer(self.py, self.dpx), amplitude * _outer(self.dpy, self.px)], dim=2)
+        position = torch.einsum("vcd,vkcij->vkdij", rotations[:, :2, :].to(detector), detector)
+        sigma = self.sigma[None, :, None, None]
+        width = amplitude * sigma * (_outer(self.dspy, self.px) + _outer(self.py, self.dspx))
+        return torch.cat([position, self.footprints()[:, :, None], width[:, :, None]], dim=2)
+
+    def gather(self, images: torch.Tensor) -> torch.Tensor:
+        """(V, k, S, S) the values of ``images`` (V, H, W) in the windows; 0 outside the detector."""
+        padded = torch.nn.functional.pad(images, (self.grid.radius,) * 4).contiguous().view(-1)
+        return self.grid.gather(padded, self.size)
+
+
+def _outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    return rows[..., :, None] * cols[..., None, :]
+
+
+def atom_windows(
+    positions: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    offsets: torch.Tensor,
+    pixel_size: float,
+    height: int,
+    width: int,
+    window: float = DEFAULT_WINDOW,
+    planes: int = 1,
+) -> Iterator[AtomWindows]:
+    """Yields the :class:`AtomWindows` of all atoms, chunk by chunk, each chunk's (V, k, S, S) values
+    times ``planes`` (the arrays its consumer will build) bounded to about 2M.
+
+    Args:
+        positions: (K, 3) A; sigmas: (K,) A; weights: (K,) data units x A^2.
+        rotations: (V, 3, 3) view matrices; offsets: (V, 2) detector offsets, A.
+        pixel_size: A; height, width: detector pixels; window: half-width in widths.
+    """
+    centres = detector_centres(positions, rotations, offsets)  # (V, K, 2)
+    radii = window_radii(sigmas, pixel_size, window)
+    views = len(rotations)
+    for radius in torch.unique(radii).tolist():
+        group = torch.nonzero(radii == radius).squeeze(1)
+        size = 2 * radius + 1
+        step = max(1, _WINDOW_VALUES // (views * planes * size * size))
+        for first in range(0, len(group), step):
+            members = group[first : first + step]
+            cx, cy = centres[:, members, 0], centres[:, members, 1]
+            start_x = window_start(cx, width, pixel_size, radius)
+            start_y = window_start(cy, height, pixel_size, radius)
+            sig = sigmas[members]
+            px, dpx, dspx = profile_derivatives(cx, sig, start_x, width, pixel_size, size)
+            py, dpy, dspy = profile_derivatives(cy, sig, start_y, height, pixel_size, size)
+            grid = PaddedGrid(start_y, start_x, size, height, width, radius)
+            amplitude = weights[members] / pixel_size**2
+            yield AtomWindows(members, px, dpx, dspx, py, dpy, dspy, sig, amplitude, grid, size)
+
+
+def removal_gains(
+    positions: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    offsets: torch.Tensor,
+    pixel_size: float,
+    model: torch.Tensor,
+    measured: torch.Tensor,
+    pixel_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    window: float = DEFAULT_WINDOW,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What each atom is worth to the data: how much the data term grows when it alone is removed.
+
+    Args:
+        positions, sigmas, weights, rotations, offsets, pixel_size, window: the atoms and views, as
+            for :func:`atom_windows`.
+        model: (V, H, W) the whole model of the views (all atoms, background included).
+        measured: (V, H, W) the measured projections.
+        pixel_cost: the data term of every pixel, ``pixel_cost(model, measured)`` (same shape), e.g.
+            the negative log-likelihood of counts.
+
+    Returns:
+        gains (K,): sum over the atom's windows of ``pixel_cost(model - footprint) - pixel_cost(model)``
+        (the other atoms held fixed); touched (K,): the number of pixels it touches (its footprint
+        above 1 % of its peak in that view), over all views.
+    """
+    views, height, width = model.shape
+    gains = positions.new_zeros(len(positions))
+    touched = positions.new_zeros(len(positions))
+    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4):
+        inside = part.gather(torch.ones_like(model)) > 0  # (V, k, S, S)
+        footprint = part.footprints()
+        whole = part.gather(model)
+        data = part.gather(measured)
+        change = (pixel_cost(whole - footprint, data) - pixel_cost(whole, data)) * inside
+        gains[part.members] = change.sum(dim=(0, 2, 3)).to(gains)
+        peak = footprint.amax(dim=(2, 3), keepdim=True)
+        touched[part.members] = ((footprint > _TOUCHED * peak) & inside).sum(dim=(0, 2, 3)).to(touched)
+    return gains, touched

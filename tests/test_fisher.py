@@ -1,0 +1,122 @@
+"""Per-atom windows: removal gains and Fisher information against brute force (dense projector,
+autograd Jacobians), and the Cramer-Rao bound against the spread of maximum-likelihood fits over
+repeated Poisson draws."""
+
+import numpy as np
+import pytest
+import torch
+
+from atomsplat.geometry import view_rotations
+from atomsplat.model.cloud import AtomCloud, Views
+from atomsplat.model.corrections import ViewCorrections
+from atomsplat.model.losses import NoiseModel
+from atomsplat.model.refinement import position_uncertainties, refine
+from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
+from atomsplat.render.footprints import removal_gains
+from atomsplat.render.projector import project_isotropic_dense
+
+P, H, W = 0.3, 28, 28
+
+
+def _case(dtype=torch.float64):
+    positions = torch.tensor([[0.0, 0.0, 0.0], [1.4, 0.3, -0.6], [-1.1, 1.2, 0.8], [0.5, -1.5, 1.0]], dtype=dtype)
+    sigmas = torch.tensor([0.5, 0.6, 0.45, 0.7], dtype=dtype)
+    weights = torch.tensor([40.0, 25.0, 60.0, 30.0], dtype=dtype)
+    rotations = torch.from_numpy(view_rotations(np.array([-50.0, 10.0, 65.0]), 12.0)).to(dtype)
+    offsets = torch.tensor([[0.1, -0.2], [0.0, 0.05], [-0.3, 0.1]], dtype=dtype)
+    return positions, sigmas, weights, rotations, offsets
+
+
+def _dense_jacobian(positions, sigmas, weights, rotations, offsets):
+    """(V * H * W, 5K) d model / d (x, y, z, log w, log sigma) of every atom, by autograd."""
+
+    def model(flat):
+        p = flat.view(-1, 5)
+        return project_isotropic_dense(p[:, :3], p[:, 4].exp(), p[:, 3].exp(), rotations, offsets, P, H, W).reshape(-1)
+
+    flat = torch.cat([positions, weights.log()[:, None], sigmas.log()[:, None]], dim=1).reshape(-1)
+    return torch.autograd.functional.jacobian(model, flat)
+
+
+def test_fisher_blocks_and_matrix_equal_autograd_jacobians():
+    case = _case()
+    inverse_variance = 0.5 + torch.rand(3, H, W, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jacobian = _dense_jacobian(*case)
+    expected = jacobian.T @ (inverse_variance.reshape(-1, 1) * jacobian)
+    matrix = torch.from_numpy(fisher_matrix(*case, P, inverse_variance).toarray())
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(matrix, expected, atol=2e-3 * scale, rtol=0)  # the window's truncation only
+    blocks = fisher_blocks(*case, P, inverse_variance)
+    for k in range(4):
+        torch.testing.assert_close(blocks[k], expected[5 * k : 5 * k + 5, 5 * k : 5 * k + 5], atol=2e-3 * scale, rtol=0)
+
+
+def test_fisher_matrix_with_a_pedestal_per_view():
+    case = _case()
+    inverse_variance = torch.full((3, H, W), 2.0, dtype=torch.float64)
+    constant = torch.ones(1, H, W, dtype=torch.float64)
+    jacobian = _dense_jacobian(*case)
+    pedestal = torch.zeros(3 * H * W, 3, dtype=torch.float64)
+    for v in range(3):
+        pedestal[v * H * W : (v + 1) * H * W, v] = 1.0
+    full = torch.cat([jacobian, pedestal], dim=1)
+    expected = full.T @ (2.0 * full)
+    matrix = torch.from_numpy(fisher_matrix(*case, P, inverse_variance, linear=constant).toarray())
+    torch.testing.assert_close(matrix, expected, atol=2e-3 * float(expected.abs().max()), rtol=0)
+    variances = marginal_position_variances(fisher_matrix(*case, P, inverse_variance, linear=constant), 4)
+    inverse = torch.linalg.inv(expected)
+    np.testing.assert_allclose(variances[0], inverse.diagonal()[:3].numpy(), rtol=2e-2)
+    # the block bound ignores the neighbours and the pedestal: never above the marginal variance
+    block = position_covariances(fisher_blocks(*case, P, inverse_variance)).diagonal(dim1=1, dim2=2).numpy()
+    assert np.all(block <= variances * (1 + 1e-6))
+
+
+def test_removal_gains_equal_the_data_term_without_each_atom():
+    positions, sigmas, weights, rotations, offsets = _case()
+    args = (rotations, offsets, P, H, W)
+    model = project_isotropic_dense(positions, sigmas, weights, *args) + 1.0
+    measured = torch.poisson(model, generator=torch.Generator().manual_seed(1))
+    noise = NoiseModel("poisson", 1e-6)
+    gains, touched = removal_gains(positions, sigmas, weights, rotations, offsets, P, model, measured, noise.pixels)
+    for k in range(4):
+        keep = torch.arange(4) != k
+        without = project_isotropic_dense(positions[keep], sigmas[keep], weights[keep], *args) + 1.0
+        expected = noise.pixels(without, measured).sum() - noise.pixels(model, measured).sum()
+        assert float(gains[k]) == pytest.approx(float(expected), rel=2e-3, abs=1e-3)
+    assert torch.all(touched > 0) and touched[3] > touched[2]  # the widest atom touches the most pixels
+
+
+def test_cramer_rao_bound_matches_the_spread_of_maximum_likelihood_fits():
+    """Poisson counts drawn 40 times from 3 Gaussian atoms on a pedestal (the model itself: no
+    mismatch), each fitted by the final refinement from the truth nudged by 0.05 A (the same fits
+    from 0.2 A away end in the same place): per axis, the errors over their Cramer-Rao standard
+    deviations have a standard deviation in 0.8-1.25 (the issue's calibration criterion; 120
+    samples per axis give it within about 6.5 %). Measured: 0.94, 0.94, 0.87 here; with 200 draws
+    the nine atom-axis ratios are 0.87-1.05, mean 0.97."""
+    torch.manual_seed(0)
+    angles = np.arange(-60.0, 61.0, 8.0)
+    rotations = torch.from_numpy(view_rotations(angles)).float()
+    views = Views(rotations, torch.zeros(len(angles), 2), P, H, W, torch.arange(len(angles)))
+    truth = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.3, -0.5], [-1.2, 1.5, 0.9]])
+    sigmas, weights = torch.tensor([0.55, 0.5, 0.6]), torch.tensor([30.0, 20.0, 25.0])
+    noise = NoiseModel("poisson", 1e-3)
+    mean = project_isotropic_dense(truth.double(), sigmas.double(), weights.double(), rotations.double(),
+                                   views.offsets.double(), P, H, W).float() + 1.0  # fmt: skip
+    fitted, bounds = [], None
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(40):
+        counts = torch.poisson(mean, generator=generator)
+        cloud = AtomCloud(truth + 0.05 * torch.randn(3, 3, generator=generator), 0.5, 25.0)
+        with torch.no_grad():
+            cloud.params["log_sigmas"].copy_(sigmas.log())
+            cloud.params["log_weights"].copy_(weights.log())
+        corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
+        refine(cloud, corrections, counts, views, noise, step=0, iterations=60)
+        fitted.append(cloud.positions.detach().clone())
+        if bounds is None:
+            bounds, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0)
+            assert how == "full"
+    errors = torch.stack(fitted) - truth  # (40, 3 atoms, 3 axes)
+    assert float(errors.mean(dim=0).abs().max()) < 0.5 * float(bounds.max())  # no bias beyond noise
+    per_axis = (errors / bounds).square().mean(dim=(0, 1)).sqrt()
+    assert 0.8 < float(per_axis.min()) and float(per_axis.max()) < 1.25, per_axis
