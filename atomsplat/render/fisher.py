@@ -22,6 +22,8 @@ Pure functions of tensors; lengths in A.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 from scipy import sparse
@@ -41,6 +43,7 @@ def fisher_blocks(
     pixel_size: float,
     inverse_variance: torch.Tensor,
     window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> torch.Tensor:
     """Each atom's own Fisher information block, (K, 5, 5), parameters in :data:`PARAMETERS` order.
 
@@ -50,10 +53,14 @@ def fisher_blocks(
         pixel_size: A.
         inverse_variance: (V, H, W) 1 / var(m) of every pixel of the views (data units^-2).
         window: footprint half-width in widths, as the projector's.
+        halo: (fraction, ratio) of atoms with a core and a halo
+            (:func:`atomsplat.render.footprints.atom_windows`), or None.
     """
     views, height, width = inverse_variance.shape
     blocks = positions.new_zeros(len(positions), 5, 5)
-    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
+    for part in atom_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo
+    ):
         derivatives = part.derivatives(rotations)
         weight = part.gather(inverse_variance).to(derivatives)  # (V, k, S, S): 0 outside the detector
         blocks[part.members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight, derivatives)
@@ -70,13 +77,14 @@ def fisher_matrix(
     inverse_variance: torch.Tensor,
     linear: torch.Tensor = None,
     window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> sparse.csr_matrix:
     """The whole Fisher information of all atoms' parameters (5K, in :data:`PARAMETERS` order per
     atom) and of T linear parameters per view (V * T more, view by view), as a sparse matrix.
 
     Args:
-        positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window: as
-            :func:`fisher_blocks`.
+        positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window, halo:
+            as :func:`fisher_blocks`.
         linear: (T, H, W) images of linear terms of every view (e.g. the constant 1 of a pedestal),
             or None.
     """
@@ -87,7 +95,9 @@ def fisher_matrix(
     total = sparse.csr_matrix((size_all, size_all))
     pixels = height * width
     rows, cols, values = [[] for _ in range(views)], [[] for _ in range(views)], [[] for _ in range(views)]
-    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
+    for part in atom_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo
+    ):
         derivatives, members, grid, size = part.derivatives(rotations), part.members, part.grid, part.size
         # padded-grid indices back to detector pixels, dropping the padding
         padded_h, padded_w = height + 2 * grid.radius, width + 2 * grid.radius
