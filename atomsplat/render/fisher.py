@@ -93,36 +93,32 @@ def fisher_matrix(
     extra = 0 if linear is None else len(linear)
     size_all = 5 * count + views * extra
     total = sparse.csr_matrix((size_all, size_all))
-    pixels = height * width
-    rows, cols, values = [[] for _ in range(views)], [[] for _ in range(views)], [[] for _ in range(views)]
-    for part in atom_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo
-    ):
-        derivatives, members, grid, size = part.derivatives(rotations), part.members, part.grid, part.size
-        # padded-grid indices back to detector pixels, dropping the padding
-        padded_h, padded_w = height + 2 * grid.radius, width + 2 * grid.radius
-        flat = grid.index.long().view(views, -1, size, size) % (padded_h * padded_w)
-        row, col = flat // padded_w - grid.radius, flat % padded_w - grid.radius
-        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (V, k, S, S)
-        for v in range(views):
-            keep = inside[v]  # (k, S, S)
-            pixel = (row[v] * width + col[v])[keep]  # (n,)
-            atom = members[:, None, None].expand_as(keep)[keep]
+    for v in range(views):  # one view's Jacobian at a time: memory for one view's windows only
+        rows, cols, values = [], [], []
+        for part in atom_windows(
+            positions, sigmas, weights, rotations[v : v + 1], offsets[v : v + 1], pixel_size, height, width, window, 6,
+            halo,
+        ):  # fmt: skip
+            derivatives, size, radius = part.derivatives(rotations[v : v + 1])[0], part.size, part.grid.radius
+            # padded-grid indices back to detector pixels, dropping the padding
+            flat = part.grid.index.long().view(-1, size, size)
+            row, col = flat // (width + 2 * radius) - radius, flat % (width + 2 * radius) - radius
+            keep = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (k, S, S)
+            pixel = (row * width + col)[keep]
+            atom = part.members[:, None, None].expand_as(keep)[keep]
             for parameter in range(5):
-                rows[v].append(pixel.cpu().numpy())
-                cols[v].append((5 * atom + parameter).cpu().numpy())
-                values[v].append(derivatives[v, :, parameter][keep].double().cpu().numpy())
-    for v in range(views):
-        row = np.concatenate(rows[v]) if rows[v] else np.zeros(0, int)
-        col = np.concatenate(cols[v]) if cols[v] else np.zeros(0, int)
-        val = np.concatenate(values[v]) if values[v] else np.zeros(0)
+                rows.append(pixel.cpu().numpy())
+                cols.append((5 * atom + parameter).cpu().numpy())
+                values.append(derivatives[:, parameter][keep].double().cpu().numpy())
         if extra:
             basis = linear.reshape(extra, -1).double().cpu().numpy()
             pix, term = np.nonzero(basis.T)
-            row = np.concatenate([row, pix])
-            col = np.concatenate([col, 5 * count + v * extra + term])
-            val = np.concatenate([val, basis.T[pix, term]])
-        jacobian = sparse.csr_matrix((val, (row, col)), shape=(pixels, size_all))
+            rows.append(pix)
+            cols.append(5 * count + v * extra + term)
+            values.append(basis.T[pix, term])
+        jacobian = sparse.csr_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(height * width, size_all)
+        )
         weight = sparse.diags(inverse_variance[v].reshape(-1).double().cpu().numpy())
         total = total + (jacobian.T @ weight @ jacobian)
     return total.tocsr()
