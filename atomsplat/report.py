@@ -60,7 +60,13 @@ def species_boundaries(weights: np.ndarray, symbols: np.ndarray) -> list:
 
 
 def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: float = 1.5) -> Path:
-    """Write the report figure (2 x 3 panels) and return its path.
+    """Write :func:`report_figure` to ``path`` (PNG, or PDF / SVG by its suffix) and return the path."""
+    return _save(_pyplot(), report_figure(model, atoms, truth_path, slab), path)
+
+
+def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float = 1.5):
+    """The report of a trained ``model`` and its exported ``atoms`` (:func:`atomsplat.export.atoms_from_model`):
+    a matplotlib figure of 2 x 3 panels (16 x 10 inches), with ``truth_path`` the true atoms (ase-readable) or None.
 
     Top: the measured projection nearest to 0 degrees, the model's projection of that view, their
     difference. Bottom: the atoms within ``slab`` A of the central z = 0 plane (sample frame) in
@@ -98,7 +104,7 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     _plot_slab(axes[1, 0], atoms, truth, slab)
     _plot_weights(axes[1, 1], atoms, truth)
     _plot_uncertainty(axes[1, 2], atoms)
-    return _save(plt, fig, path)
+    return fig
 
 
 def _plot_slab(ax, atoms, truth, slab: float) -> None:

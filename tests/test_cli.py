@@ -15,7 +15,7 @@ COMMANDS = {
     ),
     "atomsplat-export": (
         export.main,
-        ["--load-config", "--output", "--elements", "--overwrite"],
+        ["--load-config", "--output", "--elements", "--volume", "--voxel", "--report", "--overwrite"],
         lambda tmp: ["--load-config", str(tmp / "missing.yml"), "--output", str(tmp / "atoms.xyz")],
     ),
     "atomsplat-eval": (
