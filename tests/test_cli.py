@@ -181,3 +181,14 @@ def test_ns_train_reads_the_data_once(tmp_path):
     parser = TomographyDataParserConfig(data=bundled_demo_path()).setup()
     assert parser.series is series
     assert TomographyDataParserConfig(data=bundled_demo_path()).setup().series is not series  # handed over once
+
+
+def test_training_from_python_raises_on_bad_data(tmp_path):
+    """:func:`atomsplat.training.train` (the demo's and the benchmark's way to ns-train) raises the
+    reader's error, not SystemExit, and writes nothing."""
+    from atomsplat.data.series import TiltSeriesError
+    from atomsplat.training import train
+
+    with pytest.raises(TiltSeriesError, match="no such file or directory"):
+        train(tmp_path / "missing", 10, tmp_path / "outputs")
+    assert list(tmp_path.iterdir()) == []

@@ -111,13 +111,15 @@ class TomographyDataParser(DataParser):
 
 def read_ahead(data: Path, pixel_size: Optional[float] = None) -> TiltSeries:
     """Read the tilt series at ``data`` before a run starts, and keep it for the run's DataParser
-    of the same ``data`` and ``pixel_size`` (which takes it instead of reading the files again).
+    of the same ``data`` and ``pixel_size`` (which takes it instead of reading the files again);
+    a series read ahead and not yet taken is not read again.
 
     Raises :class:`atomsplat.data.series.TiltSeriesError` (one line naming the file) on bad data.
     """
-    series = read_tilt_series(data, pixel_size=pixel_size)
-    _READ_AHEAD[(Path(data), pixel_size)] = series
-    return series
+    key = (Path(data), pixel_size)
+    if key not in _READ_AHEAD:
+        _READ_AHEAD[key] = read_tilt_series(data, pixel_size=pixel_size)
+    return _READ_AHEAD[key]
 
 
 def split_indices(count: int, split: str, holdout_every: int) -> np.ndarray:
