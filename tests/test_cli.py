@@ -133,6 +133,7 @@ IMPORT_WARNING = re.compile(r"^\S*/site-packages/(torch|nerfstudio)/\S+\.py:\d+:
 
 
 def _without_import_warnings(lines):
+    """``lines`` without the import warnings of torch and nerfstudio (each two lines)."""
     kept, skip = [], False
     for line in lines:
         if skip:
@@ -144,32 +145,62 @@ def _without_import_warnings(lines):
     return kept
 
 
-def test_ns_train_stops_on_bad_data_with_one_line_and_writes_nothing(tmp_path):
-    """``ns-train atomsplat --data BAD`` for every bad input of the README: exit status 2, no
-    traceback, at most 5 lines (nerfstudio's own "Using --data alias" log line and the reader's
-    one-line message naming the file; besides them only the import warnings above, which every
-    ns-train prints), and no output directory. The commands run as subprocesses, four at a time."""
+def _bad_dataset(case, tmp_path):
+    """(--data path, --output-dir path) of a spoiled copy of the bundled dataset."""
+    work = tmp_path / re.sub(r"\W+", "_", case)
+    data = BAD_DATA[case](Path(shutil.copytree(bundled_demo_path(), work / "data")))
+    return data, work / "outputs"
+
+
+def _ns_train_args(data, outputs):
+    return ["atomsplat", "--data", str(data), "--vis", "tensorboard", "--output-dir", str(outputs)]
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_ns_train_stops_on_bad_data_with_one_line_and_writes_nothing(case, tmp_path, monkeypatch, capfd):
+    """``ns-train atomsplat --data BAD`` for every bad input of the README, through nerfstudio's own
+    entry point (argument parsing included) in this process: exit status 2, no traceback, two lines
+    (nerfstudio's "Using --data alias" log line, then the reader's one-line message naming the
+    file), no output directory. The whole command, imports included, is run by the test below."""
+    from nerfstudio.scripts.train import entrypoint
+
+    data, outputs = _bad_dataset(case, tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ns-train"] + _ns_train_args(data, outputs))
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    assert exit_info.value.code == 2
+    captured = capfd.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert "Traceback" not in captured.out + captured.err
+    assert len(lines) == 2 and "Using --data alias" in lines[0], lines
+    assert lines[1].startswith("ns-train: error: ") and str(data) in lines[1], lines
+    assert not outputs.exists()
+
+
+def test_ns_train_command_on_bad_data_prints_at_most_five_lines(tmp_path):
+    """The command itself, ``python -m nerfstudio.scripts.train atomsplat --data BAD``, for a file
+    that is missing and for data that fail validation (subprocesses; about 10 s of CPU each, most of
+    it nerfstudio's import): exit status 2, no traceback, at most 5 lines (2) besides the warnings
+    that torch and nerfstudio print while nerfstudio imports itself (6 lines with torch 2.14, before
+    any atomsplat code runs), no output directory."""
     from concurrent.futures import ThreadPoolExecutor
 
     def ns_train(case):
-        work = tmp_path / re.sub(r"\W+", "_", case)
-        data = BAD_DATA[case](Path(shutil.copytree(bundled_demo_path(), work / "data")))
-        command = [sys.executable, "-m", "nerfstudio.scripts.train", "atomsplat", "--data", str(data)]
-        command += ["--vis", "tensorboard", "--output-dir", str(work / "outputs")]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        return case, data, work, done
+        data, outputs = _bad_dataset(case, tmp_path)
+        command = [sys.executable, "-m", "nerfstudio.scripts.train"] + _ns_train_args(data, outputs)
+        return data, outputs, subprocess.run(command, capture_output=True, text=True, timeout=300)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(ns_train, BAD_DATA))
-    for case, data, work, done in results:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(ns_train, ["missing dataset", "NaN values"]))
+    for data, outputs, done in results:
         printed = (done.stdout + done.stderr).splitlines()
         lines = _without_import_warnings(printed)
-        assert done.returncode == 2, (case, printed)
-        assert "Traceback" not in done.stdout + done.stderr, case
-        assert len(lines) <= 5, (case, lines)
-        assert lines[-1].startswith("ns-train: error: ") and str(data) in lines[-1], (case, lines)
-        assert not (work / "outputs").exists(), case
-        assert len(printed) - len(lines) <= 6, (case, printed)  # only the known import warnings were left out
+        assert done.returncode == 2, printed
+        assert "Traceback" not in done.stdout + done.stderr
+        assert len(lines) <= 5, lines
+        assert lines[-1].startswith("ns-train: error: ") and str(data) in lines[-1], lines
+        assert not outputs.exists()
+        assert len(printed) - len(lines) <= 6, printed  # only the known import warnings were left out
 
 
 def test_ns_train_reads_the_data_once(tmp_path):
