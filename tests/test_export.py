@@ -6,6 +6,7 @@ that the atoms carry uncertainties) serves the whole module.
 """
 
 import csv
+import io
 import re
 
 import ase.io
@@ -132,12 +133,13 @@ def test_export_command_writes_atoms_volume_and_report(run, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["atoms.csv", "potential.mrc", "report.png"]
 
     p = model.series.pixel_size
+    assert mrcfile.validate(out / "potential.mrc", print_file=io.StringIO())  # MRC2014 as the standard has it
     with mrcfile.open(out / "potential.mrc") as mrc:
         volume = np.asarray(mrc.data).transpose(2, 1, 0)  # MRC sections (z, y, x) -> (x, y, z)
         assert mrc.voxel_size.tolist() == pytest.approx([p, p, p])
         origin = np.array([mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z], dtype=float)
         labels = b" ".join(mrc.header.label[: mrc.header.nlabl]).decode()
-    assert "weight per A^3" in labels and "sample frame" in labels
+    assert "weight per A^3" in labels and "x, y, z: sample frame, A" in labels
     assert volume.sum() * p**3 == pytest.approx(atoms.arrays["weight"].sum(), rel=2e-4)
     brightest = origin + np.array(np.unravel_index(np.argmax(volume), volume.shape)) * p
     assert np.linalg.norm(atoms.positions - brightest, axis=1).min() < p * np.sqrt(3) / 2

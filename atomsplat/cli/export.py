@@ -116,9 +116,9 @@ class Export:
         if volume is not None:
             values, corner, voxel = volume
             unit = atoms.info["weight_unit"].split(" (")[0]
-            labels = [
+            labels = [  # at most 80 characters each
                 "atomsplat: potential of the exported atoms, exact voxel means of their Gaussians",
-                f"values: weight per A^3 ({unit} / A^3); axes x, y, z of the sample frame, A",
+                f"values: weight per A^3 ({unit} / A^3); x, y, z: sample frame, A",
                 "origin: centre of voxel (0, 0, 0), sample frame, A",
             ]
             write_volume(self.volume, values, voxel, corner, labels, overwrite=self.overwrite)
