@@ -4,7 +4,7 @@ an MRC volume, its report figure.
     atomsplat-export --load-config outputs/.../config.yml --output atoms.xyz [--elements Fe,Pt]
                      [--volume potential.mrc [--voxel A]] [--report report.png] [--overwrite]
 
-A run that learned per-projection shifts or a background also gets ``OUTPUT_corrections.json``.
+A run that learned per-projection shifts or a background also gets ``ATOMS_corrections.json``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ class Export:
     """Write the atoms of a trained atomsplat run (positions in A in the sample frame, the frame of
     ground_truth.xyz; per-atom weight, width sigma in A and, after a finished run, the Cramer-Rao
     uncertainty of x, y, z in A) in the format of the --output name; the potential of the atoms as an
-    MRC volume; the report figure. Learned shifts or background go to OUTPUT_corrections.json."""
+    MRC volume; the report figure. Learned shifts or background go to ATOMS_corrections.json."""
 
     load_config: Annotated[Path, arg(metavar="CONFIG")]
     """the run's config.yml, as printed by ns-train"""
     output: Annotated[Optional[Path], arg(metavar="ATOMS", help_behavior_hint="")] = None
     """atoms file, format by name: .xyz/.extxyz (extended XYZ, every per-atom value), .csv (one row per
-    atom, units in the header), .pdb, .xsf (non-periodic), .cif, .vasp/POSCAR (in a box with 5 A of
+    atom, units in the header), .pdb, .xsf (non-periodic), .cif, .vasp/POSCAR (in a box with at least 5 A of
     vacuum on each side, the shift stated in the file)"""
     elements: Annotated[
         Optional[str], arg(metavar="A,B", help_behavior_hint="(default: the dataset's metadata 'elements', else X)")
