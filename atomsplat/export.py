@@ -89,7 +89,9 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
         ase.Atoms with positions in A (sample frame) and per-atom arrays "weight" (integrated
         weight, data units x A^2), "sigma" (A) and, when training ran its final pass,
         "uncertainty" (K, 3): the Cramer-Rao standard deviations of x, y, z (A). ``info`` holds
-        "weight_unit" (:func:`weight_unit`) and "pixel_size" (A): extended XYZ writes both.
+        "weight_unit" (:func:`weight_unit`), "pixel_size" (A) and, for atoms fitted as a core and
+        a halo, "halo_fraction" (of the weight in the halo) and "halo_ratio" (halo width / sigma,
+        sigma then being the core's width): extended XYZ writes them.
     """
     found = model.atoms()
     if elements is None:
@@ -102,6 +104,9 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
         atoms.set_array("uncertainty", found["uncertainty"])
     atoms.info["weight_unit"] = weight_unit(model.series)
     atoms.info["pixel_size"] = float(model.series.pixel_size)
+    halo = getattr(model.cloud, "halo", lambda: None)()  # AtomCloud.halo: atoms as core and halo (counts)
+    if halo is not None:
+        atoms.info["halo_fraction"], atoms.info["halo_ratio"] = halo
     return atoms
 
 
@@ -201,7 +206,11 @@ def in_box(atoms: ase.Atoms, margin: float = CELL_MARGIN):
 def csv_header(atoms: ase.Atoms) -> list:
     """The column names of :func:`write_csv` for ``atoms``: units in brackets."""
     unit = atoms.info.get("weight_unit", "data units A^2")
-    columns = ["species", "x (A)", "y (A)", "z (A)", f"weight ({unit})", "sigma (A)"]
+    columns = ["species", "x (A)", "y (A)", "z (A)", f"weight ({unit})"]
+    if "halo_fraction" in atoms.info:
+        columns += ["core sigma (A)", "halo sigma (A)", "halo fraction"]
+    else:
+        columns += ["sigma (A)"]
     if "uncertainty" in atoms.arrays:
         columns += [f"uncertainty {axis} (A)" for axis in "xyz"]
     return columns
@@ -209,23 +218,43 @@ def csv_header(atoms: ase.Atoms) -> list:
 
 def write_csv(atoms: ase.Atoms, path) -> None:
     """One row per atom: species, x, y, z (A, sample frame), weight (its unit in the header),
-    sigma (A) and, when present, the Cramer-Rao standard deviations of x, y, z (A); values with
-    nine significant digits."""
+    sigma (A; for atoms fitted as core and halo the core's and the halo's sigma and the halo's
+    fraction of the weight) and, when present, the Cramer-Rao standard deviations of x, y, z (A);
+    values with nine significant digits."""
     uncertainty = atoms.arrays.get("uncertainty")
+    sigmas = atoms.arrays["sigma"][:, None]
+    if "halo_fraction" in atoms.info:
+        ratio, fraction = atoms.info["halo_ratio"], atoms.info["halo_fraction"]
+        sigmas = np.column_stack([sigmas, ratio * sigmas, np.full(len(atoms), fraction)])
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_header(atoms))
         for k, symbol in enumerate(atoms.get_chemical_symbols()):
-            values = [*atoms.positions[k], atoms.arrays["weight"][k], atoms.arrays["sigma"][k]]
+            values = [*atoms.positions[k], atoms.arrays["weight"][k], *sigmas[k]]
             if uncertainty is not None:
                 values += list(uncertainty[k])
             writer.writerow([symbol] + [f"{v:.9g}" for v in values])
 
 
 # ----------------------------------------------------------------------------- volume
-def volume_grid(atoms: ase.Atoms, series, voxel: float, window: float):
-    """The grid of :func:`atoms_volume`: every atom's ``+-window * sigma`` inside, voxel edges on
-    the lines of the reconstruction cube (:mod:`atomsplat.data.dataparser`: ``max(H, W) * p``
+def atom_gaussians(atoms: ase.Atoms):
+    """The Gaussians of ``atoms``: (positions (G, 3) A, sigmas (G,) A, weights (G,)). One per atom,
+    or, for atoms fitted as core and halo (``info`` "halo_fraction" f and "halo_ratio" r), two: the
+    core of width sigma and weight (1 - f) w, the halo of width r sigma and weight f w."""
+    positions, sigmas, weights = atoms.positions, atoms.arrays["sigma"], atoms.arrays["weight"]
+    if "halo_fraction" not in atoms.info:
+        return positions, sigmas, weights
+    fraction, ratio = float(atoms.info["halo_fraction"]), float(atoms.info["halo_ratio"])
+    return (
+        np.concatenate([positions, positions]),
+        np.concatenate([sigmas, ratio * sigmas]),
+        np.concatenate([(1.0 - fraction) * weights, fraction * weights]),
+    )
+
+
+def volume_grid(positions: np.ndarray, sigmas: np.ndarray, series, voxel: float, window: float):
+    """The grid of :func:`atoms_volume`: every Gaussian's ``+-window * sigma`` inside, voxel edges
+    on the lines of the reconstruction cube (:mod:`atomsplat.data.dataparser`: ``max(H, W) * p``
     centred on the rotation centre), so that with ``voxel = pixel_size`` the x-y cells are
     detector pixels.
 
@@ -235,9 +264,9 @@ def volume_grid(atoms: ase.Atoms, series, voxel: float, window: float):
     _, height, width = series.projections.shape
     side = max(height, width) * series.pixel_size
     lines = np.array([-width * series.pixel_size, -height * series.pixel_size, -side]) / 2.0
-    reach = window * atoms.arrays["sigma"][:, None]
-    low = (atoms.positions - reach).min(axis=0)
-    high = (atoms.positions + reach).max(axis=0)
+    reach = window * sigmas[:, None]
+    low = (positions - reach).min(axis=0)
+    high = (positions + reach).max(axis=0)
     first = np.floor((low - lines) / voxel)
     corner = lines + first * voxel
     shape = tuple(int(n) for n in np.maximum(np.ceil((high - corner) / voxel), 1))
@@ -245,9 +274,10 @@ def volume_grid(atoms: ase.Atoms, series, voxel: float, window: float):
 
 
 def atoms_volume(atoms: ase.Atoms, series, voxel: Optional[float] = None):
-    """The atoms' potential on a voxel grid: the exact mean density of their Gaussians in each
-    voxel (:func:`atomsplat.render.voxelize.voxelize`), of the exported atoms only (the model's
-    diffuse Gaussians, which are not atoms, are left out).
+    """The atoms' potential on a voxel grid: the exact mean density of their Gaussians
+    (:func:`atom_gaussians`: core and halo for atoms fitted so) in each voxel
+    (:func:`atomsplat.render.voxelize.voxelize`), of the exported atoms only (the model's diffuse
+    Gaussians, which are not atoms, are left out).
 
     Args:
         atoms: :func:`atoms_from_model`'s atoms (positions, "sigma", "weight").
@@ -257,7 +287,7 @@ def atoms_volume(atoms: ase.Atoms, series, voxel: Optional[float] = None):
     Returns:
         (volume (nx, ny, nz) float32 in weight units per A^3, corner (3,) A of its voxel
         (0, 0, 0), voxel A). ``volume.sum() * voxel**3`` is the atoms' total weight (the grid holds
-        every atom's +-4 sigma); with ``voxel = pixel_size``, ``volume.sum(2).T * voxel`` is the
+        every Gaussian's +-4 sigma); with ``voxel = pixel_size``, ``volume.sum(2).T * voxel`` is the
         model's projection at tilt 0 on the detector pixels the grid covers.
 
     Raises ValueError for no atoms, a voxel that is not positive or a grid over :data:`MAX_VOXELS`.
@@ -272,16 +302,17 @@ def atoms_volume(atoms: ase.Atoms, series, voxel: Optional[float] = None):
         raise ValueError(f"the voxel size must be a positive number of A, got {voxel}")
     if len(atoms) == 0:
         raise ValueError("no atoms to voxelize")
-    corner, shape = volume_grid(atoms, series, voxel, DEFAULT_WINDOW)
+    positions, sigmas, weights = atom_gaussians(atoms)
+    corner, shape = volume_grid(positions, sigmas, series, voxel, DEFAULT_WINDOW)
     if math.prod(shape) > MAX_VOXELS:
         raise ValueError(
             f"a {' x '.join(map(str, shape))} volume at {voxel:g} A voxels is too large (over {MAX_VOXELS} voxels); "
             "choose a larger voxel size"
         )
     volume = voxelize(
-        torch.from_numpy(atoms.positions).float(),
-        torch.from_numpy(atoms.arrays["sigma"]).float(),
-        torch.from_numpy(atoms.arrays["weight"]).float(),
+        torch.from_numpy(positions).float(),
+        torch.from_numpy(sigmas).float(),
+        torch.from_numpy(weights).float(),
         corner,
         shape,
         voxel,
