@@ -134,3 +134,32 @@ def test_cramer_rao_bound_matches_the_spread_of_maximum_likelihood_fits():
     assert float(errors.mean(dim=0).abs().max()) < 0.5 * float(bounds.max())  # no bias beyond noise
     per_axis = (errors / bounds).square().mean(dim=(0, 1)).sqrt()
     assert 0.8 < float(per_axis.min()) and float(per_axis.max()) < 1.25, per_axis
+
+
+def test_final_refinement_ends_at_the_optimum_of_the_widths_the_cloud_keeps():
+    """An atom wider than the cloud's largest width (1.0 A against 0.6 A) next to a narrow one: the
+    widths L-BFGS optimises are the clamped ones the cloud keeps, so the refinement ends where the
+    data term's gradient in every other parameter vanishes, the width at its bound. (Optimised
+    unclamped, the width ran past the bound and the other parameters followed it; the clamp
+    afterwards left them off their optimum and raised the data term.)"""
+    angles = np.arange(-60.0, 61.0, 15.0)
+    rotations = torch.from_numpy(view_rotations(angles)).float()
+    views = Views(rotations, torch.zeros(len(angles), 2), P, H, W, torch.arange(len(angles)))
+    truth = torch.tensor([[0.0, 0.0, 0.0], [1.8, -0.4, 0.6]])
+    sigmas, weights = torch.tensor([1.0, 0.5]).double(), torch.tensor([40.0, 30.0]).double()
+    offsets = views.offsets.double()
+    clean = project_isotropic_dense(truth.double(), sigmas, weights, rotations.double(), offsets, P, H, W).float()
+    noise = NoiseModel("l2")
+    cloud = AtomCloud(truth + 0.05, 0.5, 35.0, max_sigma=0.6)
+    corrections = ViewCorrections(rotations, views.indices, clean, background_degree=-1, noise=noise)
+
+    def gradient():
+        cloud.zero_grad()
+        noise.pixels(cloud.project(views), clean).sum().backward()
+        return torch.cat([cloud.params["positions"].grad.reshape(-1), cloud.params["log_weights"].grad]).norm()
+
+    start = float(gradient())
+    report = refine(cloud, corrections, clean, views, noise, step=0, iterations=100)
+    assert report.after < report.before
+    assert float(cloud.sigmas[0]) == pytest.approx(0.6, rel=1e-5)
+    assert float(gradient()) < 1e-3 * start

@@ -17,6 +17,7 @@ known; for other data the residual variance of the fit stands in for the noise l
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -46,13 +47,14 @@ def _views_of(views: Views, corrections, step: int) -> Views:
 
 
 def _total(
-    params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool, shape=None
-) -> float:
+    params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool, shape=None,
+    bounds=None,
+) -> float:  # fmt: skip
     """``scale`` x the data term summed over the pixels of ``views``, in chunks (gradients accumulated
-    when ``backward``)."""
+    when ``backward``); log-widths clamped to ``bounds`` (low, high) when given (:func:`_bounded`)."""
     total = 0.0
     for part in views.split(chunk):
-        model = project(params, part, shape=shape)
+        model = project(params if bounds is None else _bounded(params, *bounds), part, shape=shape)
         if corrections.has_background:
             model = model + corrections.background_of(part.indices).double()
         loss = scale * noise.pixels(model, measured[part.indices].double()).sum()
@@ -60,6 +62,13 @@ def _total(
             loss.backward()
         total += float(loss.detach())
     return total
+
+
+def _bounded(params: dict, low: float, high: float) -> dict:
+    """``params`` with log-widths clamped to [low, high]: the objective L-BFGS sees is that of the
+    widths the cloud keeps (:meth:`AtomCloud.clamp_widths`), flat beyond the bounds, so the clamp
+    after the optimisation cannot raise it."""
+    return {name: p.clamp(low, high) if name in ("log_sigmas", "log_scales") else p for name, p in params.items()}
 
 
 def _nats(noise, residual_variance: float) -> float:
@@ -95,14 +104,15 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         shape = {name: p.detach().double().clone().requires_grad_(True) for name, p in cloud.shape_params.items()}
     pixels = len(views) * views.height * views.width
     done = 0
+    low, high = math.log(cloud.min_sigma), math.log(cloud.max_sigma)
     with torch.no_grad():
-        before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape) / pixels
+        before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape, (low, high)) / pixels
     scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
     for _ in range(rounds):
         if corrections.has_background:
             with torch.no_grad():
                 for part in views.split(chunk):
-                    atoms = project(params, part, shape=shape).float()
+                    atoms = project(_bounded(params, low, high), part, shape=shape).float()
                     corrections.fit(atoms, measured[part.indices], part.indices, iterations=50, noise=smooth)
         optimizer = torch.optim.LBFGS(
             list(params.values()) + ([] if shape is None else list(shape.values())),
@@ -116,9 +126,10 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
 
         def closure():
             optimizer.zero_grad()
-            total = _total(params, views, measured, corrections, smooth, scale, chunk, True, shape)
+            total = _total(params, views, measured, corrections, smooth, scale, chunk, True, shape, (low, high))
             if prior is not None:
-                penalty = prior.negative_log_prior(params["log_weights"], params["log_sigmas"])
+                bounded = _bounded(params, low, high)
+                penalty = prior.negative_log_prior(bounded["log_weights"], bounded["log_sigmas"])
                 penalty.backward()
                 total += float(penalty.detach())
             return torch.tensor(total)
