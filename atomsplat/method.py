@@ -11,7 +11,7 @@ import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from atomsplat.data.dataparser import TomographyDataParserConfig, bundled_demo_path
+from atomsplat.data.dataparser import HOLDOUT_EVERY, TomographyDataParserConfig, bundled_demo_path
 from atomsplat.data.dataset import TiltSeriesDataManagerConfig
 from atomsplat.model.atomsplat_model import AtomSplatModelConfig
 from atomsplat.model.inr_model import INRModelConfig
@@ -49,7 +49,9 @@ def _trainer(method_name: str, model, steps: int, optimizers: dict) -> AtomSplat
         steps_per_eval_batch=0,
         steps_per_eval_all_images=0,
         pipeline=VanillaPipelineConfig(
-            datamanager=TiltSeriesDataManagerConfig(dataparser=TomographyDataParserConfig(), data=bundled_demo_path()),
+            datamanager=TiltSeriesDataManagerConfig(
+                dataparser=TomographyDataParserConfig(holdout_every=HOLDOUT_EVERY), data=bundled_demo_path()
+            ),
             model=model,
         ),
         optimizers=optimizers,

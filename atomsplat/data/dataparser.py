@@ -33,7 +33,8 @@ from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.
 CAMERA_DEPTH = 2.0
-# ns-train's default hold-out: every 10th projection is for evaluation only (6 of the demo's 61).
+# ns-train's hold-out (the registered methods' and the `tomography` dataparser's): every 10th
+# projection is for evaluation only (6 of the demo's 61).
 HOLDOUT_EVERY = 10
 # The cameras' metadata key of each camera's projection in the whole series (all splits).
 SERIES_INDEX = "series_index"
@@ -56,10 +57,10 @@ class TomographyDataParserConfig(DataParserConfig):
     pixel_size: Optional[float] = None
     """Detector pixel size in A, overriding metadata.json and the MRC header (the transforms.json layout needs it
     unless a metadata.json beside it gives it)."""
-    holdout_every: int = HOLDOUT_EVERY
+    holdout_every: int = 0
     """Hold out every n-th projection from training, for evaluation only (``ns-eval``, ``ns-render
     dataset``): projections n//2, n//2 + n, ... ; 0 trains on all of them (evaluation then sees the
-    training projections)."""
+    training projections). ``ns-train`` holds out every 10th (:data:`HOLDOUT_EVERY`)."""
 
 
 class TomographyDataParser(DataParser):
