@@ -52,6 +52,7 @@ from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import DEFAULT_WINDOW
 from atomsplat.viewer.display import species_colours
 from atomsplat.viewer.monitor import TrainingMonitor
+from atomsplat.viewer.spheres import gsplat_camera, render_spheres, sphere_style
 
 
 @dataclass
@@ -241,9 +242,8 @@ class AtomSplatModel(SplatfactoModel):
         """(K, 3) logit of the display colour in [0, 1] (sh_degree 0): Jmol colours by species from
         the weights when the dataset names its elements, else the grey level weight / largest weight."""
         weights = self.cloud.weights.detach()
-        elements = self.series.elements
-        if elements and self.num_points >= len(elements):
-            symbols = label_by_weight(weights.cpu().double().numpy(), elements)
+        symbols = self.species_labels()
+        if symbols is not None:
             colour = torch.from_numpy(species_colours(symbols) / 255.0).to(weights)
         else:
             colour = (weights / weights.max().clamp_min(1e-30) if self.num_points else weights)[:, None].expand(-1, 3)
@@ -253,6 +253,14 @@ class AtomSplatModel(SplatfactoModel):
     def features_rest(self) -> torch.Tensor:
         """(K, 0, 3): no view dependence."""
         return self.cloud.positions.new_zeros(self.num_points, 0, 3)
+
+    def species_labels(self) -> Optional[np.ndarray]:
+        """(K,) the Gaussians' species from their weights when the dataset names its elements (and
+        there are at least as many Gaussians), else None (:func:`label_by_weight`)."""
+        elements = self.series.elements
+        if not elements or self.num_points < len(elements):
+            return None
+        return label_by_weight(self.cloud.weights.detach().cpu().double().numpy(), elements)
 
     # ----------------------------------------------------------------------------- rendering
     def views(self, cameras: Cameras) -> Views:
@@ -303,7 +311,8 @@ class AtomSplatModel(SplatfactoModel):
         - "accumulation" (C = 1): the same clipped to [0, 1], the nearest thing a projection has to
           nerfstudio's opacity (``ns-render`` masks the depth picture with it);
         - "depth" (C = 1): the weight-averaged distance of the Gaussians along each ray, in scene
-          units (far where a ray meets no weight).
+          units (far where a ray meets no weight);
+        - on CUDA, for the viewer's free camera: "spheres" (C = 3), :meth:`sphere_picture`.
         """
         camera = camera.to(self.device)
         views = self.views(camera[0:1] if camera.shape else camera)
@@ -314,12 +323,22 @@ class AtomSplatModel(SplatfactoModel):
         seen = projection > 1e-3 * self.level
         depth = torch.where(seen, moment / projection.clamp_min(1e-12), torch.full_like(projection, 1e3)) * self.scale
         normalized = projection[..., None] / max(self.level, 1e-30)
-        return {
+        outputs = {
             "rgb": display_image(projection, self.level),  # first: what the viewer shows by default
             "normalized_projection": normalized,
             "accumulation": normalized.clamp(0.0, 1.0),
             "depth": depth[..., None],
         }
+        if views.indices is None and projection.is_cuda:  # the viewer's free camera, on a GPU
+            outputs["spheres"] = self.sphere_picture(camera[0:1] if camera.shape else camera)
+        return outputs
+
+    @torch.no_grad()
+    def sphere_picture(self, camera: Cameras) -> torch.Tensor:
+        """(H, W, 3) the atoms as coloured balls, depth-composited by gsplat's rasterizer (CUDA only;
+        :mod:`atomsplat.viewer.spheres`): a picture for the eye, species by colour."""
+        colours, widths = sphere_style(self.cloud.weights.detach().cpu().numpy(), self.species_labels())
+        return render_spheres(self.cloud.positions.detach(), colours, widths, gsplat_camera(camera, self.scale))
 
     def get_rgba_image(self, outputs: Dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
         """(H, W, 4): the grey image with the accumulation as alpha (``ns-render --rendered-output-names rgba``)."""
