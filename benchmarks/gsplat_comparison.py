@@ -1,6 +1,6 @@
 """gsplat's rasterizer against atomsplat's projector and brute-force line integrals.
 
-    python benchmarks/gsplat_comparison.py     # about a minute on 2 CPU cores
+    python benchmarks/gsplat_comparison.py     # about 7 s on one CPU core
     # writes docs/benchmarks/gsplat_comparison.json and .md, docs/figures/gsplat_comparison.png
 
 A transmission projection is the line integral of the density: additive, every atom's whole weight

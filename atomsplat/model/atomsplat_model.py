@@ -255,12 +255,14 @@ class AtomSplatModel(SplatfactoModel):
         return self.cloud.positions.new_zeros(self.num_points, 0, 3)
 
     def species_labels(self) -> Optional[np.ndarray]:
-        """(K,) the Gaussians' species from their weights when the dataset names its elements (and
-        there are at least as many Gaussians), else None (:func:`label_by_weight`)."""
+        """(K,) the Gaussians' species from their weights (:func:`label_by_weight`) when the dataset
+        names its elements and the weights take at least as many values, else None (nerfstudio's
+        viewer reads every property of the model when it starts, at equal initial weights too)."""
         elements = self.series.elements
-        if not elements or self.num_points < len(elements):
+        weights = self.cloud.weights.detach().cpu().double().numpy()
+        if not elements or len(np.unique(weights)) < len(elements):
             return None
-        return label_by_weight(self.cloud.weights.detach().cpu().double().numpy(), elements)
+        return label_by_weight(weights, elements)
 
     # ----------------------------------------------------------------------------- rendering
     def views(self, cameras: Cameras) -> Views:
