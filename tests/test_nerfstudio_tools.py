@@ -32,11 +32,22 @@ SERIES = read_tilt_series(bundled_demo_path())
 HELD_OUT = np.arange(len(SERIES.tilt_angles))[np.arange(len(SERIES.tilt_angles)) % HOLDOUT_EVERY == HOLDOUT_EVERY // 2]
 
 
+# nerfstudio's console scripts, by the module whose entrypoint() each runs
+CONSOLE_SCRIPTS = {
+    "nerfstudio.scripts.train": "ns-train",
+    "nerfstudio.scripts.eval": "ns-eval",
+    "nerfstudio.scripts.render": "ns-render",
+    "nerfstudio.scripts.exporter": "ns-export",
+}
+
+
 def run_tool(monkeypatch, module: str, *argv: str) -> None:
-    """A nerfstudio script's ``entrypoint()`` with ``argv`` as its command line."""
+    """A nerfstudio script's ``entrypoint()`` with ``argv`` as its command line, ``sys.argv[0]``
+    the path of its console script beside this Python (as the installed command has it)."""
     import importlib
 
-    monkeypatch.setattr(sys, "argv", [module.rsplit(".", 1)[-1], *argv])
+    program = os.path.join(os.path.dirname(sys.executable), CONSOLE_SCRIPTS[module])
+    monkeypatch.setattr(sys, "argv", [program, *argv])
     importlib.import_module(module).entrypoint()
 
 
