@@ -205,6 +205,20 @@ def test_ns_export_gaussian_splat_writes_angstrom_and_weights(run, tmp_path, mon
     assert 1.0 < np.ptp(positions[:, 0]) < 30.0  # the particle's size in A, not in scene units
 
 
+def test_species_colours_wait_for_weights_that_tell_species_apart(run):
+    """The display colours (what the viewer and ``ns-export gaussian-splat`` read) come from the
+    species of the weights once the weights take at least as many values as the dataset has
+    elements; at the equal initial weights, where no split exists, the colours are grey by weight
+    (white) instead of an error."""
+    model, _ = load_model(run)
+    symbols = model.species_labels()
+    assert symbols is not None and set(symbols) == set(SERIES.elements)
+    with torch.no_grad():
+        model.cloud.params["log_weights"].fill_(0.0)
+    assert model.species_labels() is None
+    np.testing.assert_allclose(torch.sigmoid(model.features_dc).numpy(), 1.0 - 1e-4, rtol=1e-6)
+
+
 def test_ns_export_of_rays_or_surfaces_is_refused_in_one_line(run, tmp_path, monkeypatch, capsys):
     """``ns-export pointcloud`` stops with one line on stderr naming what to use instead, exit
     status 2, before the run's data or checkpoint are read (nerfstudio would end in an
