@@ -104,7 +104,7 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
         atoms.set_array("uncertainty", found["uncertainty"])
     atoms.info["weight_unit"] = weight_unit(model.series)
     atoms.info["pixel_size"] = float(model.series.pixel_size)
-    halo = getattr(model.cloud, "halo", lambda: None)()  # AtomCloud.halo: atoms as core and halo (counts)
+    halo = model.cloud.halo()  # (fraction, ratio) of counting data, None otherwise
     if halo is not None:
         atoms.info["halo_fraction"], atoms.info["halo_ratio"] = halo
     return atoms

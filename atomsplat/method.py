@@ -15,14 +15,18 @@ from atomsplat.data.dataparser import HOLDOUT_EVERY, TomographyDataParserConfig,
 from atomsplat.data.dataset import TiltSeriesDataManagerConfig
 from atomsplat.model.atomsplat_model import AtomSplatModelConfig
 from atomsplat.model.inr_model import INRModelConfig
-from atomsplat.model.schedule import LogLinearDecaySchedulerConfig
+from atomsplat.model.schedule import ConstantSchedulerConfig, LogLinearDecaySchedulerConfig
 from atomsplat.trainer import AdamConfig, AtomSplatTrainerConfig, LoggingConfig, MachineConfig, ViewerConfig
 
 STEPS = 3000
 
 
 def _adam(lr: float, lr_final: float = None):
-    scheduler = None if lr_final is None else LogLinearDecaySchedulerConfig(lr_final=lr_final, max_steps=STEPS)
+    """Adam at ``lr``, decaying to ``lr_final`` over the run, or constant when it is None."""
+    if lr_final is None:
+        scheduler = ConstantSchedulerConfig()
+    else:
+        scheduler = LogLinearDecaySchedulerConfig(lr_final=lr_final, max_steps=STEPS)
     return {"optimizer": AdamConfig(lr=lr), "scheduler": scheduler}
 
 

@@ -39,8 +39,9 @@ class MachineConfig(base_config.MachineConfig):
 
 @dataclass
 class ViewerConfig(base_config.ViewerConfig):
-    """nerfstudio's web viewer; the options of ray-based models, of image transport and of its log
-    file are fixed (PNG: projections are shown without compression artefacts)."""
+    """nerfstudio's web viewer; the options of ray-based models, of image transport, of sharing and
+    of its log file are fixed (PNG: projections are shown without compression artefacts; every
+    projection of a tilt series is shown)."""
 
     relative_log_filename: tyro.conf.Suppress[str] = "viewer_log_filename.txt"
     websocket_port_default: tyro.conf.Suppress[int] = 7007
@@ -49,6 +50,8 @@ class ViewerConfig(base_config.ViewerConfig):
     image_format: tyro.conf.Suppress[Literal["jpeg", "png"]] = "png"
     jpeg_quality: tyro.conf.Suppress[int] = 75
     camera_frustum_scale: tyro.conf.Suppress[float] = 0.1
+    max_num_display_images: tyro.conf.Suppress[int] = 512
+    make_share_url: tyro.conf.Suppress[bool] = False
 
 
 @dataclass

@@ -86,7 +86,7 @@ def test_with_a_viser_server_the_monitor_draws(model):
         nodes = server.scene._handle_from_node_name
         groups = np.unique(width_groups(model.cloud.sigmas.detach().numpy()))
         assert {"/atoms"} | {f"/atoms/width{g}" for g in groups} <= set(nodes)
-        assert "| atoms | 300 |" in monitor.counts.content
+        assert f"| atoms | {model.num_points} |" in monitor.counts.content
 
         # the slice is voxelize's layer at z = 0 through the colour map; far away it is empty
         series = model.series

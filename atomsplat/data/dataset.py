@@ -63,6 +63,10 @@ class TiltSeriesDataManagerConfig(FullImageDatamanagerConfig):
     """Tilt series are read by the tomography DataParser only."""
     views_per_step: int = 4
     """Projections per optimisation step."""
+    train_cameras_sampling_strategy: Literal["random", "fps"] = "random"
+    """Projection order: random (without replacement per epoch) or farthest point sampling."""
+    train_cameras_sampling_seed: int = 42
+    """Seed of that order."""
     # nerfstudio's options that this data manager does not read, or that would rescale the
     # cameras but not the float32 projections: fixed, and hidden from the CLI (``--data`` is ns-train's)
     data: tyro.conf.Suppress[Optional[Path]] = None
@@ -75,6 +79,7 @@ class TiltSeriesDataManagerConfig(FullImageDatamanagerConfig):
     cache_images: tyro.conf.Suppress[Literal["cpu", "gpu"]] = "gpu"
     cache_images_type: tyro.conf.Suppress[Literal["uint8", "float32"]] = "float32"
     max_thread_workers: tyro.conf.Suppress[Optional[int]] = None
+    fps_reset_every: tyro.conf.Suppress[int] = 100
 
 
 class TiltSeriesDataManager(FullImageDatamanager[TiltSeriesDataset]):

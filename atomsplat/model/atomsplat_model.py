@@ -68,6 +68,9 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     prompt: tyro.conf.Suppress[Optional[str]] = None
     sh_degree: tyro.conf.Suppress[int] = 0
     """No view dependence (read by ``ns-export gaussian-splat``)."""
+    # how many neighbours merging searches in large clouds: fixed here
+    merge_neighbours: tyro.conf.Suppress[int] = 20
+    merge_neighbours_above: tyro.conf.Suppress[int] = 10000
 
     isotropic: bool = True
     """One width per atom (the paper's isotropy prior); False: full covariance (ablation)."""
@@ -76,17 +79,17 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     init_density: float = 0.08
     """Initial Gaussians per A^3 of the support (FCC gold has 0.059 atoms per A^3)."""
     init_support: Literal["peaks", "reconstruction", "hull", "sphere"] = "peaks"
-    """Where to draw initial positions (:mod:`atomsplat.model.init`): by the density of a quick SIRT
-    reconstruction, in the visual hull of the projections, or in the sphere seen by every view."""
+    """Initial positions (:mod:`atomsplat.model.init`): the maxima of a quick SIRT reconstruction, drawn
+    by its density, in the visual hull of the projections, or in the sphere seen by every view."""
     init_voxel: float = 0.4
     """Voxel size of the initial reconstruction, A (the projections are binned to about it)."""
     init_smoothing: float = 1.0
     """Width of the Gaussian that smooths the initial reconstruction for its support, A."""
     init_peak_smoothing: float = 0.5
-    """"peaks": width of the Gaussian that smooths the initial reconstruction before its maxima are taken, A."""
+    """"peaks": width of the Gaussian smoothing the reconstruction before its maxima are taken, A."""
     support_threshold: float = 0.1
     """The support is where the smoothed reconstruction exceeds this fraction of its peak."""
-    hull_threshold: float = 0.05
+    hull_threshold: tyro.conf.Suppress[float] = 0.05
     """"hull": a point is in the hull when its pixel exceeds this fraction of the series maximum in
     nearly every view."""
     init_sigma: float = 0.6
@@ -97,12 +100,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     window: float = DEFAULT_WINDOW
     """Footprint half-width in widths; at 4 the truncated mass is below 1.3e-4 of an atom."""
     atom_shape: Literal["auto", "gaussian", "core+halo"] = "auto"
-    """Each atom one Gaussian, or a core and a halo sharing its centre (:class:`AtomShape`: the
-    long tails of atoms' potentials); "auto": core+halo for counts, whose likelihood sees the tails."""
+    """One Gaussian per atom, or a core and a halo at one centre (:class:`AtomShape`); "auto": core+halo
+    for counts, whose likelihood sees the atoms' long tails."""
     loss: Literal["auto", "l1", "l2", "poisson", "mixed"] = "auto"
-    """Data term (:mod:`atomsplat.model.losses`): "auto" fits counts (the series' ``counts``:
-    non-negative integers, or declared in metadata.json) by their Poisson likelihood and other data
-    by "l1" (the paper's); "l2", "poisson", "mixed" (shot plus read noise: ``gain``, ``read_noise``)."""
+    """Data term (:mod:`atomsplat.model.losses`); "auto": "poisson" for counts (integers, or declared in
+    metadata.json), else "l1" (the paper's); "mixed": shot and read noise (``read_noise``)."""
     gain: Optional[float] = None
     """Counts per data unit (None: the series' ``gain``, 1 for data recorded in counts)."""
     read_noise: float = 0.0

@@ -1,4 +1,4 @@
-"""Learning-rate schedule whose state holds only Python floats.
+"""Learning-rate schedules whose state holds only Python floats.
 
 nerfstudio 1.1.5's ExponentialDecayScheduler computes with numpy, so numpy scalars end up in the
 optimizer and scheduler state, and torch >= 2.6 then refuses to load the checkpoint
@@ -38,3 +38,17 @@ class LogLinearDecayScheduler(Scheduler):
             return math.exp(ratio * min(max(step / steps, 0.0), 1.0))
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+@dataclass
+class ConstantSchedulerConfig(SchedulerConfig):
+    """Learning rate held at the optimizer's for the whole run."""
+
+    _target: Type = field(default_factory=lambda: ConstantScheduler)
+
+
+class ConstantScheduler(Scheduler):
+    config: ConstantSchedulerConfig
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda step: 1.0)

@@ -18,9 +18,17 @@ The schedule (steps counted from the start of training, of ``total_steps`` in al
 - until ``split_until`` x total: split Gaussians wider than ``split_width`` x the median width
   (one Gaussian on several atoms);
 - until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
-  position gradient (the paper's densification);
+  position gradient (the paper's densification), the two copies 1.1 x ``merge_distance`` apart so
+  that they survive the next merge unless they come back to one atom;
 - every ``birth_every`` steps until ``split_until`` x total: add Gaussians where the
-  back-projected residual shows atoms that no Gaussian explains.
+  back-projected residual shows atoms that no Gaussian explains: the measured minus modelled
+  projections are back-projected onto a grid of ``birth_spacing``, and every local maximum above
+  ``birth_threshold`` x the median Gaussian's peak value (and five times its noise level) that is
+  ``merge_distance`` from all Gaussians becomes one.
+
+Gaussians wider than ``diffuse_width`` x the median width are diffuse signal (the atoms' long
+tails), not atoms: they stay in the model, unmerged and unsplit, and are not reported as atoms.
+The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
 from __future__ import annotations
@@ -46,28 +54,22 @@ class DensityOptions:
     densify_until: float = 0.5
     """Fraction of the training steps after which duplication by gradient stops."""
     split_until: float = 0.8
-    """Fraction of the training steps after which wide Gaussians are no longer split nor born, so
-    that the last steps polish a fixed set; merging and pruning go on to the end."""
+    """Fraction of the steps after which nothing is split nor born (merging and pruning go on)."""
     densify_fraction: float = 0.05
-    """Fraction of Gaussians duplicated per pass (largest mean position gradient). Copies are placed
-    1.1 x ``merge_distance`` apart, so that they survive the next merge unless they come back to one atom."""
+    """Fraction duplicated per pass (largest position gradient), 1.1 x ``merge_distance`` apart."""
     split_width: float = 1.3
     """Gaussians wider than this many times the median width cover several atoms: they are split."""
     diffuse_width: float = 2.0
-    """Gaussians wider than this many times the median width are not atoms but diffuse signal (the
-    atoms' long tails): they stay in the model, unmerged and unsplit, and are not reported as atoms."""
+    """Gaussians wider than this many times the median width are diffuse signal, kept but not atoms."""
     selection: Literal["auto", "evidence", "weight"] = "auto"
-    """Which Gaussians stay (module docstring): "evidence" (model selection by likelihood and
-    BIC), "weight" (prune light ones), "auto": evidence where the data term is a likelihood (counts)."""
+    """Which Gaussians stay: "evidence" (likelihood and BIC), "weight" (light ones pruned); "auto": evidence
+    where the data term is a likelihood (counts)."""
     prune_fraction: float = 0.15
     """"weight" selection: Gaussians lighter than this fraction of the median weight are removed."""
     birth_every: int = 300
-    """Steps between passes that add Gaussians where atoms are missing (0: never): the measured minus
-    modelled projections are back-projected onto a grid, and every local maximum above the threshold
-    that is ``merge_distance`` from all Gaussians becomes one."""
+    """Steps between births (0: never): maxima of the back-projected residual far from all Gaussians."""
     birth_threshold: float = 0.3
-    """A Gaussian is born where the back-projected residual exceeds this fraction of the median
-    Gaussian's peak value (and five times its noise level)."""
+    """Births where the residual exceeds this fraction of the median Gaussian's peak (and 5 x its noise)."""
     birth_views: int = 45
     """Training projections (evenly spread) back-projected for births."""
     birth_spacing: float = 0.5
