@@ -64,9 +64,8 @@ class TomographyDataParserConfig(DataParserConfig):
     """Detector pixel size in A, overriding metadata.json and the MRC header (the transforms.json layout needs it
     unless a metadata.json beside it gives it)."""
     holdout_every: int = 0
-    """Hold out every n-th projection from training, for evaluation only (``ns-eval``, ``ns-render
-    dataset``): projections n//2, n//2 + n, ... ; 0 trains on all of them (evaluation then sees the
-    training projections). ``ns-train`` holds out every 10th (:data:`HOLDOUT_EVERY`)."""
+    """Hold projections n//2, n//2 + n, ... out of training, for evaluation only (0: train and evaluate
+    on all). ``ns-train`` holds out every 10th (:data:`HOLDOUT_EVERY`)."""
 
 
 class TomographyDataParser(DataParser):
