@@ -77,8 +77,9 @@ class AdamConfig(AdamOptimizerConfig):
 
 class AtomSplatTrainer(Trainer):
     """nerfstudio's trainer, with two changes: a checkpoint is written whole or not at all (to a
-    file beside the checkpoint directory, then renamed into it), and the model's final pass runs
-    before the last checkpoint is saved, so that the saved atoms are the final ones."""
+    file beside the checkpoint directory, then renamed into it), and the model's final pass (where
+    it has one: ``finish()``, atomsplat's) runs before the last checkpoint is saved, so that the
+    saved atoms are the final ones."""
 
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint (the same keys, which ``--load-dir`` and ``ns-*`` tools read),
@@ -103,8 +104,10 @@ class AtomSplatTrainer(Trainer):
                     older.unlink()
 
     def _after_train(self) -> None:
-        with self.train_lock:
-            self.pipeline.model.finish()
+        finish = getattr(self.pipeline.model, "finish", None)  # atomsplat's final pass; other models have none
+        if finish is not None:
+            with self.train_lock:
+                finish()
         super()._after_train()
 
 

@@ -17,6 +17,7 @@ def training_config(
     pixel_size: float = None,
     steps_per_save: int = None,
     keep_checkpoints: bool = False,
+    holdout_every: int = 0,
     **model_options,
 ):
     """The nerfstudio TrainerConfig of ``method`` on ``data``, as ``ns-train`` would build it.
@@ -26,6 +27,9 @@ def training_config(
     ``pixel_size``: detector pixel size in A overriding the dataset's (None: the dataset's own).
     ``steps_per_save``: steps between checkpoints (None: the method's); ``keep_checkpoints``: keep
     every checkpoint, not only the latest.
+    ``holdout_every``: hold every n-th projection out of training, for evaluation only (0, the
+    default here: train on every projection, for the atoms; ``ns-train`` holds out every
+    :data:`atomsplat.data.dataparser.HOLDOUT_EVERY`-th).
     ``model_options``: fields of the model config to override (an unknown name is an error).
     """
     from atomsplat import method as methods
@@ -34,6 +38,7 @@ def training_config(
     config.pipeline.datamanager.data = Path(data)
     config.pipeline.datamanager.dataparser.data = Path(data)
     config.pipeline.datamanager.dataparser.pixel_size = pixel_size
+    config.pipeline.datamanager.dataparser.holdout_every = holdout_every
     config.max_num_iterations = steps
     config.output_dir = Path(output_dir)
     config.vis = vis

@@ -7,6 +7,7 @@ import json
 import ase.io
 import numpy as np
 import pytest
+import torch
 
 from atomsplat.benchmark import BenchmarkError
 from atomsplat.benchmark.datasets import SETTINGS, SimulatedDataset, simulated_dataset
@@ -132,6 +133,8 @@ def _row(particle="pd", method="atomsplat", tpr=1.0, fpr=0.0, species_accuracy=N
         max_distance=0.75,
         ssim=0.8,
         seconds=12.0,
+        projection_psnr=None,
+        projection_ssim=None,
     )
     return (AblationRow if extra else Row)(**values, **extra)
 
@@ -148,7 +151,7 @@ def test_results_round_trip_through_json(tmp_path):
     path = results.write(tmp_path / "results.json")
     assert Results.read(path) == results
     raw = json.loads(path.read_text())  # field names as docs/benchmarks/*/results.json have them
-    assert set(raw) == {"machine", "preset", "rows", "ablation", "total_seconds"}
+    assert set(raw) == {"machine", "preset", "rows", "ablation", "total_seconds", "skipped"}
     assert raw["rows"][1]["species_accuracy"] == 0.97 and raw["ablation"][0]["gaussians_per_atom"] == 0.61
     assert raw["preset"]["simulation"]["noise_sigma"] == 50.0
 
@@ -260,3 +263,84 @@ def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
     assert capsys.readouterr().out.count("kept from") == len(rows)
     assert Results.read(tmp_path / "out" / "results.json").rows == results.rows
     assert (figures / "slices_fept_wedge.png").is_file()
+
+
+# ----------------------------------------------------------------------------- nerfstudio methods by name
+SEVEN_TILTS = "-60:60:20"  # seven projections: with the hold-out of every 10th, projection 5 is held out
+
+
+@pytest.fixture(scope="module")
+def seven_tilts_work(tmp_path_factory):
+    """A work directory holding the quick Pd particle simulated at :data:`SEVEN_TILTS` (once)."""
+    work = tmp_path_factory.mktemp("work")
+    simulated_dataset(SimulatedDataset("pd", "quick", SEVEN_TILTS, SimulationSettings()), work)
+    return work
+
+
+def test_any_nerfstudio_method_runs_by_name_and_download_failures_are_skipped(seven_tilts_work, tmp_path, monkeypatch):
+    """A method registered with nerfstudio runs by its name: ``atomsplat-inr`` trains through
+    nerfstudio on the case's training projections, and is scored on the held-out one (PSNR, SSIM)
+    and by its traced atoms; a stock method whose model downloads weights when it is built
+    (splatfacto: LPIPS) is skipped with a message when the download fails (made to fail here, so
+    that the test is the same on a machine with internet), and the comparison goes on."""
+    import urllib.error
+
+    import torchvision.models._api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    preset = Preset(
+        ["pd"],
+        size="quick",
+        schemes={"seven": SEVEN_TILTS},
+        methods={"atomsplat-inr": {"steps": 20}, "splatfacto": {}},
+        holdout_every=10,
+    )
+    skipped, lines = {}, []
+    (row,) = run_case("pd", "seven", preset, seven_tilts_work, tmp_path, lines.append, skipped)
+    assert row.method == "atomsplat-inr" and row.n_true == 263
+    assert row.tpr is not None and row.n_pred > 0  # the traced maxima of its volume
+    assert 10.0 < row.projection_psnr < 60.0 and 0.0 < row.projection_ssim <= 1.0
+    assert set(skipped) == {"splatfacto"}
+    assert "splatfacto: skipped: its model downloads weights" in skipped["splatfacto"]
+    assert "URLError" in skipped["splatfacto"]
+    assert any("splatfacto: skipped" in line for line in lines)
+    assert (tmp_path / "projections_pd_seven.png").is_file() and (tmp_path / "slices_pd_seven.png").is_file()
+
+
+class _RadianceField:
+    """A stand-in for a stock nerfstudio model: it renders "rgb" only and has no atoms."""
+
+    device = "cpu"
+
+    def __init__(self, grey: float):
+        self.grey = grey
+
+    def eval(self):
+        return self
+
+    def get_outputs_for_camera(self, camera):
+        height, width = int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0])
+        return {"rgb": torch.full((height, width, 3), self.grey)}
+
+
+def test_a_model_without_atoms_gets_projection_scores_only(seven_tilts_work):
+    """A stock model's answer: its grey level, learned from the 8-bit previews (p / max), times the
+    series maximum; no atoms, no volume; its row has projection scores and None for the rest."""
+    from atomsplat.benchmark.methods import Case, model_answer
+    from atomsplat.benchmark.run import prepare, score
+    from atomsplat.data.formats import read_tilt_series
+
+    dataset = SimulatedDataset("pd", "quick", SEVEN_TILTS, SimulationSettings())
+    case, truth = prepare(dataset, seven_tilts_work, holdout_every=10)
+    answer = model_answer(_RadianceField(0.25), case, seconds=1.0)
+    top = float(read_tilt_series(case.data).projections.max())
+    assert answer.positions is None and answer.volume is None
+    np.testing.assert_allclose(answer.projections, 0.25 * top, rtol=1e-6)
+    assert answer.projections.shape == (1,) + case.series.shape[1:]
+    row = score(answer, truth, case, "pd", "seven", SEVEN_TILTS, "radiance-field")
+    assert row.tpr is None and row.n_pred is None and row.ssim is None and row.n_true == 263
+    assert row.projection_psnr is not None and row.projection_ssim is not None
+    assert isinstance(case, Case) and list(case.held_out) == [5]

@@ -154,6 +154,87 @@ def _slice_points(xs: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor) -> torch
     return torch.cat([x, yz], dim=-1).reshape(-1, 3)
 
 
+class SliceFit:
+    """The INR's data term on a tilt series, one training step at a time (what :func:`fit_inr`
+    loops over, and what the nerfstudio method ``atomsplat-inr`` steps through).
+
+    The projections are aligned (:func:`atomsplat.analysis.baselines.align_projections`) and
+    divided by their largest absolute value ``scale``; the network (:attr:`field`, a
+    :class:`GridField`) learns the density in those units. :meth:`loss` draws x slices of the
+    voxel grid, evaluates the network on them and compares their projections (the slice's column
+    in every view, :func:`atomsplat.analysis.baselines.system_matrix`) with the data: the mean
+    squared error in network units.
+
+    Args:
+        projections: (N, H, W) float projections.
+        tilt_angles: (N,) degrees.
+        pixel_size: p, A (also the voxel size).
+        depth: voxels along z; default H.
+        tilt_axis_angle: in-plane tilt-axis angle, degrees.
+        shifts: (N, 2) known detector shifts in A, or None.
+        seed: seeds the network's initial weights.
+        **network: keyword arguments of :class:`GridField` (``finest_cell`` defaults to p).
+    """
+
+    def __init__(
+        self,
+        projections,
+        tilt_angles,
+        pixel_size: float,
+        depth: int | None = None,
+        tilt_axis_angle: float = 0.0,
+        shifts=None,
+        seed: int = 0,
+        **network,
+    ):
+        proj, angles = check_series(projections, tilt_angles, pixel_size)
+        n, h, w = proj.shape
+        self.shape = (w, h, volume_depth(depth, h))
+        """(W, H, depth): the voxel grid, voxel size ``pixel_size``, centred on the origin."""
+        self.pixel_size = float(pixel_size)
+        proj = align_projections(proj, pixel_size, tilt_axis_angle, shifts)
+        self.scale = float(np.abs(proj).max()) or 1.0
+        # Sinograms (N * H, W) in network units: data / scale, line integrals in voxel lengths.
+        self.target = torch.from_numpy(sinograms(proj) / np.float32(self.scale * pixel_size))
+        a = system_matrix(angles, h, self.shape[2])
+        with warnings.catch_warnings():  # torch calls its sparse CSR support beta
+            warnings.simplefilter("ignore", UserWarning)
+            self.matrix, self.matrix_t = _torch_csr(a), _torch_csr(a.T.tocsr())
+        self.xs, self.ys, self.zs = (torch.from_numpy(pixel_centers(m, pixel_size)).float() for m in self.shape)
+        network.setdefault("finest_cell", pixel_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.field = GridField(pixel_size * max(self.shape) / 2.0, **network)
+
+    def to(self, device) -> "SliceFit":
+        """Move the data term's tensors (not the network: its owner moves it) to ``device``."""
+        for name in ("target", "matrix", "matrix_t", "xs", "ys", "zs"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` distinct x slices (detector columns) at random, (count,) long."""
+        return torch.randperm(self.shape[0], generator=generator)[:count]
+
+    def loss(self, columns: torch.Tensor) -> torch.Tensor:
+        """Mean squared error (network units) of the slices ``columns`` (B,) in every view."""
+        columns = columns.to(self.xs.device)
+        density = self.field(_slice_points(self.xs[columns], self.ys, self.zs)).reshape(len(columns), -1)
+        predicted = _Project.apply(self.matrix, self.matrix_t, density.T.contiguous())  # (N * H, B)
+        return torch.mean((predicted - self.target[:, columns]) ** 2)
+
+    @torch.no_grad()
+    def volume(self) -> np.ndarray:
+        """(W, H, depth) float32 density of the network on the voxel grid, data units per A,
+        indexed [ix, iy, iz] as in :mod:`atomsplat.analysis.baselines`."""
+        w, h, depth = self.shape
+        volume = np.empty((w, h, depth), dtype=np.float32)
+        for j in range(w):
+            points = _slice_points(self.xs[j : j + 1], self.ys, self.zs)
+            volume[j] = self.field(points).reshape(depth, h).T.cpu().numpy()
+        return volume * np.float32(self.scale)
+
+
 def fit_inr(
     projections,
     tilt_angles,
@@ -169,7 +250,8 @@ def fit_inr(
     progress: bool = True,
     **network,
 ) -> INRResult:
-    """Fit a :class:`GridField` to a tilt series and sample it on the voxel grid.
+    """Fit a :class:`GridField` to a tilt series and sample it on the voxel grid (:class:`SliceFit`,
+    Adam).
 
     Args:
         projections: (N, H, W) float projections.
@@ -189,45 +271,21 @@ def fit_inr(
         :class:`INRResult` with the volume (W, H, depth) in data units per A, indexed
         [ix, iy, iz] as in :mod:`atomsplat.analysis.baselines`.
     """
-    proj, angles = check_series(projections, tilt_angles, pixel_size)
-    n, h, w = proj.shape
-    depth = volume_depth(depth, h)
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+    fit = SliceFit(projections, tilt_angles, pixel_size, depth, tilt_axis_angle, shifts, seed, **network)
+    w = fit.shape[0]
     if int(slices_per_step) != slices_per_step or not 1 <= slices_per_step <= w:
         raise ValueError(f"slices_per_step must be a whole number in 1..{w}, got {slices_per_step!r}")
-    proj = align_projections(proj, pixel_size, tilt_axis_angle, shifts)
-    scale = float(np.abs(proj).max()) or 1.0
-    # Sinograms (N * H, W) in network units: data / scale, line integrals in voxel lengths.
-    target = torch.from_numpy(sinograms(proj) / np.float32(scale * pixel_size))
-    a = system_matrix(angles, h, depth)
-    with warnings.catch_warnings():  # torch calls its sparse CSR support beta
-        warnings.simplefilter("ignore", UserWarning)
-        matrix, matrix_t = _torch_csr(a), _torch_csr(a.T.tocsr())
-    xs, ys, zs = (torch.from_numpy(pixel_centers(m, pixel_size)).float() for m in (w, h, depth))
-
-    network.setdefault("finest_cell", pixel_size)
-    half_extent = pixel_size * max(w, h, depth) / 2.0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GridField(half_extent, **network)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, eps=1e-15)
+    optimizer = torch.optim.Adam(fit.field.parameters(), lr=learning_rate, eps=1e-15)
     losses = []
     for step in range(int(steps)):
-        columns = torch.randperm(w, generator=generator)[:slices_per_step]
-        density = model(_slice_points(xs[columns], ys, zs)).reshape(len(columns), -1)  # (B, depth * H)
-        loss = torch.mean((_Project.apply(matrix, matrix_t, density.T.contiguous()) - target[:, columns]) ** 2)
+        loss = fit.loss(fit.draw(slices_per_step, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"INR step {step + 1}/{steps}  mse {np.mean(losses[-50:]):.3e}", file=sys.stderr, flush=True)
-
-    volume = np.empty((w, h, depth), dtype=np.float32)
-    with torch.no_grad():
-        for j in range(w):
-            volume[j] = model(_slice_points(xs[j : j + 1], ys, zs)).reshape(depth, h).T.numpy()
-    volume *= np.float32(scale)
-    return INRResult(field=model, volume=volume, scale=scale, losses=losses)
+    return INRResult(field=fit.field, volume=fit.volume(), scale=fit.scale, losses=losses)

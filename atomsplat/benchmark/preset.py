@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from atomsplat.benchmark import BenchmarkError
-from atomsplat.benchmark.methods import METHODS
+from atomsplat.benchmark.methods import METHODS, nerfstudio_methods
 from atomsplat.data.series import parse_tilt_scheme
 from atomsplat.sim.structures import PARTICLES
 
@@ -93,10 +93,14 @@ class Preset:
         size: "quick" or "full" (the builders' sizes).
         schemes: tilt schemes by name, e.g. {"all": "-90:90:1", "wedge": "-70:70:3"}.
         simulation: how every tilt series is simulated.
-        methods: method name (:data:`atomsplat.benchmark.methods.METHODS`) -> its runner's options
-            (atomsplat: "steps" and model-config fields; fbp: fbp's keywords; sirt: sirt's; inr:
-            fit_inr's; the traced methods: also "trace" with trace_atoms' keywords).
+        methods: method name (:data:`atomsplat.benchmark.methods.METHODS`, or any method registered
+            with nerfstudio) -> its runner's options (atomsplat and nerfstudio methods: "steps" and
+            model-config fields; fbp: fbp's keywords; sirt: sirt's; inr: fit_inr's; the traced
+            methods: also "trace" with trace_atoms' keywords).
         ablation: None, or the ablation to run.
+        holdout_every: every n-th projection is held out of every method's training and scores the
+            methods' models of it (PSNR, SSIM; :mod:`atomsplat.analysis.image_metrics`); 0: no
+            hold-out and no projection scores.
     """
 
     particles: List[str]
@@ -105,6 +109,7 @@ class Preset:
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
     methods: Dict[str, dict] = field(default_factory=lambda: {name: {} for name in ("atomsplat", "fbp", "sirt", "inr")})
     ablation: Optional[Ablation] = None
+    holdout_every: int = 0
 
     def to_dict(self) -> dict:
         """The preset as plain JSON values (the layout of a preset file)."""
@@ -130,7 +135,7 @@ class Preset:
     def check(self, where: str) -> None:
         """Raise :class:`BenchmarkError` naming ``where`` if a particle, size, scheme or method is unknown."""
         particles = list(self.particles) + ([self.ablation.particle] if self.ablation else [])
-        unknown = [p for p in particles if p not in PARTICLES] + [m for m in self.methods if m not in METHODS]
+        unknown = [p for p in particles if p not in PARTICLES] + [m for m in self.methods if not known_method(m)]
         if unknown:
             raise BenchmarkError(
                 f"{where}: unknown particles or methods {unknown}; particles: {sorted(PARTICLES)}, "
@@ -144,12 +149,20 @@ class Preset:
                 raise BenchmarkError(
                     f"{where}: {particle} has no size {size!r}; sizes: {sorted(PARTICLES[particle].sizes)}"
                 )
+        if int(self.holdout_every) != self.holdout_every or self.holdout_every < 0:
+            raise BenchmarkError(f"{where}: holdout_every must be a whole number >= 0, got {self.holdout_every!r}")
         schemes = dict(self.schemes, **({"ablation": self.ablation.scheme} if self.ablation else {}))
         for name, scheme in schemes.items():
             try:
                 parse_tilt_scheme(scheme)
             except ValueError as err:
                 raise BenchmarkError(f"{where}: tilt scheme {name!r}: {err}") from None
+
+
+def known_method(name: str) -> bool:
+    """Whether ``name`` is a method of :data:`METHODS` or one registered with nerfstudio (only
+    names not in :data:`METHODS` ask nerfstudio, which imports its plugins)."""
+    return name in METHODS or name in nerfstudio_methods()
 
 
 def _record(cls, raw, name: str):

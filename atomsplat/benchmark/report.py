@@ -23,32 +23,53 @@ def _fmt(value: Optional[float], digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _mean(values) -> Optional[float]:
+    """The mean of ``values``, None when any is None (or there are none)."""
+    values = list(values)
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
 def results_markdown(results: Results) -> str:
-    """The results as markdown: one table per scheme, the mean over particles, the ablation."""
+    """The results as markdown: one table per scheme, the mean over particles, the ablation, the
+    methods skipped. Projection columns (PSNR and SSIM of the held-out projections) appear when
+    any row has them."""
     rows = results.rows
     lines = [f"Machine: {results.machine}.", ""]
     methods = list(dict.fromkeys(r.method for r in rows))
+    projected = any(r.projection_psnr is not None for r in rows)
+    extra_head = " proj. PSNR (dB) | proj. SSIM |" if projected else ""
+    extra_rule = "---|---|" if projected else ""
     for scheme in dict.fromkeys(r.scheme for r in rows):
         picked = [r for r in rows if r.scheme == scheme]
         lines += [
             f"### Tilts {picked[0].tilt} ({scheme})",
             "",
-            "| particle | method | atoms | TPR | FPR | RMSE (A) | species acc. | SSIM | time (s) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| particle | method | atoms | TPR | FPR | RMSE (A) | species acc. | SSIM |{extra_head} time (s) |",
+            f"|---|---|---|---|---|---|---|---|{extra_rule}---|",
         ]
         for r in picked:
+            extra = f" {_fmt(r.projection_psnr, 2)} | {_fmt(r.projection_ssim, 3)} |" if projected else ""
             lines.append(
                 f"| {r.particle} | {r.method} | {r.n_true} | {_fmt(r.tpr)} | {_fmt(r.fpr)} | {_fmt(r.rmse, 3)} | "
-                f"{_fmt(r.species_accuracy, 3)} | {_fmt(r.ssim, 3)} | {r.seconds:.0f} |"
+                f"{_fmt(r.species_accuracy, 3)} | {_fmt(r.ssim, 3)} |{extra} {r.seconds:.0f} |"
             )
-        lines += ["", "Mean over particles:", "", "| method | TPR | FPR | SSIM |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Mean over particles:",
+            "",
+            f"| method | TPR | FPR | SSIM |{extra_head}",
+            f"|---|---|---|---|{extra_rule}",
+        ]
         for method in methods:
             mine = [r for r in picked if r.method == method]
             if mine:
-                ssims = [r.ssim for r in mine if r.ssim is not None]
+                extra = ""
+                if projected:
+                    psnr, ssim = _mean(r.projection_psnr for r in mine), _mean(r.projection_ssim for r in mine)
+                    extra = f" {_fmt(psnr, 2)} | {_fmt(ssim, 3)} |"
                 lines.append(
-                    f"| {method} | {np.mean([r.tpr for r in mine]):.4f} | {np.mean([r.fpr for r in mine]):.4f} | "
-                    f"{_fmt(np.mean(ssims) if len(ssims) == len(mine) else None, 3)} |"
+                    f"| {method} | {_fmt(_mean(r.tpr for r in mine))} | {_fmt(_mean(r.fpr for r in mine))} | "
+                    f"{_fmt(_mean(r.ssim for r in mine), 3)} |{extra}"
                 )
         lines.append("")
     if results.ablation:
@@ -64,6 +85,8 @@ def results_markdown(results: Results) -> str:
                 f"{_fmt(r.separability, 2)} | {r.seconds:.0f} |"
             )
         lines.append("")
+    if results.skipped:
+        lines += ["Skipped:", ""] + [f"- {reason}" for reason in results.skipped.values()] + [""]
     if results.total_seconds is not None:
         lines.append(f"Total wall time {results.total_seconds / 60:.1f} min.")
     return "\n".join(lines) + "\n"
@@ -71,8 +94,12 @@ def results_markdown(results: Results) -> str:
 
 def row_summary(row: Row) -> str:
     """One line of a row for the progress log."""
+    projected = ""
+    if row.projection_psnr is not None:
+        projected = f" held-out PSNR {row.projection_psnr:.2f} dB SSIM {_fmt(row.projection_ssim, 3)}"
     return (
-        f"TPR {row.tpr:.4f} FPR {row.fpr:.4f} RMSE {_fmt(row.rmse, 3)} SSIM {_fmt(row.ssim, 3)} ({row.seconds:.0f} s)"
+        f"TPR {_fmt(row.tpr)} FPR {_fmt(row.fpr)} RMSE {_fmt(row.rmse, 3)} SSIM {_fmt(row.ssim, 3)}{projected} "
+        f"({row.seconds:.0f} s)"
     )
 
 
@@ -128,13 +155,16 @@ def plot_slices(
 
 
 def plot_bars(rows: List[Row], path: Path) -> Path:
-    """Bar charts of TPR, FPR and SSIM per particle and method, one row of panels per tilt scheme
-    (the paper's Figure 4)."""
+    """Bar charts of TPR, FPR and SSIM (and, with a hold-out, the held-out projections' PSNR and
+    SSIM) per particle and method, one row of panels per tilt scheme (the paper's Figure 4); a
+    method without a score has no bar."""
     plt = _pyplot()
     schemes = list(dict.fromkeys(r.scheme for r in rows))
     particles = list(dict.fromkeys(r.particle for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     metrics = [("tpr", "TPR"), ("fpr", "FPR"), ("ssim", "SSIM")]
+    if any(r.projection_psnr is not None for r in rows):
+        metrics += [("projection_psnr", "held-out PSNR (dB)"), ("projection_ssim", "held-out SSIM")]
     fig, axes = plt.subplots(
         len(schemes),
         len(metrics),
@@ -150,7 +180,7 @@ def plot_bars(rows: List[Row], path: Path) -> Path:
                 values = [
                     next(
                         (
-                            getattr(r, key) or 0.0
+                            np.nan if getattr(r, key) is None else getattr(r, key)
                             for r in rows
                             if r.scheme == scheme and r.particle == particle and r.method == method
                         ),
@@ -160,8 +190,39 @@ def plot_bars(rows: List[Row], path: Path) -> Path:
                 ]
                 ax.bar(np.arange(len(particles)) + (m - (len(methods) - 1) / 2) * width, values, width, label=method)
             ax.set_xticks(np.arange(len(particles)), particles)
-            ax.set(title=f"{label}, {scheme}", ylim=(0, 1.02 if key != "fpr" else None))
+            ax.set(title=f"{label}, {scheme}", ylim=(0, 1.02) if key in ("tpr", "ssim", "projection_ssim") else None)
     axes[0, 0].legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_projections(measured: np.ndarray, modelled: Dict, pixel_size: float, path: Path, title: str = "") -> Path:
+    """A held-out projection as measured and as each method models it, on one grey scale (the
+    measured projection's range), with each residual below its model.
+
+    Args:
+        measured: (H, W) the measured projection, data units.
+        modelled: method name -> (H, W) its model of it, data units.
+        pixel_size: A.
+    """
+    plt = _pyplot()
+    columns = 1 + len(modelled)
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.4), squeeze=False, constrained_layout=True)
+    height, width = measured.shape
+    extent = np.array([-width, width, height, -height]) * pixel_size / 2.0
+    low, high = float(measured.min()), float(measured.max())
+    spread = float(np.abs(measured - np.median(measured)).max())
+    axes[0, 0].imshow(measured, cmap="gray", vmin=low, vmax=high, extent=extent)
+    axes[0, 0].set(title="measured (held out)", xlabel="x (A)", ylabel="y (A)")
+    axes[1, 0].axis("off")
+    for column, (name, image) in enumerate(modelled.items(), start=1):
+        axes[0, column].imshow(image, cmap="gray", vmin=low, vmax=high, extent=extent)
+        axes[0, column].set(title=name, xlabel="x (A)")
+        shown = axes[1, column].imshow(
+            image - measured, cmap="RdBu_r", vmin=-spread / 4, vmax=spread / 4, extent=extent
+        )
+        axes[1, column].set(title=f"{name} - measured", xlabel="x (A)")
+    fig.colorbar(shown, ax=axes[1, 1:], shrink=0.8, label="data units")
+    fig.suptitle(title)
     return _save(plt, fig, path)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -41,6 +41,13 @@ class Row:
         ssim: SSIM of the method's volume against the true potential
             (:func:`atomsplat.analysis.metrics.volume_ssim`).
         seconds: the method's wall time.
+        projection_psnr, projection_ssim: PSNR (dB) and SSIM of the method's model of the held-out
+            projections against the measured ones, the mean over them, on the data's own scale
+            (:mod:`atomsplat.analysis.image_metrics`, data range: the measured series' maximum
+            minus minimum); None without a hold-out or for a method that cannot model them.
+
+    A method without atoms (a radiance field) has None for n_pred, n_matched, tpr, fpr, rmse,
+    species_accuracy and ssim.
     """
 
     particle: str
@@ -48,15 +55,17 @@ class Row:
     tilt: str
     method: str
     n_true: int
-    n_pred: int
-    n_matched: int
-    tpr: float
-    fpr: float
+    n_pred: Optional[int]
+    n_matched: Optional[int]
+    tpr: Optional[float]
+    fpr: Optional[float]
     rmse: Optional[float]
     species_accuracy: Optional[float]
     max_distance: float
     ssim: Optional[float]
     seconds: float
+    projection_psnr: Optional[float]
+    projection_ssim: Optional[float]
 
     def to_dict(self) -> dict:
         """The row as plain JSON values."""
@@ -64,8 +73,11 @@ class Row:
 
     @classmethod
     def from_dict(cls, raw: dict):
-        """The row of ``raw`` (as :meth:`to_dict` writes it); TypeError when the fields differ."""
+        """The row of ``raw`` (as :meth:`to_dict` writes it; a row of a results file written before
+        the projection scores reads with None for them); TypeError when the fields differ."""
         names = {f.name for f in fields(cls)}
+        if isinstance(raw, dict):
+            raw = {"projection_psnr": None, "projection_ssim": None, **raw}
         if not isinstance(raw, dict) or set(raw) != names:
             got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise TypeError(f"a {cls.__name__} needs the fields {sorted(names)}, got {got}")
@@ -96,6 +108,7 @@ class Results:
         rows: the methods' rows, by particle, scheme and method.
         ablation: the ablation's rows (empty without one).
         total_seconds: the whole run's wall time; None while it runs.
+        skipped: method name -> why it did not run (e.g. a download on an offline machine).
     """
 
     machine: str
@@ -103,6 +116,7 @@ class Results:
     rows: List[Row] = field(default_factory=list)
     ablation: List[AblationRow] = field(default_factory=list)
     total_seconds: Optional[float] = None
+    skipped: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The results as plain JSON values."""
@@ -112,6 +126,7 @@ class Results:
             "rows": [r.to_dict() for r in self.rows],
             "ablation": [r.to_dict() for r in self.ablation],
             "total_seconds": self.total_seconds,
+            "skipped": dict(self.skipped),
         }
 
     def write(self, path: Path) -> Path:
@@ -134,6 +149,7 @@ class Results:
                 rows=[Row.from_dict(r) for r in raw["rows"]],
                 ablation=[AblationRow.from_dict(r) for r in raw["ablation"]],
                 total_seconds=raw["total_seconds"],
+                skipped=dict(raw.get("skipped", {})),
             )
         except FileNotFoundError:
             raise BenchmarkError(f"{path}: no such results file") from None
@@ -147,15 +163,18 @@ class Finished:
 
     Attributes:
         row: the scores.
-        positions: (K, 3) atoms found, A.
-        slab: (nx, ny) the central slab of its volume (:func:`atomsplat.benchmark.report.central_slab`).
+        positions: (K, 3) atoms found, A; None for a method without atoms.
+        slab: (nx, ny) the central slab of its volume (:func:`atomsplat.benchmark.report.central_slab`);
+            None for a method without a volume.
         weights: (K,) learned weights of the atoms, or None for a method without.
+        projection: (H, W) its model of the first held-out projection, data units, or None.
     """
 
     row: Row
-    positions: np.ndarray
-    slab: np.ndarray
+    positions: Optional[np.ndarray]
+    slab: Optional[np.ndarray]
     weights: Optional[np.ndarray] = None
+    projection: Optional[np.ndarray] = None
 
 
 def save_finished(path: Path, settings: dict, finished: Finished) -> None:
@@ -164,9 +183,11 @@ def save_finished(path: Path, settings: dict, finished: Finished) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"settings": settings, "row": finished.row.to_dict()})
-    arrays = {"positions": finished.positions, "slab": finished.slab}
-    if finished.weights is not None:
-        arrays["weights"] = finished.weights
+    arrays = {
+        name: value
+        for name in ("positions", "slab", "weights", "projection")
+        if (value := getattr(finished, name)) is not None
+    }
     partial = path.with_name(path.stem + ".partial.npz")
     np.savez_compressed(partial, meta=np.array(meta), **arrays)
     partial.replace(path)
@@ -181,5 +202,8 @@ def load_finished(path: Path, settings: dict) -> Optional[Finished]:
         meta = json.loads(str(stored["meta"]))
         if meta["settings"] != json.loads(json.dumps(settings)):
             return None
-        weights = stored["weights"] if "weights" in stored.files else None
-        return Finished(Row.from_dict(meta["row"]), stored["positions"], stored["slab"], weights)
+        arrays = {
+            name: stored[name] if name in stored.files else None
+            for name in ("positions", "slab", "weights", "projection")
+        }
+        return Finished(Row.from_dict(meta["row"]), **arrays)

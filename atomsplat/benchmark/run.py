@@ -22,15 +22,17 @@ import ase.io
 import numpy as np
 import torch
 
-from atomsplat.analysis.matching import match_atoms
+from atomsplat.analysis.image_metrics import projection_scores
+from atomsplat.analysis.matching import PAPER_MAX_DISTANCE, match_atoms
 from atomsplat.analysis.metrics import method_scores
 from atomsplat.analysis.species import separability
 from atomsplat.benchmark.datasets import SimulatedDataset, digest, simulated_dataset
-from atomsplat.benchmark.methods import Case, MethodResult, grid_shape, runner
+from atomsplat.benchmark.methods import Case, MethodResult, MethodSkipped, grid_shape, runner
 from atomsplat.benchmark.preset import ABLATION_METHODS, Preset
 from atomsplat.benchmark.report import (
     central_slab,
     plot_bars,
+    plot_projections,
     plot_slices,
     plot_weight_histograms,
     results_markdown,
@@ -65,33 +67,54 @@ class Truth:
     volume: np.ndarray
 
 
-def prepare(dataset: SimulatedDataset, work: Path) -> Tuple[Case, Truth]:
-    """The case of ``dataset`` (simulated into ``work/data`` once) and its truth."""
+def prepare(dataset: SimulatedDataset, work: Path, holdout_every: int = 0) -> Tuple[Case, Truth]:
+    """The case of ``dataset`` (simulated into ``work/data`` once), every ``holdout_every``-th
+    projection held out of training (0: none), and its truth."""
     data = simulated_dataset(dataset, work)
     series = read_tilt_series(data)
     atoms = ase.io.read(data / GROUND_TRUTH)
     truth = Truth(
         atoms, np.array(atoms.get_chemical_symbols()), potential_volume(atoms, series.pixel_size, grid_shape(series))
     )
-    return Case(data, series, Path(work) / "runs"), truth
+    return Case(data, series, Path(work) / "runs", holdout_every), truth
 
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def score(result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: str, method: str) -> Row:
+def projection_scores_of(result: MethodResult, case: Case) -> dict:
+    """ "projection_psnr" and "projection_ssim": the means over the case's held-out projections of the
+    scores of ``result.projections`` (:func:`atomsplat.analysis.image_metrics.projection_scores`,
+    data range: the measured series' maximum minus minimum); None for both without them."""
+    if result.projections is None or not len(case.held_out):
+        return {"projection_psnr": None, "projection_ssim": None}
+    measured = case.series.projections
+    data_range = float(measured.max() - measured.min())
+    scores = [projection_scores(m, measured[k], data_range) for m, k in zip(result.projections, case.held_out)]
+    return {
+        name: float(np.mean([s[name.split("_")[1]] for s in scores])) for name in ("projection_psnr", "projection_ssim")
+    }
+
+
+def score(result: MethodResult, truth: Truth, case: Case, particle: str, scheme: str, tilt: str, method: str) -> Row:
     """The row of ``result`` against ``truth`` (species scored when the method tells them and the
-    particle has more than one)."""
-    labelled = result.species is not None and len(set(truth.species)) > 1
-    scores = method_scores(
-        result.positions,
-        truth.atoms.positions,
-        result.species if labelled else None,
-        truth.species if labelled else None,
-        result.volume,
-        truth.volume,
-    )
+    particle has more than one; atom scores None for a method without atoms) and of its model of
+    the ``case``'s held-out projections against them."""
+    if result.positions is None:
+        scores = dict.fromkeys(("n_pred", "n_matched", "tpr", "fpr", "rmse", "species_accuracy", "ssim"))
+        scores.update(n_true=len(truth.atoms), max_distance=PAPER_MAX_DISTANCE)
+    else:
+        labelled = result.species is not None and len(set(truth.species)) > 1
+        scores = method_scores(
+            result.positions,
+            truth.atoms.positions,
+            result.species if labelled else None,
+            truth.species if labelled else None,
+            result.volume,
+            truth.volume,
+        )
+    projections = projection_scores_of(result, case)
     return Row(
         particle=particle,
         scheme=scheme,
@@ -99,6 +122,7 @@ def score(result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: 
         method=method,
         **{k: _plain(v) for k, v in scores.items()},
         seconds=round(float(result.seconds), 1),
+        **projections,
     )
 
 
@@ -106,9 +130,16 @@ def finish(
     method: str, options: dict, dataset: SimulatedDataset, scheme: str, case: Case, truth: Truth, work: Path, log: Log
 ) -> Finished:
     """``method`` with ``options`` on the ``case`` of ``dataset`` (its tilt scheme named ``scheme``),
-    scored; kept from an earlier run with the same settings when there is one."""
-    settings = {"dataset": dataset.settings(), "method": method, "options": options}
-    path = Path(work) / "results" / dataset.key() / f"{method}_{digest({'method': method, 'options': options})}.npz"
+    scored; kept from an earlier run with the same settings (hold-out included) when there is one.
+    A method that cannot run here raises :class:`MethodSkipped` (after logging why)."""
+    settings = {
+        "dataset": dataset.settings(),
+        "method": method,
+        "options": options,
+        "holdout_every": case.holdout_every,
+    }
+    key = digest({"method": method, "options": options, "holdout_every": case.holdout_every})
+    path = Path(work) / "results" / dataset.key() / f"{method}_{key}.npz"
     label = f"[{dataset.particle} {scheme}] {method}"
     finished = load_finished(path, settings)
     if finished is not None:
@@ -116,32 +147,56 @@ def finish(
         log(f"{label}: kept from {path}")
     else:
         log(f"{label} ...")
-        result = runner(method)(case, options)
-        row = score(result, truth, dataset.particle, scheme, dataset.tilt, method)
-        finished = Finished(row, result.positions, central_slab(result.volume, case.series.pixel_size), result.weights)
+        try:
+            result = runner(method)(case, options)
+        except MethodSkipped as skipped:
+            log(f"{label}: {skipped}")
+            raise
+        row = score(result, truth, case, dataset.particle, scheme, dataset.tilt, method)
+        slab = None if result.volume is None else central_slab(result.volume, case.series.pixel_size)
+        projection = None if result.projections is None else result.projections[0]
+        finished = Finished(row, result.positions, slab, result.weights, projection)
         save_finished(path, settings, finished)
     log(f"{label}: {row_summary(finished.row)}")
     return finished
 
 
-def run_case(particle: str, scheme: str, preset: Preset, work: Path, figures: Path, log: Log = print) -> List[Row]:
+def run_case(
+    particle: str, scheme: str, preset: Preset, work: Path, figures: Path, log: Log = print, skipped: dict = None
+) -> List[Row]:
     """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
-    their rows and draws the slice figure into ``figures``."""
+    their rows and draws the slice figure (and, with a hold-out, the held-out projection figure)
+    into ``figures``. Methods that cannot run here are left out, and why goes into ``skipped``
+    (method -> reason)."""
     tilt = preset.schemes[scheme]
     dataset = SimulatedDataset(particle, preset.size, tilt, preset.simulation)
-    case, truth = prepare(dataset, work)
-    finished = {
-        method: finish(method, options, dataset, scheme, case, truth, work, log)
-        for method, options in preset.methods.items()
-    }
+    case, truth = prepare(dataset, work, preset.holdout_every)
+    finished = {}
+    for method, options in preset.methods.items():
+        try:
+            finished[method] = finish(method, options, dataset, scheme, case, truth, work, log)
+        except MethodSkipped as err:
+            if skipped is not None:
+                skipped[method] = str(err)
+    with_atoms = {name: f for name, f in finished.items() if f.positions is not None and f.slab is not None}
     plot_slices(
         truth.atoms,
         central_slab(truth.volume, case.series.pixel_size),
-        finished,
+        with_atoms,
         case.series.pixel_size,
         figures / f"slices_{particle}_{scheme}.png",
         title=f"{particle}, tilts {tilt}",
     )
+    modelled = {name: f.projection for name, f in finished.items() if f.projection is not None}
+    if modelled:
+        first = int(case.held_out[0])
+        plot_projections(
+            case.series.projections[first],
+            modelled,
+            case.series.pixel_size,
+            figures / f"projections_{particle}_{scheme}.png",
+            title=f"{particle}, held-out projection at {case.series.tilt_angles[first]:g} degrees",
+        )
     return [f.row for f in finished.values()]
 
 
@@ -185,7 +240,7 @@ def run_comparison(preset: Preset, output: Path, work: Path, log: Log = print) -
     started = time.perf_counter()
     for particle in preset.particles:
         for scheme in preset.schemes:
-            results.rows += run_case(particle, scheme, preset, work, figures, log)
+            results.rows += run_case(particle, scheme, preset, work, figures, log, results.skipped)
             write_results(results, output)
     if results.rows:
         plot_bars(results.rows, figures / "bars.png")

@@ -2,6 +2,7 @@
 
     atomsplat-benchmark --preset quick --output results/quick     # minutes on 2 CPU cores
     atomsplat-benchmark --preset full --output results/full       # what docs/benchmarks.md reports
+    atomsplat-benchmark --preset quick --output results/ns --methods atomsplat fbp sirt inr atomsplat-inr
 
 Presets are the JSON files in ``configs/`` (``benchmark_<name>.json``) or a path to one
 (:mod:`atomsplat.benchmark.preset`). The output directory gets ``results.json``, ``results.md`` and
@@ -44,7 +45,9 @@ class Benchmark:
     # Run only these tilt schemes of the preset, by name (none given: all).
     schemes: Tuple[str, ...] = ()
     # Run only these methods (none given: the preset's): the preset's options for those it lists,
-    # the defaults for any other registered method.
+    # the defaults for any other method, of the benchmark's (atomsplat, fbp, sirt, inr, ...) or
+    # registered with nerfstudio (e.g. atomsplat-inr, splatfacto: trained on the same projections,
+    # scored on the held-out ones; a method whose model downloads weights is skipped offline).
     methods: Tuple[str, ...] = ()
     # Run the preset's ablation (--no-ablation skips it).
     ablation: bool = True
@@ -55,7 +58,7 @@ class Benchmark:
         """Run the preset as chosen and print the tables; :class:`BenchmarkError` on bad choices."""
         from atomsplat.benchmark import BenchmarkError
         from atomsplat.benchmark.methods import METHODS
-        from atomsplat.benchmark.preset import load_preset
+        from atomsplat.benchmark.preset import known_method, load_preset
         from atomsplat.benchmark.run import run_comparison
 
         preset = load_preset(self.preset)
@@ -67,9 +70,11 @@ class Benchmark:
                 raise BenchmarkError(
                     f"--{name}: {sorted(set(chosen) - set(available))} not in the preset ({available})"
                 )
-        if set(self.methods) - set(METHODS):
+        unknown = [m for m in self.methods if not known_method(m)]
+        if unknown:
             raise BenchmarkError(
-                f"--methods: unknown {sorted(set(self.methods) - set(METHODS))}; methods: {', '.join(sorted(METHODS))}"
+                f"--methods: unknown {sorted(unknown)}; methods: {', '.join(sorted(METHODS))}, or one registered "
+                f"with nerfstudio (ns-train --help lists them)"
             )
         if self.particles:
             preset.particles = list(self.particles)

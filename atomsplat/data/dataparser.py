@@ -34,6 +34,11 @@ from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.
 CAMERA_DEPTH = 2.0
+# ns-train's hold-out (the registered methods' and the `tomography` dataparser's): every 10th
+# projection is for evaluation only (6 of the demo's 61).
+HOLDOUT_EVERY = 10
+# The cameras' metadata key of each camera's projection in the whole series (all splits).
+SERIES_INDEX = "series_index"
 
 
 # Tilt series read before a run starts (:func:`read_ahead`), by (data, pixel_size), until the
@@ -59,7 +64,8 @@ class TomographyDataParserConfig(DataParserConfig):
     """Detector pixel size in A, overriding metadata.json and the MRC header (the transforms.json layout needs it
     unless a metadata.json beside it gives it)."""
     holdout_every: int = 0
-    """Hold out every n-th projection for validation (0: train on all, validate on all)."""
+    """Hold projections n//2, n//2 + n, ... out of training, for evaluation only (0: train and evaluate
+    on all). ``ns-train`` holds out every 10th (:data:`HOLDOUT_EVERY`)."""
 
 
 class TomographyDataParser(DataParser):
@@ -92,6 +98,7 @@ class TomographyDataParser(DataParser):
             width=width,
             height=height,
             camera_type=CameraType.ORTHOPHOTO,
+            metadata={SERIES_INDEX: torch.from_numpy(indices).long()[:, None]},
         )
         ground_truth = ground_truth_path(self.config.data)
         previews = series.images if series.images is not None else preview_images(series.source, series)
@@ -124,9 +131,12 @@ def read_ahead(data: Path, pixel_size: Optional[float] = None) -> TiltSeries:
 
 def split_indices(count: int, split: str, holdout_every: int) -> np.ndarray:
     """Projection indices of a split: all of them for every split unless ``holdout_every`` > 0,
-    in which case every n-th projection is held out of "train" and forms "val"/"test"."""
+    in which case every n-th projection (from n // 2 on) is held out of "train" and forms
+    "val"/"test". A series too short to hold out any projection trains on all and evaluates on all."""
     every = np.arange(count)
     if holdout_every <= 0:
         return every
     held = every % holdout_every == holdout_every // 2
+    if not held.any() or held.all():
+        return every
     return every[~held] if split == "train" else every[held]

@@ -2,9 +2,9 @@
 
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.data.dataparser import HOLDOUT_EVERY, TomographyDataParserConfig
 
 tomography_dataparser = DataParserSpecification(
-    config=TomographyDataParserConfig(),
+    config=TomographyDataParserConfig(holdout_every=HOLDOUT_EVERY),
     description="Electron-tomography tilt series (float32 TIFF stack, tilt angles, pixel size in A)",
 )

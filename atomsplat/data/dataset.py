@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type
@@ -13,6 +14,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
 from atomsplat.data.dataparser import TomographyDataParserConfig
+from atomsplat.ns_tools import refuse_meaningless_tool
 
 
 def display_image(projection: torch.Tensor, top: float) -> torch.Tensor:
@@ -24,8 +26,11 @@ def display_image(projection: torch.Tensor, top: float) -> torch.Tensor:
 class TiltSeriesDataset(InputDataset):
     """The projections of one split as (H, W, 1) float32 tensors, values exactly as stored.
 
-    ``dataset[i]`` (what nerfstudio's viewer draws as a thumbnail) is a 3-channel display image
-    scaled to the series maximum; training and evaluation use ``get_data``, which is exact.
+    Training and evaluation read :meth:`get_image_float32`, which is exact. What nerfstudio's tools
+    show of a projection (``dataset[i]``: the viewer's thumbnails; :meth:`get_data`: ``ns-render
+    dataset``'s "gt-" images) is the display image of :func:`display_image` (series maximum white),
+    beside "normalized_projection", the projection over the series maximum (not clipped), the
+    counterpart of the model's output of that name.
     """
 
     def __init__(self, dataparser_outputs, scale_factor: float = 1.0):
@@ -39,6 +44,14 @@ class TiltSeriesDataset(InputDataset):
 
     def __getitem__(self, image_idx: int) -> Dict:
         return {"image_idx": image_idx, "image": display_image(self.projections[image_idx], self.display_top)}
+
+    def get_data(self, image_idx: int, image_type: str = "float32") -> Dict:
+        projection = self.projections[image_idx][..., None]
+        return {
+            "image_idx": image_idx,
+            "image": display_image(projection, self.display_top),
+            "normalized_projection": projection / max(self.display_top, 1e-30),
+        }
 
 
 @dataclass
@@ -74,6 +87,10 @@ class TiltSeriesDataManager(FullImageDatamanager[TiltSeriesDataset]):
 
     config: TiltSeriesDataManagerConfig
 
+    def __init__(self, config: TiltSeriesDataManagerConfig, *args, **kwargs):
+        refuse_meaningless_tool(sys.argv)  # first: before the data and the checkpoint are read
+        super().__init__(config, *args, **kwargs)
+
     def _load_images(self, split: Literal["train", "eval"], cache_images_device) -> List[Dict[str, torch.Tensor]]:
         dataset = self.train_dataset if split == "train" else self.eval_dataset
         self.train_cameras = self.train_dataset.cameras.to(self.device)
@@ -87,6 +104,5 @@ class TiltSeriesDataManager(FullImageDatamanager[TiltSeriesDataset]):
             if not self.train_unseen_cameras:
                 self.train_unseen_cameras = self.sample_train_cameras()
         images = torch.stack([self.cached_train[i]["image"] for i in indices])
-        cameras = self.train_cameras[torch.tensor(indices)]
-        cameras.metadata = {"cam_idx": indices}
+        cameras = self.train_cameras[torch.tensor(indices)]  # their metadata: the series indices
         return cameras, {"image": images, "image_idx": torch.tensor(indices)}

@@ -17,7 +17,6 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Type
@@ -26,7 +25,7 @@ import ase.io
 import numpy as np
 import torch
 import tyro
-from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.models.base_model import ModelConfig
@@ -35,10 +34,13 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn import Parameter
 
+from atomsplat.analysis.image_metrics import projection_scores
 from atomsplat.analysis.matching import evaluate
+from atomsplat.analysis.species import label_by_weight
 from atomsplat.data.dataset import display_image
-from atomsplat.geometry import view_rotations, views_from_camera_to_worlds
+from atomsplat.geometry import view_rotations
 from atomsplat.model import density
+from atomsplat.model.camera_views import camera_views
 from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project, series_views
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions
@@ -48,7 +50,9 @@ from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, RefineRecord, rebind
 from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import DEFAULT_WINDOW
+from atomsplat.viewer.display import species_colours
 from atomsplat.viewer.monitor import TrainingMonitor
+from atomsplat.viewer.spheres import gsplat_camera, render_spheres, sphere_style
 
 
 @dataclass
@@ -208,24 +212,26 @@ class AtomSplatModel(SplatfactoModel):
         }
 
     # ----------------------------------------------------------------------------- what nerfstudio reads
-    # splatfacto's attributes, read by nerfstudio's viewer and `ns-export gaussian-splat`. Shapes
-    # and widths are exact (scene units, log scales); opacity and colour are display values: the
-    # weight over the largest weight, as grey level and opacity.
+    # splatfacto's attributes, read by `ns-export gaussian-splat` (and, for ``means``, by
+    # nerfstudio's viewer once, for a hidden "initial points" layer). In A at this public boundary:
+    # the exported PLY holds x, y, z and log widths (scale_*) in A, and the log of each Gaussian's
+    # integrated weight (data units x A^2) as its opacity; colour by species where the dataset
+    # names its elements (Jmol colours), else grey by weight.
     @property
     def num_points(self) -> int:
         return self.cloud.count
 
     @property
     def means(self) -> torch.Tensor:
-        """(K, 3) centres in nerfstudio's scene units (what the viewer draws)."""
-        return (self.cloud.positions * self.scale).detach()
+        """(K, 3) centres, A, sample frame."""
+        return self.cloud.positions.detach()
 
     @property
     def scales(self) -> torch.Tensor:
-        """(K, 3) log of the widths in scene units."""
+        """(K, 3) log of the widths, log A."""
         if self.config.isotropic:
-            return torch.log(self.cloud.sigmas * self.scale)[:, None].expand(-1, 3).detach()
-        return (self.cloud.params["log_scales"] + math.log(self.scale)).detach()
+            return self.cloud.params["log_sigmas"].detach()[:, None].expand(-1, 3)
+        return self.cloud.params["log_scales"].detach()
 
     @property
     def quats(self) -> torch.Tensor:
@@ -236,55 +242,44 @@ class AtomSplatModel(SplatfactoModel):
 
     @property
     def opacities(self) -> torch.Tensor:
-        """(K, 1) logit of weight / largest weight (display only)."""
-        weights = self.cloud.weights.detach()
-        return torch.logit((weights / weights.max().clamp_min(1e-12)).clamp(1e-4, 1.0 - 1e-4))[:, None]
+        """(K, 1) log of the integrated weights, log(data units x A^2) (a PLY's opacity field is a logit:
+        viewers show sigmoid(log w) = w / (1 + w))."""
+        return self.cloud.params["log_weights"].detach()[:, None]
 
     @property
     def features_dc(self) -> torch.Tensor:
-        """(K, 3) logit of the grey level weight / largest weight (display only; sh_degree 0)."""
-        return self.opacities.expand(-1, 3)
+        """(K, 3) logit of the display colour in [0, 1] (sh_degree 0): Jmol colours by species from
+        the weights when the dataset names its elements, else the grey level weight / largest weight."""
+        weights = self.cloud.weights.detach()
+        symbols = self.species_labels()
+        if symbols is not None:
+            colour = torch.from_numpy(species_colours(symbols) / 255.0).to(weights)
+        else:
+            colour = (weights / weights.max().clamp_min(1e-30) if self.num_points else weights)[:, None].expand(-1, 3)
+        return torch.logit(colour.clamp(1e-4, 1.0 - 1e-4))
 
     @property
     def features_rest(self) -> torch.Tensor:
         """(K, 0, 3): no view dependence."""
         return self.cloud.positions.new_zeros(self.num_points, 0, 3)
 
+    def species_labels(self) -> Optional[np.ndarray]:
+        """(K,) the Gaussians' species from their weights (:func:`label_by_weight`) when the dataset
+        names its elements and the weights take at least as many values, else None (nerfstudio's
+        viewer reads every property of the model when it starts, at equal initial weights too)."""
+        elements = self.series.elements
+        weights = self.cloud.weights.detach().cpu().double().numpy()
+        if not elements or len(np.unique(weights)) < len(elements):
+            return None
+        return label_by_weight(weights, elements)
+
     # ----------------------------------------------------------------------------- rendering
     def views(self, cameras: Cameras) -> Views:
-        """The :class:`Views` of nerfstudio cameras (scene units undone: A).
-
-        ORTHOPHOTO cameras are exact. Any other camera (the viewer's perspective camera) is shown
-        as a parallel projection along its axis, with the pixel size that the perspective camera
-        has at the rotation centre's distance, so that zooming and panning behave as expected.
-        Training cameras carry ``metadata["cam_idx"]``: their views know their projections.
-        """
-        c2w = cameras.camera_to_worlds.reshape(-1, 3, 4)
-        fx = float(cameras.fx.reshape(-1)[0])
-        rotations, shifts = views_from_camera_to_worlds(c2w)
-        if cameras.camera_type.reshape(-1)[0].item() == CameraType.ORTHOPHOTO.value:
-            pixel = 1.0 / (fx * self.scale)
-        else:
-            pixel = float(c2w[0, :, 3].norm()) / (fx * self.scale)
-        centre = torch.stack(
-            [
-                cameras.width.reshape(-1) / 2.0 - cameras.cx.reshape(-1),
-                cameras.height.reshape(-1) / 2.0 - cameras.cy.reshape(-1),
-            ],
-            dim=-1,
-        )
-        metadata = cameras.metadata or {}
-        indices = None
-        if "cam_idx" in metadata:
-            indices = self.train_indices[torch.as_tensor(metadata["cam_idx"], device=self.train_indices.device)]
-        return Views(
-            rotations=rotations,
-            offsets=shifts / self.scale - centre.to(shifts) * pixel,
-            pixel_size=pixel,
-            height=int(cameras.height.reshape(-1)[0]),
-            width=int(cameras.width.reshape(-1)[0]),
-            indices=indices,
-        )
+        """The :class:`Views` of nerfstudio cameras (scene units undone: A;
+        :func:`atomsplat.model.camera_views.camera_views`). Cameras of the dataset, of every split,
+        know their projections and get their learned shifts and background (a held-out projection:
+        its known shift and the border fit of its background; its shift is not learned)."""
+        return camera_views(cameras, self.scale)
 
     def render(self, views: Views, fit: bool = False) -> Dict[str, torch.Tensor]:
         """The model of ``views``: the one path by which every image of the model is made.
@@ -319,9 +314,17 @@ class AtomSplatModel(SplatfactoModel):
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
-        """One camera for the viewer and evaluation: "projection" (H, W, 1), "rgb" (H, W, 3) in
-        [0, 1] (the series maximum is white) and "depth" (H, W, 1): the weight-averaged distance
-        of the Gaussians along each ray, in scene units (far where a ray meets no weight)."""
+        """One camera for the viewer, evaluation and ``ns-render``; every output is (H, W, C):
+
+        - "rgb" (C = 3): the projection as a grey image in [0, 1], the series maximum white;
+        - "normalized_projection" (C = 1): the projection over the series maximum :attr:`level`,
+          exact (not clipped; times :attr:`level` gives data units);
+        - "accumulation" (C = 1): the same clipped to [0, 1], the nearest thing a projection has to
+          nerfstudio's opacity (``ns-render`` masks the depth picture with it);
+        - "depth" (C = 1): the weight-averaged distance of the Gaussians along each ray, in scene
+          units (far where a ray meets no weight);
+        - on CUDA, for the viewer's free camera: "spheres" (C = 3), :meth:`sphere_picture`.
+        """
         camera = camera.to(self.device)
         views = self.views(camera[0:1] if camera.shape else camera)
         projection = self.render(views)["projection"][0]
@@ -330,11 +333,27 @@ class AtomSplatModel(SplatfactoModel):
         moment = self.cloud.project(views, weights=self.cloud.weights * depth_a)[0]
         seen = projection > 1e-3 * self.level
         depth = torch.where(seen, moment / projection.clamp_min(1e-12), torch.full_like(projection, 1e3)) * self.scale
-        return {
+        normalized = projection[..., None] / max(self.level, 1e-30)
+        outputs = {
             "rgb": display_image(projection, self.level),  # first: what the viewer shows by default
-            "projection": projection[..., None],
+            "normalized_projection": normalized,
+            "accumulation": normalized.clamp(0.0, 1.0),
             "depth": depth[..., None],
         }
+        if views.indices is None and projection.is_cuda:  # the viewer's free camera, on a GPU
+            outputs["spheres"] = self.sphere_picture(camera[0:1] if camera.shape else camera)
+        return outputs
+
+    @torch.no_grad()
+    def sphere_picture(self, camera: Cameras) -> torch.Tensor:
+        """(H, W, 3) the atoms as coloured balls, depth-composited by gsplat's rasterizer (CUDA only;
+        :mod:`atomsplat.viewer.spheres`): a picture for the eye, species by colour."""
+        colours, widths = sphere_style(self.cloud.weights.detach().cpu().numpy(), self.species_labels())
+        return render_spheres(self.cloud.positions.detach(), colours, widths, gsplat_camera(camera, self.scale))
+
+    def get_rgba_image(self, outputs: Dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
+        """(H, W, 4): the grey image with the accumulation as alpha (``ns-render --rendered-output-names rgba``)."""
+        return torch.cat([outputs[output_name], outputs["accumulation"]], dim=-1)
 
     # ----------------------------------------------------------------------------- losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
@@ -358,15 +377,39 @@ class AtomSplatModel(SplatfactoModel):
         }
 
     def get_image_metrics_and_images(self, outputs, batch):
-        target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
-        residual = outputs["projection"] - target
-        metrics = {
-            "l1": float(residual.abs().mean()),
-            "relative_l2": float(residual.norm() / target.norm().clamp_min(1e-12)),
-            "gaussians": self.num_points,
-        }
+        """Scores of one evaluation camera (``ns-eval`` averages them over the held-out projections):
+        PSNR, SSIM, L1 and relative L2 of the projection on the data's own scale
+        (:func:`atomsplat.analysis.image_metrics.projection_scores`, data range: the whole measured
+        series' maximum minus minimum), the number of Gaussians, and when the dataset has its true
+        atoms, the atoms' TPR, FPR and RMS error (A) against them (:meth:`atom_scores`). All floats."""
+        model = outputs["normalized_projection"][..., 0] * self.level
+        target = batch["image"].reshape(model.shape).to(model)
+        metrics = projection_scores(model, target, self.data_range)
+        metrics["gaussians"] = float(self.num_points)
+        metrics.update(self.atom_scores())
         shown = torch.cat([display_image(target, self.level), outputs["rgb"]], dim=1)
         return metrics, {"measured_vs_model": shown}
+
+    @property
+    def data_range(self) -> float:
+        """The measured series' maximum minus its minimum, data units: the range of PSNR and SSIM."""
+        return float(self.measured.max() - self.measured.min())
+
+    @torch.no_grad()
+    def atom_scores(self) -> Dict[str, float]:
+        """The atoms of :meth:`atoms` against the dataset's true atoms: "atoms", "tpr", "fpr" and,
+        when any matched, "rmse" (A), as :func:`atomsplat.analysis.matching.evaluate` (0.75 A); empty
+        without a ground truth. Kept for the model as it is (one evaluation scores it once)."""
+        if self.truth is None:
+            return {}
+        key = (self.step, self.num_points, bool(self.finished))
+        if getattr(self, "_atom_scores", (None, None))[0] != key:
+            scores = evaluate(self.atoms()["positions"], self.truth)
+            values = {"atoms": float(scores.n_pred), "tpr": float(scores.tpr), "fpr": float(scores.fpr)}
+            if scores.rmse is not None:
+                values["rmse"] = float(scores.rmse)
+            self._atom_scores = (key, values)
+        return dict(self._atom_scores[1])
 
     # ----------------------------------------------------------------------------- training
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:

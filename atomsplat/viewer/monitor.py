@@ -190,7 +190,7 @@ class TrainingMonitor(torch.nn.Module):
         atoms = model.cloud.atoms()
         sigmas, weights = atoms["sigmas"], atoms["weights"]
         ratio = _viser_per_scene_unit()
-        points = model.means.double().cpu().numpy() * ratio
+        points = (model.cloud.positions.detach() * model.scale).double().cpu().numpy() * ratio  # scene units
         scale = model.scale * ratio  # A -> viser units
         if not len(weights):
             colours, groups = np.zeros((0, 3), np.uint8), np.zeros(0, int)
