@@ -3,7 +3,9 @@
 A runner is any callable ``runner(case, options) -> MethodResult``: it gets one tilt series
 (:class:`Case`) and its options from the preset, and returns the atoms it finds and its volume on
 the common grid (:func:`grid_shape`). Runners are picklable (module-level functions or frozen
-dataclasses of them), so a case can run in another process. Adding a method is one entry in
+dataclasses of them), so a case can run in another process (a Ray task,
+:mod:`atomsplat.batch.engine`); a runner whose attribute ``uses_gpu`` is true computes on a GPU
+where the engine gives it one (the others get none). Adding a method is one entry in
 :data:`METHODS` (:func:`register`); the comparison scores every method's result the same way.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, ClassVar, Dict, Optional
 
 import numpy as np
 
@@ -94,6 +96,7 @@ class AtomsplatTraining:
     """
 
     method: str
+    uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         import torch
@@ -135,6 +138,7 @@ class TracedReconstruction:
     """
 
     reconstruct: Callable[..., np.ndarray]
+    uses_gpu: ClassVar[bool] = False  # ASTRA's CPU algorithms, the INR on the CPU
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from atomsplat.analysis.species import label_by_weight

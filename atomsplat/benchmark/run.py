@@ -1,11 +1,15 @@
 """Running a preset: every method on every simulated case, scored into rows; the ablation.
 
-The unit of work is one method on one case (:func:`finish`): a registered runner
-(:mod:`atomsplat.benchmark.methods`) on the simulated dataset (:mod:`atomsplat.benchmark.datasets`),
-its answer scored against the truth (:func:`score`) and kept in ``WORK/results`` under the
-dataset's key and the method's options, so that a later run with the same settings reuses it and
-an interrupted comparison goes on where it stopped. :func:`run_comparison` loops over the preset
-and writes ``results.json``, ``results.md`` and the figures (:mod:`atomsplat.benchmark.report`).
+The unit of work is one method on one case (:class:`MethodRun`, computed by :func:`compute`): a
+registered runner (:mod:`atomsplat.benchmark.methods`) on the simulated dataset
+(:mod:`atomsplat.benchmark.datasets`), its answer scored against the truth (:func:`score`) and
+kept in ``WORK/results`` under the dataset's key and the method's options, so that a later run
+with the same settings reuses it and an interrupted comparison goes on where it stopped.
+:func:`finish_all` simulates each dataset once, in this process, and computes the runs that are
+not kept on an engine (:mod:`atomsplat.batch.engine`: one after another, or as Ray tasks); a run
+that fails is reported and the others go on. :func:`run_comparison` does so for a whole preset and
+writes ``results.json``, ``results.md`` and the figures (:mod:`atomsplat.benchmark.report`) as the
+cases complete.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import ase
 import ase.io
@@ -25,8 +29,9 @@ import torch
 from atomsplat.analysis.matching import match_atoms
 from atomsplat.analysis.metrics import method_scores
 from atomsplat.analysis.species import separability
+from atomsplat.batch.engine import EngineOptions, Failure, Job, run_jobs
 from atomsplat.benchmark.datasets import SimulatedDataset, digest, simulated_dataset
-from atomsplat.benchmark.methods import Case, MethodResult, grid_shape, runner
+from atomsplat.benchmark.methods import Case, MethodResult, Runner, grid_shape, runner
 from atomsplat.benchmark.preset import ABLATION_METHODS, Preset
 from atomsplat.benchmark.report import (
     central_slab,
@@ -42,6 +47,7 @@ from atomsplat.data.series import GROUND_TRUTH
 from atomsplat.sim.potential import potential_volume
 
 Log = Callable[[str], None]
+SERIAL = EngineOptions("serial")
 
 
 def machine() -> str:
@@ -102,70 +108,182 @@ def score(result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: 
     )
 
 
-def finish(
-    method: str, options: dict, dataset: SimulatedDataset, scheme: str, case: Case, truth: Truth, work: Path, log: Log
-) -> Finished:
-    """``method`` with ``options`` on the ``case`` of ``dataset`` (its tilt scheme named ``scheme``),
-    scored; kept from an earlier run with the same settings when there is one."""
-    settings = {"dataset": dataset.settings(), "method": method, "options": options}
-    path = Path(work) / "results" / dataset.key() / f"{method}_{digest({'method': method, 'options': options})}.npz"
-    label = f"[{dataset.particle} {scheme}] {method}"
-    finished = load_finished(path, settings)
-    if finished is not None:
-        finished.row = replace(finished.row, scheme=scheme)
-        log(f"{label}: kept from {path}")
-    else:
-        log(f"{label} ...")
-        result = runner(method)(case, options)
-        row = score(result, truth, dataset.particle, scheme, dataset.tilt, method)
-        finished = Finished(row, result.positions, central_slab(result.volume, case.series.pixel_size), result.weights)
-        save_finished(path, settings, finished)
-    log(f"{label}: {row_summary(finished.row)}")
+@dataclass(frozen=True)
+class MethodRun:
+    """One method with its options on one simulated dataset: the unit of work of a comparison.
+
+    Attributes:
+        method: a name in :data:`atomsplat.benchmark.methods.METHODS`.
+        options: its runner's options.
+        dataset: the simulated tilt series.
+        scheme: the name of its tilt scheme in the preset ("ablation" for the ablation's runs).
+    """
+
+    method: str
+    options: dict
+    dataset: SimulatedDataset
+    scheme: str
+
+    @property
+    def label(self) -> str:
+        """The run in the progress log and as a key: "[particle scheme] method"."""
+        return f"[{self.dataset.particle} {self.scheme}] {self.method}"
+
+    def settings(self) -> dict:
+        """What the result depends on (kept with it: a result of other settings is not reused)."""
+        return {"dataset": self.dataset.settings(), "method": self.method, "options": self.options}
+
+    def name(self) -> str:
+        """The method and a digest of its options (file names under the dataset's key)."""
+        return f"{self.method}_{digest({'method': self.method, 'options': self.options})}"
+
+    def result_path(self, work: Path) -> Path:
+        """Where its :class:`Finished` is kept: ``WORK/results/<dataset key>/<name>.npz``."""
+        return Path(work) / "results" / self.dataset.key() / f"{self.name()}.npz"
+
+    def kept(self, work: Path):
+        """Its :class:`Finished` from an earlier run with the same settings (the row under this
+        scheme's name), or None."""
+        finished = load_finished(self.result_path(work), self.settings())
+        if finished is not None:
+            finished.row = replace(finished.row, scheme=self.scheme)
+        return finished
+
+
+def compute(run: MethodRun, method: Runner, case: Case, truth: Truth, work: Path) -> Finished:
+    """``method`` (the runner of ``run.method``) on ``case``, scored against ``truth`` and kept in
+    ``work`` (:meth:`MethodRun.result_path`); trainings go to ``WORK/runs/<dataset key>/<name>``.
+    A picklable job: it runs in this process or as a Ray task."""
+    case = replace(case, work=Path(work) / "runs" / run.dataset.key() / run.name())
+    result = method(case, run.options)
+    row = score(result, truth, run.dataset.particle, run.scheme, run.dataset.tilt, run.method)
+    finished = Finished(row, result.positions, central_slab(result.volume, case.series.pixel_size), result.weights)
+    save_finished(run.result_path(work), run.settings(), finished)
     return finished
 
 
-def run_case(particle: str, scheme: str, preset: Preset, work: Path, figures: Path, log: Log = print) -> List[Row]:
-    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
-    their rows and draws the slice figure into ``figures``."""
-    tilt = preset.schemes[scheme]
-    dataset = SimulatedDataset(particle, preset.size, tilt, preset.simulation)
-    case, truth = prepare(dataset, work)
-    finished = {
-        method: finish(method, options, dataset, scheme, case, truth, work, log)
-        for method, options in preset.methods.items()
-    }
-    plot_slices(
+def prepare_all(runs: List[MethodRun], work: Path) -> Dict[str, Tuple[Case, Truth]]:
+    """The case and truth of every dataset of ``runs``, by its key (each simulated once)."""
+    prepared = {}
+    for run in runs:
+        if run.dataset.key() not in prepared:
+            prepared[run.dataset.key()] = prepare(run.dataset, work)
+    return prepared
+
+
+def finish_all(
+    runs: List[MethodRun],
+    prepared: Dict[str, Tuple[Case, Truth]],
+    work: Path,
+    engine: EngineOptions = SERIAL,
+    log: Log = print,
+    done: Callable[[MethodRun, Finished], None] = lambda run, finished: None,
+) -> Tuple[Dict[str, Finished], List[Failure]]:
+    """Every run of ``runs`` (cases and truths from :func:`prepare_all`): kept from an earlier run
+    with the same settings, or computed on ``engine``. ``done(run, finished)`` after each, the kept
+    ones first. Returns the finished runs by label and the failures."""
+    work = Path(work).resolve()  # Ray workers need not share this process's directory
+    finished: Dict[str, Finished] = {}
+    jobs, pending = [], {}
+    for run in runs:
+        kept = run.kept(work)
+        if kept is not None:
+            log(f"{run.label}: kept from {run.result_path(work)}")
+            log(f"{run.label}: {row_summary(kept.row)}")
+            finished[run.label] = kept
+            done(run, kept)
+            continue
+        case, truth = prepared[run.dataset.key()]
+        method = runner(run.method)
+        pending[run.label] = run
+        log_file = work / "logs" / run.dataset.key() / f"{run.name()}.log"
+        uses_gpu = getattr(method, "uses_gpu", False)
+        jobs.append(Job(run.label, compute, (run, method, case, truth, work), uses_gpu, log_file))
+
+    def on_done(job: Job, value: Finished) -> None:
+        run = pending[job.key]
+        finished[run.label] = value
+        log(f"{run.label}: {row_summary(value.row)}")
+        done(run, value)
+
+    failures = run_jobs(jobs, engine, on_done, log)
+    return finished, failures
+
+
+def case_runs(particle: str, scheme: str, preset: Preset) -> List[MethodRun]:
+    """The preset's methods on ``particle`` under its tilt scheme named ``scheme``."""
+    dataset = SimulatedDataset(particle, preset.size, preset.schemes[scheme], preset.simulation)
+    return [MethodRun(method, options, dataset, scheme) for method, options in preset.methods.items()]
+
+
+def ablation_runs(preset: Preset) -> List[MethodRun]:
+    """The ablation's runs (none without one)."""
+    spec = preset.ablation
+    if spec is None:
+        return []
+    dataset = SimulatedDataset(spec.particle, spec.size or preset.size, spec.scheme, preset.simulation)
+    return [MethodRun(method, spec.options(method), dataset, "ablation") for method in ABLATION_METHODS]
+
+
+def slices_figure(
+    runs: List[MethodRun], finished: Dict[str, Finished], case: Case, truth: Truth, figures: Path
+) -> Path:
+    """The slice figure of one case's finished runs (:func:`atomsplat.benchmark.report.plot_slices`)."""
+    dataset, scheme = runs[0].dataset, runs[0].scheme
+    return plot_slices(
         truth.atoms,
         central_slab(truth.volume, case.series.pixel_size),
-        finished,
+        {run.method: finished[run.label] for run in runs if run.label in finished},
         case.series.pixel_size,
-        figures / f"slices_{particle}_{scheme}.png",
-        title=f"{particle}, tilts {tilt}",
+        Path(figures) / f"slices_{dataset.particle}_{scheme}.png",
+        title=f"{dataset.particle}, tilts {dataset.tilt}",
     )
-    return [f.row for f in finished.values()]
 
 
-def run_ablation(preset: Preset, work: Path, figures: Path, log: Log = print) -> List[AblationRow]:
-    """atomsplat with and without isotropy and merging on the ablation's particle: Gaussians per
-    atom, TPR/FPR, species separation; draws the weight histograms into ``figures``."""
-    spec = preset.ablation
-    dataset = SimulatedDataset(spec.particle, spec.size or preset.size, spec.scheme, preset.simulation)
-    case, truth = prepare(dataset, work)
+def run_case(
+    particle: str,
+    scheme: str,
+    preset: Preset,
+    work: Path,
+    figures: Path,
+    log: Log = print,
+    engine: EngineOptions = SERIAL,
+) -> List[Row]:
+    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
+    the rows of those that finished and draws the slice figure into ``figures``."""
+    runs = case_runs(particle, scheme, preset)
+    prepared = prepare_all(runs, work)
+    finished, _ = finish_all(runs, prepared, work, engine, log)
+    slices_figure(runs, finished, *prepared[runs[0].dataset.key()], figures)
+    return [finished[run.label].row for run in runs if run.label in finished]
+
+
+def ablation_rows(
+    runs: List[MethodRun], finished: Dict[str, Finished], truth: Truth, figures: Path, log: Log = print
+) -> List[AblationRow]:
+    """atomsplat with and without isotropy and merging on the ablation's particle (the finished
+    ones of ``runs``): Gaussians per atom, TPR/FPR, species separation; draws the weight
+    histograms into ``figures``."""
     rows, weights_by_method = [], {}
-    for method in ABLATION_METHODS:
-        finished = finish(method, spec.options(method), dataset, "ablation", case, truth, work, log)
-        pred, true, _ = match_atoms(finished.positions, truth.atoms.positions)
+    for run in runs:
+        if run.label not in finished:
+            continue
+        done = finished[run.label]
+        pred, true, _ = match_atoms(done.positions, truth.atoms.positions)
         matched_species = truth.species[true]
-        matched_weights = finished.weights[pred]
-        weights_by_method[method] = (matched_weights, matched_species)
+        matched_weights = done.weights[pred]
+        weights_by_method[run.method] = (matched_weights, matched_species)
         row = AblationRow(
-            **finished.row.to_dict(),
-            gaussians_per_atom=finished.row.n_pred / finished.row.n_true,
+            **done.row.to_dict(),
+            gaussians_per_atom=done.row.n_pred / done.row.n_true,
             separability=separability(matched_weights, matched_species) if len(set(matched_species)) > 1 else None,
         )
         rows.append(row)
-        log(f"[ablation] {method}: {row.gaussians_per_atom:.2f} Gaussians per atom, separability {row.separability}")
-    plot_weight_histograms(weights_by_method, figures / f"ablation_{spec.particle}_weights.png")
+        log(
+            f"[ablation] {run.method}: {row.gaussians_per_atom:.2f} Gaussians per atom, separability {row.separability}"
+        )
+    if weights_by_method:
+        plot_weight_histograms(weights_by_method, Path(figures) / f"ablation_{runs[0].dataset.particle}_weights.png")
     return rows
 
 
@@ -175,22 +293,43 @@ def write_results(results: Results, output: Path) -> None:
     (output / "results.md").write_text(results_markdown(results))
 
 
-def run_comparison(preset: Preset, output: Path, work: Path, log: Log = print) -> Results:
-    """Run a preset; write ``results.json``, ``results.md`` (after every case) and ``figures/``
-    into ``output``, simulated data, trainings and finished results into ``work``."""
+def run_comparison(
+    preset: Preset, output: Path, work: Path, log: Log = print, engine: EngineOptions = SERIAL
+) -> Tuple[Results, List[Failure]]:
+    """Run a preset on ``engine``; write ``results.json``, ``results.md`` (again as each case
+    completes) and ``figures/`` into ``output``, simulated data, trainings and finished results
+    into ``work``. Returns the results and the runs that failed (their rows are missing; the same
+    command run again computes those, and only those)."""
     output, work = Path(output), Path(work)
     figures = output / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    results = Results(machine(), preset)
+    results = Results(f"{machine()}; {engine.describe()}", preset)
     started = time.perf_counter()
-    for particle in preset.particles:
-        for scheme in preset.schemes:
-            results.rows += run_case(particle, scheme, preset, work, figures, log)
-            write_results(results, output)
+    cases = [case_runs(particle, scheme, preset) for particle in preset.particles for scheme in preset.schemes]
+    ablation = ablation_runs(preset)
+    everything = [run for runs in cases for run in runs] + ablation
+    prepared = prepare_all(everything, work)
+    finished: Dict[str, Finished] = {}
+
+    def rows() -> List[Row]:
+        return [finished[run.label].row for runs in cases for run in runs if run.label in finished]
+
+    def done(run: MethodRun, value: Finished) -> None:
+        finished[run.label] = value
+        for runs in cases:
+            if run in runs and all(r.label in finished for r in runs):
+                slices_figure(runs, finished, *prepared[run.dataset.key()], figures)
+                results.rows = rows()
+                write_results(results, output)
+
+    _, failures = finish_all(everything, prepared, work, engine, log, done)
+    results.rows = rows()
     if results.rows:
         plot_bars(results.rows, figures / "bars.png")
-    if preset.ablation:
-        results.ablation = run_ablation(preset, work, figures, log)
+    if ablation:
+        results.ablation = ablation_rows(ablation, finished, prepared[ablation[0].dataset.key()][1], figures, log)
     results.total_seconds = round(time.perf_counter() - started, 1)
     write_results(results, output)
-    return results
+    for failure in failures:
+        log(f"FAILED {failure.summary()}")
+    return results, failures
