@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Type
 
 import ase.io
@@ -41,7 +42,7 @@ from atomsplat.geometry import view_rotations, views_from_camera_to_worlds
 from atomsplat.model import density
 from atomsplat.model.cloud import AtomCloud, Views, atoms_of, project, series_views
 from atomsplat.model.corrections import ViewCorrections
-from atomsplat.model.init import initial_positions
+from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
@@ -71,9 +72,13 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Initial number of Gaussians; None: ``init_density`` x the volume of the support."""
     init_density: float = 0.08
     """Initial Gaussians per A^3 of the support (FCC gold has 0.059 atoms per A^3)."""
-    init_support: Literal["peaks", "reconstruction", "hull", "sphere"] = "peaks"
+    init_support: Literal["peaks", "reconstruction", "hull", "sphere", "atoms"] = "peaks"
     """Where to draw initial positions (:mod:`atomsplat.model.init`): by the density of a quick SIRT
-    reconstruction, in the visual hull of the projections, or in the sphere seen by every view."""
+    reconstruction, in the visual hull of the projections, in the sphere seen by every view, or at
+    the atoms of ``init_atoms``."""
+    init_atoms: Optional[Path] = None
+    """"atoms": extended XYZ file (A, sample frame) of the atoms to start from, with their "weight"
+    and "sigma" where it has them (a warm start from an earlier reconstruction)."""
     init_voxel: float = 0.4
     """Voxel size of the initial reconstruction, A (the projections are binned to about it)."""
     init_smoothing: float = 1.0
@@ -161,6 +166,8 @@ class AtomSplatModel(SplatfactoModel):
             config.window,
             self.generator,
         )
+        if config.init_support == "atoms":
+            start_from_atoms(self.cloud, config.init_atoms)
         if config.selection == "evidence" and not (self.noise.is_likelihood and config.isotropic):
             raise ValueError(
                 "selection 'evidence' needs a likelihood (counts: loss poisson or mixed) and isotropic Gaussians"
