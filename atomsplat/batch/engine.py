@@ -144,7 +144,7 @@ def run_jobs(
                 value = _call(job.function, job.args, options.cpus_per_job, None)
             except Exception as err:  # one job's failure must not lose the others
                 failures.append(Failure(job.key, _one_line(err), traceback.format_exc()))
-                progress.failed(failures[-1], time.perf_counter() - start)
+                progress.failed(failures[-1])
                 continue
             progress.finished(job, time.perf_counter() - start)
             done(job, value)
@@ -204,16 +204,13 @@ class _Progress:
         failed = f", {self.failures} failed" if self.failures else ""
         return f"[{self.count}/{self.total}{failed}, {(time.perf_counter() - self.start) / 60:.1f} min]"
 
-    def finished(self, job: Job, seconds: Optional[float]) -> None:
-        took = "" if seconds is None else f" in {seconds:.0f} s"
-        self.log(f"{self._prefix()} {job.key} finished{took}")
+    def finished(self, job: Job, seconds: float) -> None:
+        self.log(f"{self._prefix()} {job.key} finished in {seconds:.0f} s")
 
-    def failed(self, failure: Failure, seconds: Optional[float]) -> None:
+    def failed(self, failure: Failure) -> None:
         self.failures += 1
-        self.log(
-            f"{self._prefix()} {failure.key} FAILED: {failure.error}"
-            + (f" (log: {failure.log})" if failure.log else "")
-        )
+        where = f" (log: {failure.log})" if failure.log else ""
+        self.log(f"{self._prefix()} {failure.key} FAILED: {failure.error}{where}")
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -265,9 +262,16 @@ def _local_cpus(options: EngineOptions) -> Optional[int]:
 def _start_ray(ray, options: EngineOptions) -> None:
     if options.address:
         ray.init(address=options.address)
-    else:
-        cpus = _local_cpus(options) or 1
-        ray.init(num_cpus=options.workers * cpus if options.workers else None, include_dashboard=False)
+        return
+    cpus = _local_cpus(options) or 1
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=options.workers * cpus if options.workers else None, include_dashboard=False)
+            return
+        except Exception as err:  # Ray gives its processes 30 s to come up, too little on a loaded machine
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
+            ray.shutdown()
 
 
 def _run_on_ray(jobs: List[Job], options: EngineOptions, done, progress: _Progress) -> List[Failure]:
@@ -304,7 +308,7 @@ def _run_on_ray(jobs: List[Job], options: EngineOptions, done, progress: _Progre
             except Exception as err:  # a task's error, a crashed worker: reported, the others go on
                 cause = getattr(err, "cause", None) or err
                 failures[job.key] = Failure(job.key, _one_line(cause), str(err), job.log)
-                progress.failed(failures[job.key], None)
+                progress.failed(failures[job.key])
                 continue
             progress.finished(job, seconds)
             done(job, value)
