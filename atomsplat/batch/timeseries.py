@@ -3,7 +3,10 @@
 Frame 0 is reconstructed as any dataset (:func:`atomsplat.batch.datasets.reconstruct`, ``steps``).
 Every later frame starts from the atoms of the frame before (a warm start: model option
 ``init_support="atoms"``, ``warm_steps`` steps), moved by the drift of the sample between the two
-series, estimated from the new projections (:func:`atomsplat.analysis.tracking.drift_from_projections`);
+series, estimated from the new projections (:func:`atomsplat.analysis.tracking.drift_from_projections`),
+and looks for new atoms at every density pass (``birth_every`` = ``refine_every``, unless the
+options set ``birth_every``: with the default 300 a short warm start would have one birth pass or
+none, and atoms that appeared would be missed);
 once it is reconstructed, the drift is refined from the atoms matched between the two frames
 (:func:`atomsplat.analysis.tracking.drift_from_atoms`). With the drift removed, atoms are matched
 one to one within ``max_distance`` into trajectories, and the changes are listed
@@ -46,6 +49,7 @@ from atomsplat.analysis.tracking import (
 )
 from atomsplat.batch.datasets import ATOMS, Reconstructed, Reconstruction, checked_datasets, kept, names, reconstruct
 from atomsplat.batch.engine import EngineOptions, Failure, Job, run_jobs, session
+from atomsplat.model.strategy import DensityOptions
 
 Log = Callable[[str], None]
 START = "start.xyz"
@@ -75,6 +79,37 @@ class Frame:
     drift_error: List[float]
     drift_atoms: int
     total_drift: List[float]
+
+
+def warm_start(previous, series, start: Path, options: dict):
+    """The model options that start a reconstruction of ``series`` from the atoms ``previous``
+    (ase.Atoms with "sigma" and "weight", the frame before): those atoms moved by the drift
+    estimated from the projections (:func:`atomsplat.analysis.tracking.drift_from_projections`)
+    are written to ``start`` (extended XYZ), and ``options`` gain ``init_support="atoms"``,
+    ``init_atoms`` and, unless they set it, ``birth_every`` = ``refine_every`` (module docstring).
+
+    Returns:
+        ``(options, drift, residuals)``: the new options, the drift (3,) A and each view's residual
+        of the drift's fit, A (NaN for the views left out).
+    """
+    import ase.io
+
+    drift, residuals = drift_from_projections(
+        previous.positions,
+        previous.arrays["sigma"],
+        previous.arrays["weight"],
+        series.projections,
+        series.tilt_angles,
+        series.pixel_size,
+        series.tilt_axis_angle,
+        series.shifts,
+    )
+    moved = previous.copy()
+    moved.positions += drift
+    ase.io.write(start, moved, format="extxyz")
+    warm = dict(options, init_support="atoms", init_atoms=str(start))
+    warm.setdefault("birth_every", options.get("refine_every", DensityOptions.refine_every))
+    return warm, drift, residuals
 
 
 def run_time_series(
@@ -118,27 +153,13 @@ def run_time_series(
             estimate = np.zeros(3)
             frame_options, frame_steps = dict(options), steps
             if t > 0:
-                before = atoms_of[-1]
                 series = read_tilt_series(data, pixel_size=pixel_size)
-                estimate, residuals = drift_from_projections(
-                    before.positions,
-                    before.arrays["sigma"],
-                    before.arrays["weight"],
-                    series.projections,
-                    series.tilt_angles,
-                    series.pixel_size,
-                    series.tilt_axis_angle,
-                    series.shifts,
-                )
+                frame_options, estimate, residuals = warm_start(atoms_of[-1], series, directory / START, options)
                 log(
                     f"[{t}] {name}: drift from the projections {np.round(estimate, 3).tolist()} A "
                     f"({np.count_nonzero(np.isfinite(residuals))} of {len(residuals)} views agree, median residual "
                     f"{np.nanmedian(residuals):.3f} A)"
                 )
-                start = before.copy()
-                start.positions += estimate
-                ase.io.write(directory / START, start, format="extxyz")
-                frame_options.update(init_support="atoms", init_atoms=str(directory / START))
                 frame_steps = warm_steps
             task = Reconstruction(data, directory, method, frame_steps, frame_options, pixel_size)
             result = kept(task)
