@@ -3,7 +3,7 @@ with one line on stderr naming the file, exit status 2, no traceback."""
 
 import pytest
 
-from atomsplat.cli import demo, evaluate, export, simulate
+from atomsplat.cli import batch, demo, evaluate, export, simulate
 
 # Per command: its main, the options the README's "Commands" section spells, and a command line with a missing file.
 COMMANDS = {
@@ -22,6 +22,13 @@ COMMANDS = {
         evaluate.main,
         ["PRED", "TRUE", "--max-distance", "--json"],
         lambda tmp: [str(tmp / "missing.xyz"), str(tmp / "missing.xyz")],
+    ),
+    "atomsplat-batch": (
+        batch.main,
+        ["DATA", "--output", "--steps", "--config", "--method", "--pixel-size", "--time-series", "--warm-steps"]
+        + ["--max-distance", "--significance", "--engine", "--ray-address", "--workers", "--cpus-per-job"]
+        + ["--gpus-per-job"],
+        lambda tmp: [str(tmp / "missing"), "--output", str(tmp / "out")],
     ),
     "atomsplat-demo": (
         demo.main,
