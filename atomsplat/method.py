@@ -42,8 +42,9 @@ def trainer_config(method_name: str, model: AtomSplatModelConfig) -> AtomSplatTr
             "positions": _adam(0.05, 0.002),
             "log_weights": _adam(0.02),
             **widths,
-            # learned per-projection shifts (A), used when the model enables them
+            # learned per-projection shifts (A) and the atoms' shape, used when the model enables them
             "view_shifts": _adam(0.01, 0.001),
+            "atom_shape": _adam(0.01),
         },
         viewer=ViewerConfig(),
         logging=LoggingConfig(),

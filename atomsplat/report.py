@@ -1,4 +1,5 @@
-"""A trained model's report figure: measured vs modelled projection, residual, a slab of atoms.
+"""A trained model's report figure: measured vs modelled projection, residual, the atoms by species,
+their weights and their positional uncertainties.
 
 The comparison's tables and figures are in :mod:`atomsplat.benchmark.report`."""
 
@@ -8,6 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+# Colour of atoms without a species ("X"), whose Jmol colour (red) would read as an error.
+UNLABELLED = (0.55, 0.55, 0.55)
 
 
 def _pyplot():
@@ -20,24 +24,58 @@ def _pyplot():
 
 
 def _save(plt, fig, path) -> Path:
-    """Write ``fig`` as a PNG to ``path``, close it, and return the path."""
+    """Write ``fig`` to ``path`` (format by its suffix, PNG at 80 dpi), close it, and return the path."""
     path = Path(path)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
-def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: float = 1.5) -> Path:
-    """Write a 4-panel PNG and return its path.
+def species_colour(symbol: str) -> tuple:
+    """The Jmol colour of an element (ase.data.colors), grey for the unlabelled "X"."""
+    from ase.data import atomic_numbers
+    from ase.data.colors import jmol_colors
 
-    Panels: the measured projection nearest to 0 degrees, the model's projection of that view,
-    their difference, and the atoms within ``slab`` A of the central z = 0 plane (sample frame),
-    coloured by species, with missed true atoms and unmatched found atoms marked when the true
-    atoms are known.
+    number = atomic_numbers.get(symbol, 0)
+    return UNLABELLED if number == 0 else tuple(float(c) for c in jmol_colors[number])
+
+
+def species_order(symbols) -> list:
+    """The species present in ``symbols``, lightest element first."""
+    from ase.data import atomic_numbers
+
+    return sorted(set(symbols), key=lambda s: atomic_numbers.get(s, 0))
+
+
+def species_boundaries(weights: np.ndarray, symbols: np.ndarray) -> list:
+    """Weights that separate species of successive atomic number: for each pair, the geometric
+    mean of the largest weight of the lighter and the smallest of the heavier species (the split of
+    1-D k-means of log-weight, :func:`atomsplat.analysis.species.label_by_weight`, lies between them).
+    Empty for fewer than two species."""
+    order = species_order(symbols)
+    bounds = []
+    for light, heavy in zip(order, order[1:]):
+        bounds.append(float(np.sqrt(weights[symbols == light].max() * weights[symbols == heavy].min())))
+    return bounds
+
+
+def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: float = 1.5) -> Path:
+    """Write :func:`report_figure` to ``path`` (PNG, or PDF / SVG by its suffix) and return the path."""
+    return _save(_pyplot(), report_figure(model, atoms, truth_path, slab), path)
+
+
+def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float = 1.5):
+    """The report of a trained ``model`` and its exported ``atoms`` (:func:`atomsplat.export.atoms_from_model`):
+    a matplotlib figure of 2 x 3 panels (16 x 10 inches), with ``truth_path`` the true atoms (ase-readable) or None.
+
+    Top: the measured projection nearest to 0 degrees, the model's projection of that view, their
+    difference. Bottom: the atoms within ``slab`` A of the central z = 0 plane (sample frame) in
+    their species' Jmol colours, with missed true atoms and unmatched found atoms marked when the
+    true atoms are known; the histogram of the atoms' weights (log scale) by species, with the
+    weights that split the species and the count of each (and the true count when known); the
+    Cramer-Rao positional uncertainties of x, y, z when the run finished (else a note).
     """
     import ase.io
-
-    from atomsplat.analysis.matching import match_atoms
 
     plt = _pyplot()
     series = model.series
@@ -46,36 +84,54 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
     modelled = model.render_projections([k])[0].cpu().numpy()
     measured = series.projections[k]
     extent = np.array([-width, width, height, -height]) * series.pixel_size / 2.0
+    truth = ase.io.read(truth_path) if truth_path is not None else None
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 10), constrained_layout=True)
     top = float(measured.max())
     for ax, image, title in (
-        (axes[0], measured, f"measured, tilt {series.tilt_angles[k]:.0f} deg"),
-        (axes[1], modelled, f"model ({len(atoms)} atoms)"),
+        (axes[0, 0], measured, f"measured, tilt {series.tilt_angles[k]:.0f} deg"),
+        (axes[0, 1], modelled, f"model ({len(atoms)} atoms)"),
     ):
         shown = ax.imshow(image, cmap="gray", vmin=0, vmax=top, extent=extent)
         ax.set(title=title, xlabel="x (A)", ylabel="y (A)")
-    fig.colorbar(shown, ax=axes[1], shrink=0.8, label="projected potential")
+    fig.colorbar(shown, ax=axes[0, :2], shrink=0.8, label="projection (data units)")
     residual = measured - modelled
     bound = float(np.abs(residual).max())
-    shown = axes[2].imshow(residual, cmap="RdBu_r", vmin=-bound, vmax=bound, extent=extent)
-    axes[2].set(title="measured - model", xlabel="x (A)", ylabel="y (A)")
-    fig.colorbar(shown, ax=axes[2], shrink=0.8)
+    shown = axes[0, 2].imshow(residual, cmap="RdBu_r", vmin=-bound, vmax=bound, extent=extent)
+    axes[0, 2].set(title="measured - model", xlabel="x (A)", ylabel="y (A)")
+    fig.colorbar(shown, ax=axes[0, 2], shrink=0.8)
 
-    ax = axes[3]
+    _plot_slab(axes[1, 0], atoms, truth, slab)
+    _plot_weights(axes[1, 1], atoms, truth)
+    _plot_uncertainty(axes[1, 2], atoms)
+    return fig
+
+
+def _plot_slab(ax, atoms, truth, slab: float) -> None:
+    """The atoms with |z| < slab in their species' colours; missed and false atoms when ``truth`` is known."""
+    from atomsplat.analysis.matching import match_atoms
+
     found = atoms.positions
     in_slab = np.abs(found[:, 2]) < slab
     symbols = np.array(atoms.get_chemical_symbols())
-    for symbol in sorted(set(symbols)):
+    for symbol in species_order(symbols):
         pick = in_slab & (symbols == symbol)
-        ax.scatter(found[pick, 0], found[pick, 1], s=30, label=f"found {symbol}")
-    if truth_path is not None:
-        truth = ase.io.read(truth_path).positions
-        pred_idx, true_idx, _ = match_atoms(found, truth)
-        missed = np.setdiff1d(np.arange(len(truth)), true_idx)
+        ax.scatter(
+            found[pick, 0],
+            found[pick, 1],
+            s=45,
+            color=species_colour(symbol),
+            edgecolors="k",
+            linewidths=0.5,
+            label=f"{symbol} ({int(pick.sum())})",
+        )
+    if truth is not None:
+        true = truth.positions
+        pred_idx, true_idx, _ = match_atoms(found, true)
+        missed = np.setdiff1d(np.arange(len(true)), true_idx)
         false = np.setdiff1d(np.arange(len(found)), pred_idx)
-        pick = missed[np.abs(truth[missed, 2]) < slab]
-        ax.scatter(truth[pick, 0], truth[pick, 1], marker="x", c="k", s=60, label=f"missed ({len(missed)} in all)")
+        pick = missed[np.abs(true[missed, 2]) < slab]
+        ax.scatter(true[pick, 0], true[pick, 1], marker="x", c="k", s=60, label=f"missed ({len(missed)} in all)")
         pick = false[np.abs(found[false, 2]) < slab]
         ax.scatter(
             found[pick, 0],
@@ -83,10 +139,74 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
             marker="s",
             facecolors="none",
             edgecolors="r",
-            s=80,
+            s=90,
             label=f"false ({len(false)} in all)",
         )
-    ax.set(title=f"atoms with |z| < {slab} A", xlabel="x (A)", ylabel="y (A)", aspect="equal")
+    ax.set(title=f"atoms with |z| < {slab:g} A", xlabel="x (A)", ylabel="y (A)", aspect="equal")
     ax.invert_yaxis()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)  # beside the atoms
+
+
+def _plot_weights(ax, atoms, truth) -> None:
+    """Histogram of the weights (log scale), stacked by species, with the species split."""
+    from matplotlib.ticker import LogFormatter
+
+    weights = atoms.arrays["weight"]
+    symbols = np.array(atoms.get_chemical_symbols())
+    unit = atoms.info.get("weight_unit", "data units A^2").split(" (")[0]
+    order = species_order(symbols)
+    true_symbols = truth.get_chemical_symbols() if truth is not None else None
+    labels = []
+    for symbol in order:
+        label = f"{symbol}: {int((symbols == symbol).sum())}"
+        if true_symbols is not None and symbol != "X":
+            label += f" (true {true_symbols.count(symbol)})"
+        labels.append(label)
+    if len(weights):
+        low, high = float(weights.min()), float(weights.max())
+        bins = np.geomspace(low / 1.05, high * 1.05, 41) if high > low else np.geomspace(low / 1.5, low * 1.5, 11)
+        ax.hist(
+            [weights[symbols == s] for s in order],
+            bins=bins,
+            stacked=True,
+            color=[species_colour(s) for s in order],
+            edgecolor="k",
+            linewidth=0.4,
+            label=labels,
+        )
+        for n, bound in enumerate(species_boundaries(weights, symbols)):
+            ax.axvline(bound, color="k", linestyle="--", linewidth=1, label="species split" if n == 0 else None)
+        ax.set_xscale("log")
+        for axis_ticks in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis_ticks(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))  # 200, 300, not 2x10^2
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set(title=f"atom weights ({len(weights)} atoms)", xlabel=f"weight ({unit})", ylabel="atoms")
+
+
+def _plot_uncertainty(ax, atoms) -> None:
+    """Histograms of the Cramer-Rao standard deviations of x, y, z, or a note when there are none."""
+    uncertainty = atoms.arrays.get("uncertainty")
+    if uncertainty is None or len(uncertainty) == 0:
+        ax.text(
+            0.5,
+            0.5,
+            "no positional uncertainties:\nthe run did not reach its final pass",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set(title="positional uncertainty (Cramer-Rao)", xticks=[], yticks=[])
+        return
+    bins = np.linspace(0.0, float(uncertainty.max()) * 1.05, 41)
+    for axis, name, colour in zip(range(3), "xyz", ("tab:blue", "tab:orange", "tab:green")):
+        values = uncertainty[:, axis]
+        ax.hist(
+            values,
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            color=colour,
+            label=f"{name}: median {np.median(values):.3f} A",
+        )
+    ax.set(title="positional uncertainty (Cramer-Rao)", xlabel="standard deviation (A)", ylabel="atoms")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(plt, fig, path)

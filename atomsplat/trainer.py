@@ -21,6 +21,9 @@ from nerfstudio.configs import base_config
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
+from atomsplat.cli import fail
+from atomsplat.data.dataparser import TomographyDataParserConfig, read_ahead
+from atomsplat.data.series import TiltSeriesError
 from atomsplat.model.schedule import LogLinearDecaySchedulerConfig
 
 
@@ -105,7 +108,8 @@ class AtomSplatTrainer(Trainer):
 @dataclass
 class AtomSplatTrainerConfig(TrainerConfig):
     """nerfstudio's trainer whose learning-rate decays end with the last step, whatever
-    ``max_num_iterations`` is, also when resuming (``--load-dir``: the loaded steps count too)."""
+    ``max_num_iterations`` is, also when resuming (``--load-dir``: the loaded steps count too), and
+    which reads the tilt series before ns-train prints or saves anything (:meth:`set_timestamp`)."""
 
     _target: Type = field(default_factory=lambda: AtomSplatTrainer)
     prompt: tyro.conf.Suppress[Optional[str]] = None
@@ -114,6 +118,20 @@ class AtomSplatTrainerConfig(TrainerConfig):
     use_grad_scaler: tyro.conf.Suppress[bool] = False
     log_gradients: tyro.conf.Suppress[bool] = False
     gradient_accumulation_steps: tyro.conf.Suppress[Dict[str, int]] = field(default_factory=dict)
+
+    def set_timestamp(self) -> None:
+        """ns-train's first call on the configuration, before it prints it and writes it to a new
+        output directory (nerfstudio's ``scripts.train.main``): the tilt series is read here, so that
+        bad data stops the run with the reader's one-line message on stderr (exit status 2),
+        nothing printed before it and nothing written. The DataParser takes the series read here."""
+        datamanager = self.pipeline.datamanager
+        if isinstance(datamanager.dataparser, TomographyDataParserConfig):
+            data = datamanager.data if datamanager.data is not None else datamanager.dataparser.data
+            try:
+                read_ahead(Path(data), datamanager.dataparser.pixel_size)
+            except TiltSeriesError as err:
+                fail("ns-train", str(err))
+        super().set_timestamp()
 
     def setup(self, **kwargs):
         total = self.max_num_iterations + resumed_steps(self.load_dir, self.load_checkpoint)

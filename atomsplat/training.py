@@ -52,9 +52,13 @@ def training_config(
 
 def train(data: Path, steps: int, output_dir: Path, **options) -> Path:
     """Train on ``data`` through nerfstudio's trainer (options: those of :func:`training_config`);
-    returns the run's config.yml."""
+    returns the run's config.yml. Bad data raise :class:`atomsplat.data.series.TiltSeriesError`
+    before anything is written (``ns-train`` prints its message and exits instead)."""
     from nerfstudio.scripts.train import main as nerfstudio_train
 
+    from atomsplat.data.dataparser import read_ahead
+
     config = training_config(data, steps, output_dir, **options)
+    read_ahead(Path(data), config.pipeline.datamanager.dataparser.pixel_size)  # the run takes the series read here
     nerfstudio_train(config)
     return config.get_base_dir() / "config.yml"

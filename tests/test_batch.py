@@ -92,7 +92,7 @@ def test_ray_batch_of_two_workers_gives_the_serial_results(tmp_path, capsys):
         assert [r["name"] for r in summary["results"]] == ["a", "b"]
         assert all(r["tpr"] > 0.8 for r in summary["results"])
         (failure,) = summary["failures"]
-        assert failure["key"] == "empty" and "nothing above their background" in failure["error"]
+        assert failure["key"] == "empty" and "no signal above their background" in failure["error"]
     assert (tmp_path / "ray" / "empty" / "train.log").is_file()
     for name in ("a", "b"):
         serial = ase.io.read(tmp_path / "serial" / name / "atoms.xyz")

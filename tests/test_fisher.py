@@ -27,26 +27,38 @@ def _case(dtype=torch.float64):
     return positions, sigmas, weights, rotations, offsets
 
 
-def _dense_jacobian(positions, sigmas, weights, rotations, offsets):
+def _dense(positions, sigmas, weights, rotations, offsets, halo=None):
+    """The dense (oracle) projection of atoms of one Gaussian, or of a core and a halo."""
+    if halo is None:
+        return project_isotropic_dense(positions, sigmas, weights, rotations, offsets, P, H, W)
+    fraction, ratio = halo
+    return project_isotropic_dense(
+        torch.cat([positions, positions]), torch.cat([sigmas, ratio * sigmas]),
+        torch.cat([(1 - fraction) * weights, fraction * weights]), rotations, offsets, P, H, W,
+    )  # fmt: skip
+
+
+def _dense_jacobian(positions, sigmas, weights, rotations, offsets, halo=None):
     """(V * H * W, 5K) d model / d (x, y, z, log w, log sigma) of every atom, by autograd."""
 
     def model(flat):
         p = flat.view(-1, 5)
-        return project_isotropic_dense(p[:, :3], p[:, 4].exp(), p[:, 3].exp(), rotations, offsets, P, H, W).reshape(-1)
+        return _dense(p[:, :3], p[:, 4].exp(), p[:, 3].exp(), rotations, offsets, halo).reshape(-1)
 
     flat = torch.cat([positions, weights.log()[:, None], sigmas.log()[:, None]], dim=1).reshape(-1)
     return torch.autograd.functional.jacobian(model, flat)
 
 
-def test_fisher_blocks_and_matrix_equal_autograd_jacobians():
+@pytest.mark.parametrize("halo", [None, (0.3, 1.7)])
+def test_fisher_blocks_and_matrix_equal_autograd_jacobians(halo):
     case = _case()
     inverse_variance = 0.5 + torch.rand(3, H, W, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    jacobian = _dense_jacobian(*case)
+    jacobian = _dense_jacobian(*case, halo=halo)
     expected = jacobian.T @ (inverse_variance.reshape(-1, 1) * jacobian)
-    matrix = torch.from_numpy(fisher_matrix(*case, P, inverse_variance).toarray())
+    matrix = torch.from_numpy(fisher_matrix(*case, P, inverse_variance, halo=halo).toarray())
     scale = float(expected.abs().max())
     torch.testing.assert_close(matrix, expected, atol=2e-3 * scale, rtol=0)  # the window's truncation only
-    blocks = fisher_blocks(*case, P, inverse_variance)
+    blocks = fisher_blocks(*case, P, inverse_variance, halo=halo)
     for k in range(4):
         torch.testing.assert_close(blocks[k], expected[5 * k : 5 * k + 5, 5 * k : 5 * k + 5], atol=2e-3 * scale, rtol=0)
 
@@ -71,16 +83,18 @@ def test_fisher_matrix_with_a_pedestal_per_view():
     assert np.all(block <= variances * (1 + 1e-6))
 
 
-def test_removal_gains_equal_the_data_term_without_each_atom():
+@pytest.mark.parametrize("halo", [None, (0.3, 1.7)])
+def test_removal_gains_equal_the_data_term_without_each_atom(halo):
     positions, sigmas, weights, rotations, offsets = _case()
-    args = (rotations, offsets, P, H, W)
-    model = project_isotropic_dense(positions, sigmas, weights, *args) + 1.0
+    model = _dense(positions, sigmas, weights, rotations, offsets, halo) + 1.0
     measured = torch.poisson(model, generator=torch.Generator().manual_seed(1))
     noise = NoiseModel("poisson", 1e-6)
-    gains, touched = removal_gains(positions, sigmas, weights, rotations, offsets, P, model, measured, noise.pixels)
+    gains, touched = removal_gains(
+        positions, sigmas, weights, rotations, offsets, P, model, measured, noise.pixels, halo=halo
+    )
     for k in range(4):
         keep = torch.arange(4) != k
-        without = project_isotropic_dense(positions[keep], sigmas[keep], weights[keep], *args) + 1.0
+        without = _dense(positions[keep], sigmas[keep], weights[keep], rotations, offsets, halo) + 1.0
         expected = noise.pixels(without, measured).sum() - noise.pixels(model, measured).sum()
         assert float(gains[k]) == pytest.approx(float(expected), rel=2e-3, abs=1e-3)
     assert torch.all(touched > 0) and touched[3] > touched[2]  # the widest atom touches the most pixels

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Type
+from typing import Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -29,10 +29,16 @@ from nerfstudio.data.scene_box import SceneBox
 
 from atomsplat.data.formats import ground_truth_path, read_tilt_series
 from atomsplat.data.previews import preview_images
+from atomsplat.data.series import TiltSeries
 from atomsplat.geometry import orthophoto_camera_to_worlds, view_rotations
 
 # Ray origins start this far (scene units) before the rotation centre: outside the [-1, 1]^3 box.
 CAMERA_DEPTH = 2.0
+
+
+# Tilt series read before a run starts (:func:`read_ahead`), by (data, pixel_size), until the
+# DataParser of that run takes them: the files are read, and their warnings given, once.
+_READ_AHEAD: Dict[Tuple[Path, Optional[float]], TiltSeries] = {}
 
 
 def bundled_demo_path() -> Path:
@@ -63,8 +69,10 @@ class TomographyDataParser(DataParser):
 
     @cached_property
     def series(self):
-        """The dataset, read once for all splits (nerfstudio asks for train, then val or test)."""
-        return read_tilt_series(self.config.data, pixel_size=self.config.pixel_size)
+        """The dataset, read once for all splits (nerfstudio asks for train, then val or test), or
+        taken from :func:`read_ahead` when the run read it before it started."""
+        series = _READ_AHEAD.pop((Path(self.config.data), self.config.pixel_size), None)
+        return read_tilt_series(self.config.data, pixel_size=self.config.pixel_size) if series is None else series
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         series = self.series
@@ -99,6 +107,19 @@ class TomographyDataParser(DataParser):
                 "ground_truth": ground_truth,
             },
         )
+
+
+def read_ahead(data: Path, pixel_size: Optional[float] = None) -> TiltSeries:
+    """Read the tilt series at ``data`` before a run starts, and keep it for the run's DataParser
+    of the same ``data`` and ``pixel_size`` (which takes it instead of reading the files again);
+    a series read ahead and not yet taken is not read again.
+
+    Raises :class:`atomsplat.data.series.TiltSeriesError` (one line naming the file) on bad data.
+    """
+    key = (Path(data), pixel_size)
+    if key not in _READ_AHEAD:
+        _READ_AHEAD[key] = read_tilt_series(data, pixel_size=pixel_size)
+    return _READ_AHEAD[key]
 
 
 def split_indices(count: int, split: str, holdout_every: int) -> np.ndarray:

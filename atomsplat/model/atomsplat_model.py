@@ -40,7 +40,7 @@ from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataset import display_image
 from atomsplat.geometry import view_rotations, views_from_camera_to_worlds
 from atomsplat.model import density
-from atomsplat.model.cloud import AtomCloud, Views, atoms_of, project, series_views
+from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project, series_views
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
@@ -97,6 +97,9 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     max_sigma: float = 2.0
     window: float = DEFAULT_WINDOW
     """Footprint half-width in widths; at 4 the truncated mass is below 1.3e-4 of an atom."""
+    atom_shape: Literal["auto", "gaussian", "core+halo"] = "auto"
+    """Each atom one Gaussian, or a core and a halo sharing its centre (:class:`AtomShape`: the
+    long tails of atoms' potentials); "auto": core+halo for counts, whose likelihood sees the tails."""
     loss: Literal["auto", "l1", "l2", "poisson", "mixed"] = "auto"
     """Data term (:mod:`atomsplat.model.losses`): "auto" fits counts (the series' ``counts``:
     non-negative integers, or declared in metadata.json) by their Poisson likelihood and other data
@@ -156,6 +159,7 @@ class AtomSplatModel(SplatfactoModel):
             signal = stack - self.corrections.background_of(torch.arange(len(stack)))
         positions = initial_positions(self.series, signal, config, self.generator)
         mass = float(signal.sum(dim=(1, 2)).mean()) * self.series.pixel_size**2
+        halo = config.atom_shape == "core+halo" or (config.atom_shape == "auto" and bool(self.series.counts))
         self.cloud = AtomCloud(
             positions,
             config.init_sigma,
@@ -165,6 +169,7 @@ class AtomSplatModel(SplatfactoModel):
             config.max_sigma,
             config.window,
             self.generator,
+            AtomShape() if halo and config.isotropic else None,
         )
         if config.init_support == "atoms":
             start_from_atoms(self.cloud, config.init_atoms)
@@ -200,9 +205,11 @@ class AtomSplatModel(SplatfactoModel):
         return {name: [param] for name, param in self.cloud.params.items()}
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        shape = {} if self.cloud.shape is None else {"atom_shape": list(self.cloud.shape.parameters())}
         return {
             **self.get_gaussian_param_groups(),
             **{name: [param] for name, param in self.corrections.params.items()},
+            **shape,
         }
 
     # ----------------------------------------------------------------------------- what nerfstudio reads
@@ -450,7 +457,7 @@ class AtomSplatModel(SplatfactoModel):
         for Gaussians ``params``: the shifts and background as they are."""
         for chunk in self.series_views(self.train_indices).split(8):
             views = chunk.moved(self.corrections.offsets(chunk.offsets, chunk.indices, self.step).detach())
-            model = project(params, views, window=self.cloud.window)
+            model = project(params, views, window=self.cloud.window, shape=self.cloud.shape_params)
             if self.corrections.has_background:
                 model = model + self.corrections.background_of(chunk.indices)
             yield views, model, self.measured[chunk.indices]
@@ -463,7 +470,7 @@ class AtomSplatModel(SplatfactoModel):
         for views, model, measured in self._models(params):
             gain, touch = removal_gains(
                 positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, model, measured,
-                self.noise.negative_log_likelihood, self.cloud.window,
+                self.noise.negative_log_likelihood, self.cloud.window, self.cloud.halo(),
             )  # fmt: skip
             gains += gain
             touched += touch

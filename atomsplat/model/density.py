@@ -9,7 +9,8 @@ averaged like one. No step loops over Gaussians in Python.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -199,3 +200,11 @@ def diffuse(params: Params, width: float) -> torch.Tensor:
     if len(widths) == 0:
         return torch.zeros(0, dtype=torch.bool, device=widths.device)
     return widths > width * widths.median()
+
+
+def peak_density(sigmas: torch.Tensor, halo: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+    """The projected density at the centre of an atom of unit weight and width ``sigmas`` (A^-2):
+    ``1 / (2 pi sigma^2)``, or with a halo (fraction f, ratio r; :class:`atomsplat.model.cloud.AtomShape`)
+    ``(1 - f) / (2 pi sigma^2) + f / (2 pi (r sigma)^2)``."""
+    fraction, ratio = (0.0, 1.0) if halo is None else halo
+    return ((1.0 - fraction) + fraction / ratio**2) / (2.0 * math.pi * sigmas**2)

@@ -45,6 +45,25 @@ class EmptySeriesError(ValueError):
     """The projections hold nothing above their background: there is no particle to fit."""
 
 
+def check_signal(signal: torch.Tensor, where: str = "tilt series", significance: float = 5.0) -> float:
+    """The signal-to-noise ratio of the particle's total signal, or :class:`EmptySeriesError`.
+
+    A particle projects the same total weight into every projection (mass conservation), so the
+    sums of the background-subtracted projections ``signal`` (N, H, W) have a positive mean and a
+    small spread; an empty series has sums that scatter about 0. The statistic is the mean sum over
+    its standard error (a t-statistic); below ``significance`` the series holds no particle.
+    """
+    sums = signal.double().sum(dim=(1, 2))
+    spread = float(sums.std()) if len(sums) > 1 else float("inf")
+    ratio = float(sums.mean()) / max(spread / len(sums) ** 0.5, 1e-30)
+    if not ratio > significance:
+        raise EmptySeriesError(
+            f"{where}: the projections hold no signal above their background (total signal {ratio:.1f} standard "
+            f"errors from 0; a particle gives hundreds): is the series empty, or its background wrong?"
+        )
+    return ratio
+
+
 def initial_positions(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
     """(K, 3) random initial positions, A, sample frame (module docstring).
 
@@ -53,7 +72,11 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
         signal: (N, H, W) projections of the atoms: the series less any fitted background.
         config: the model configuration (``init_*``, ``support_threshold``, ``hull_threshold``).
         generator: the random generator.
+
+    Raises:
+        EmptySeriesError: the projections hold nothing above their background (:func:`check_signal`).
     """
+    check_signal(signal, str(series.source or "tilt series"))
     if config.init_support in ("reconstruction", "peaks"):
         return _from_reconstruction(series, signal, config, generator)
     if config.init_support == "atoms":

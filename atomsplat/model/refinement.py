@@ -45,12 +45,14 @@ def _views_of(views: Views, corrections, step: int) -> Views:
     return Views(views.rotations.double(), offsets.double(), views.pixel_size, views.height, views.width, views.indices)
 
 
-def _total(params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool) -> float:
+def _total(
+    params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool, shape=None
+) -> float:
     """``scale`` x the data term summed over the pixels of ``views``, in chunks (gradients accumulated
     when ``backward``)."""
     total = 0.0
     for part in views.split(chunk):
-        model = project(params, part)
+        model = project(params, part, shape=shape)
         if corrections.has_background:
             model = model + corrections.background_of(part.indices).double()
         loss = scale * noise.pixels(model, measured[part.indices].double()).sum()
@@ -88,19 +90,22 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
     smooth = noise.smooth
     views = _views_of(views, corrections, step)
     params = {name: p.detach().double().clone().requires_grad_(True) for name, p in cloud.params.items()}
+    shape = None
+    if cloud.shape_params is not None:
+        shape = {name: p.detach().double().clone().requires_grad_(True) for name, p in cloud.shape_params.items()}
     pixels = len(views) * views.height * views.width
     done = 0
     with torch.no_grad():
-        before = _total(params, views, measured, corrections, smooth, 1.0, chunk, backward=False) / pixels
+        before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape) / pixels
     scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
     for _ in range(rounds):
         if corrections.has_background:
             with torch.no_grad():
                 for part in views.split(chunk):
-                    atoms = project(params, part).float()
+                    atoms = project(params, part, shape=shape).float()
                     corrections.fit(atoms, measured[part.indices], part.indices, iterations=50, noise=smooth)
         optimizer = torch.optim.LBFGS(
-            list(params.values()),
+            list(params.values()) + ([] if shape is None else list(shape.values())),
             lr=1.0,
             max_iter=iterations,
             history_size=20,
@@ -111,7 +116,7 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
 
         def closure():
             optimizer.zero_grad()
-            total = _total(params, views, measured, corrections, smooth, scale, chunk, backward=True)
+            total = _total(params, views, measured, corrections, smooth, scale, chunk, True, shape)
             if prior is not None:
                 penalty = prior.negative_log_prior(params["log_weights"], params["log_sigmas"])
                 penalty.backward()
@@ -123,8 +128,12 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
     with torch.no_grad():
         for name, p in cloud.params.items():
             p.copy_(params[name].to(p.dtype))
+        for name, p in (cloud.shape_params or {}).items():
+            p.copy_(shape[name].to(p.dtype))
         cloud.clamp_widths()
-        after = _total(cloud.params, views, measured, corrections, smooth, 1.0, chunk, backward=False) / pixels
+        after = (
+            _total(cloud.params, views, measured, corrections, smooth, 1.0, chunk, False, cloud.shape_params) / pixels
+        )
     return RefinementReport(done, before, after, time.perf_counter() - start)
 
 
@@ -147,8 +156,9 @@ def position_uncertainties(
     views = _views_of(views, corrections, step)
     params = {name: p.detach().double() for name, p in cloud.params.items()}
     models = []
+    shape = None if cloud.shape_params is None else {k: v.detach().double() for k, v in cloud.shape_params.items()}
     for part in views.split(chunk):
-        model = project(params, part)
+        model = project(params, part, shape=shape)
         if corrections.has_background:
             model = model + corrections.background_of(part.indices).double()
         models.append(model)
@@ -160,12 +170,12 @@ def position_uncertainties(
     args = (positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, inverse_variance)
     curvature = torch.zeros(cloud.count, 2) if prior is None else prior.curvature()
     if cloud.count <= full_limit:
-        matrix = fisher_matrix(*args, linear=corrections.basis, window=cloud.window)
+        matrix = fisher_matrix(*args, linear=corrections.basis, window=cloud.window, halo=cloud.halo())
         diagonal = np.zeros(matrix.shape[0])
         diagonal[: 5 * cloud.count] = np.pad(curvature.double().numpy(), ((0, 0), (3, 0))).reshape(-1)
         variances = marginal_position_variances(matrix + sparse.diags(diagonal), cloud.count)
         return torch.from_numpy(np.sqrt(np.clip(variances, 0.0, None))).float(), "full"
-    blocks = fisher_blocks(*args, window=cloud.window)
+    blocks = fisher_blocks(*args, window=cloud.window, halo=cloud.halo())
     blocks[:, 3:, 3:] += torch.diag_embed(curvature.to(blocks))
     covariance = position_covariances(blocks)
     return covariance.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt().float(), "blocks"

@@ -227,7 +227,7 @@ class DensityStrategy:
                 score, points, threshold, o.merge_distance, o.birth_spacing, narrow.cpu().numpy()
             )
             # the weight that explains the residual's peak with a Gaussian of the median width
-            area = 2.0 * math.pi * float(density.width_of(params).median()) ** 2
+            area = 1.0 / float(density.peak_density(density.width_of(params).median(), cloud.halo()))
             log_weights = torch.from_numpy(np.log(score.reshape(-1)[found] * area))
             params, new_source = density.append(params, torch.from_numpy(points[found]), log_weights)
             source, born = _follow(source, new_source, -1), len(found)
@@ -291,7 +291,7 @@ class DensityStrategy:
             images, views.rotations, views.offsets, views.pixel_size, torch.from_numpy(points).to(images)
         )
         score = score.cpu().numpy().reshape(shape)
-        peaks = cloud.weights.detach() / (2.0 * math.pi * cloud.sigmas.detach() ** 2)
+        peaks = cloud.weights.detach() * density.peak_density(cloud.sigmas.detach(), cloud.halo())
         noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
         return score, points, max(o.birth_threshold * float(peaks.median()), 5.0 * noise)
 

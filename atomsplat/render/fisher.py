@@ -22,6 +22,8 @@ Pure functions of tensors; lengths in A.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 from scipy import sparse
@@ -41,6 +43,7 @@ def fisher_blocks(
     pixel_size: float,
     inverse_variance: torch.Tensor,
     window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> torch.Tensor:
     """Each atom's own Fisher information block, (K, 5, 5), parameters in :data:`PARAMETERS` order.
 
@@ -50,10 +53,14 @@ def fisher_blocks(
         pixel_size: A.
         inverse_variance: (V, H, W) 1 / var(m) of every pixel of the views (data units^-2).
         window: footprint half-width in widths, as the projector's.
+        halo: (fraction, ratio) of atoms with a core and a halo
+            (:func:`atomsplat.render.footprints.atom_windows`), or None.
     """
     views, height, width = inverse_variance.shape
     blocks = positions.new_zeros(len(positions), 5, 5)
-    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
+    for part in atom_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo
+    ):
         derivatives = part.derivatives(rotations)
         weight = part.gather(inverse_variance).to(derivatives)  # (V, k, S, S): 0 outside the detector
         blocks[part.members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight, derivatives)
@@ -70,13 +77,14 @@ def fisher_matrix(
     inverse_variance: torch.Tensor,
     linear: torch.Tensor = None,
     window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> sparse.csr_matrix:
     """The whole Fisher information of all atoms' parameters (5K, in :data:`PARAMETERS` order per
     atom) and of T linear parameters per view (V * T more, view by view), as a sparse matrix.
 
     Args:
-        positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window: as
-            :func:`fisher_blocks`.
+        positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window, halo:
+            as :func:`fisher_blocks`.
         linear: (T, H, W) images of linear terms of every view (e.g. the constant 1 of a pedestal),
             or None.
     """
@@ -85,34 +93,32 @@ def fisher_matrix(
     extra = 0 if linear is None else len(linear)
     size_all = 5 * count + views * extra
     total = sparse.csr_matrix((size_all, size_all))
-    pixels = height * width
-    rows, cols, values = [[] for _ in range(views)], [[] for _ in range(views)], [[] for _ in range(views)]
-    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6):
-        derivatives, members, grid, size = part.derivatives(rotations), part.members, part.grid, part.size
-        # padded-grid indices back to detector pixels, dropping the padding
-        padded_h, padded_w = height + 2 * grid.radius, width + 2 * grid.radius
-        flat = grid.index.long().view(views, -1, size, size) % (padded_h * padded_w)
-        row, col = flat // padded_w - grid.radius, flat % padded_w - grid.radius
-        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (V, k, S, S)
-        for v in range(views):
-            keep = inside[v]  # (k, S, S)
-            pixel = (row[v] * width + col[v])[keep]  # (n,)
-            atom = members[:, None, None].expand_as(keep)[keep]
+    for v in range(views):  # one view's Jacobian at a time: memory for one view's windows only
+        rows, cols, values = [], [], []
+        for part in atom_windows(
+            positions, sigmas, weights, rotations[v : v + 1], offsets[v : v + 1], pixel_size, height, width, window, 6,
+            halo,
+        ):  # fmt: skip
+            derivatives, size, radius = part.derivatives(rotations[v : v + 1])[0], part.size, part.grid.radius
+            # padded-grid indices back to detector pixels, dropping the padding
+            flat = part.grid.index.long().view(-1, size, size)
+            row, col = flat // (width + 2 * radius) - radius, flat % (width + 2 * radius) - radius
+            keep = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (k, S, S)
+            pixel = (row * width + col)[keep]
+            atom = part.members[:, None, None].expand_as(keep)[keep]
             for parameter in range(5):
-                rows[v].append(pixel.cpu().numpy())
-                cols[v].append((5 * atom + parameter).cpu().numpy())
-                values[v].append(derivatives[v, :, parameter][keep].double().cpu().numpy())
-    for v in range(views):
-        row = np.concatenate(rows[v]) if rows[v] else np.zeros(0, int)
-        col = np.concatenate(cols[v]) if cols[v] else np.zeros(0, int)
-        val = np.concatenate(values[v]) if values[v] else np.zeros(0)
+                rows.append(pixel.cpu().numpy())
+                cols.append((5 * atom + parameter).cpu().numpy())
+                values.append(derivatives[:, parameter][keep].double().cpu().numpy())
         if extra:
             basis = linear.reshape(extra, -1).double().cpu().numpy()
             pix, term = np.nonzero(basis.T)
-            row = np.concatenate([row, pix])
-            col = np.concatenate([col, 5 * count + v * extra + term])
-            val = np.concatenate([val, basis.T[pix, term]])
-        jacobian = sparse.csr_matrix((val, (row, col)), shape=(pixels, size_all))
+            rows.append(pix)
+            cols.append(5 * count + v * extra + term)
+            values.append(basis.T[pix, term])
+        jacobian = sparse.csr_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(height * width, size_all)
+        )
         weight = sparse.diags(inverse_variance[v].reshape(-1).double().cpu().numpy())
         total = total + (jacobian.T @ weight @ jacobian)
     return total.tocsr()

@@ -11,7 +11,7 @@ walk the atoms' windows in chunks with :func:`atom_windows`, in the same windows
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -23,24 +23,35 @@ _TOUCHED = 0.01  # a pixel is touched by a footprint above this fraction of the 
 
 
 @dataclass
-class AtomWindows:
-    """The windows of a chunk of k atoms in V views.
+class Component:
+    """One concentric Gaussian of the atoms of a chunk: it holds ``fraction`` of each atom's weight
+    and has ``scale`` x its width; px, dpx, dspx: (V, k, S) its 1D pixel integrals along x and their
+    derivatives by the centre and by its own width (:func:`atomsplat.render.projector.profile_derivatives`);
+    py, dpy, dspy along y."""
 
-    Attributes:
-        members: (k,) long indices of the atoms.
-        px, dpx, dspx: (V, k, S) the 1D pixel integrals along x and their derivatives by the centre
-            and by sigma (:func:`atomsplat.render.projector.profile_derivatives`); py, dpy, dspy along y.
-        sigma: (k,) widths, A; amplitude: (k,) ``w / p^2``.
-        grid: the windows' :class:`atomsplat.render.windows.PaddedGrid`; size: S.
-    """
-
-    members: torch.Tensor
+    fraction: float
+    scale: float
     px: torch.Tensor
     dpx: torch.Tensor
     dspx: torch.Tensor
     py: torch.Tensor
     dpy: torch.Tensor
     dspy: torch.Tensor
+
+
+@dataclass
+class AtomWindows:
+    """The windows of a chunk of k atoms in V views.
+
+    Attributes:
+        members: (k,) long indices of the atoms.
+        components: the atom's concentric Gaussians (one, or a core and a halo), in the window.
+        sigma: (k,) widths, A; amplitude: (k,) ``w / p^2``.
+        grid: the windows' :class:`atomsplat.render.windows.PaddedGrid`; size: S.
+    """
+
+    members: torch.Tensor
+    components: List[Component]
     sigma: torch.Tensor
     amplitude: torch.Tensor
     grid: PaddedGrid
@@ -48,20 +59,27 @@ class AtomWindows:
 
     def footprints(self) -> torch.Tensor:
         """(V, k, S, S) each atom's mean density in each window pixel (data units)."""
-        return self.amplitude[None, :, None, None] * _outer(self.py, self.px)
+        return self.amplitude[None, :, None, None] * sum(c.fraction * _outer(c.py, c.px) for c in self.components)
 
     def derivatives(self, rotations: torch.Tensor) -> torch.Tensor:
         """(V, k, 5, S, S) the footprints' derivatives by x, y, z (A, sample frame; ``rotations`` the
-        (V, 3, 3) view matrices), log w and log sigma:
+        (V, 3, 3) view matrices), log w and log sigma; for one Gaussian
 
             dm/dcx = A py dpx,  dm/dcy = A dpy px,  dm/dr = (dm/dcx, dm/dcy) M[:2],
-            dm/dlog w = A py px,  dm/dlog sigma = A sigma (dspy px + py dspx).
+            dm/dlog w = A py px,  dm/dlog sigma = A sigma (dspy px + py dspx),
+
+        summed over the components with their fractions (a halo's width is its scale x sigma).
         """
         amplitude = self.amplitude[None, :, None, None]
-        detector = torch.stack([amplitude * _outer(self.py, self.dpx), amplitude * _outer(self.dpy, self.px)], dim=2)
-        position = torch.einsum("vcd,vkcij->vkdij", rotations[:, :2, :].to(detector), detector)
         sigma = self.sigma[None, :, None, None]
-        width = amplitude * sigma * (_outer(self.dspy, self.px) + _outer(self.py, self.dspx))
+        d_cx = d_cy = d_sigma = 0.0
+        for c in self.components:
+            d_cx = d_cx + c.fraction * _outer(c.py, c.dpx)
+            d_cy = d_cy + c.fraction * _outer(c.dpy, c.px)
+            d_sigma = d_sigma + c.fraction * c.scale * (_outer(c.dspy, c.px) + _outer(c.py, c.dspx))
+        detector = torch.stack([amplitude * d_cx, amplitude * d_cy], dim=2)
+        position = torch.einsum("vcd,vkcij->vkdij", rotations[:, :2, :].to(detector), detector)
+        width = amplitude * sigma * d_sigma
         return torch.cat([position, self.footprints()[:, :, None], width[:, :, None]], dim=2)
 
     def gather(self, images: torch.Tensor) -> torch.Tensor:
@@ -85,6 +103,7 @@ def atom_windows(
     width: int,
     window: float = DEFAULT_WINDOW,
     planes: int = 1,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> Iterator[AtomWindows]:
     """Yields the :class:`AtomWindows` of all atoms, chunk by chunk, each chunk's (V, k, S, S) values
     times ``planes`` (the arrays its consumer will build) bounded to about 2M.
@@ -93,9 +112,13 @@ def atom_windows(
         positions: (K, 3) A; sigmas: (K,) A; weights: (K,) data units x A^2.
         rotations: (V, 3, 3) view matrices; offsets: (V, 2) detector offsets, A.
         pixel_size: A; height, width: detector pixels; window: half-width in widths.
+        halo: (fraction, ratio) of atoms made of a core and a halo
+            (:class:`atomsplat.model.cloud.AtomShape`), or None for one Gaussian per atom. The window
+            then covers the halo.
     """
+    parts = [(1.0, 1.0)] if halo is None else [(1.0 - halo[0], 1.0), (halo[0], halo[1])]
     centres = detector_centres(positions, rotations, offsets)  # (V, K, 2)
-    radii = window_radii(sigmas, pixel_size, window)
+    radii = window_radii(sigmas * parts[-1][1], pixel_size, window)
     views = len(rotations)
     for radius in torch.unique(radii).tolist():
         group = torch.nonzero(radii == radius).squeeze(1)
@@ -107,11 +130,17 @@ def atom_windows(
             start_x = window_start(cx, width, pixel_size, radius)
             start_y = window_start(cy, height, pixel_size, radius)
             sig = sigmas[members]
-            px, dpx, dspx = profile_derivatives(cx, sig, start_x, width, pixel_size, size)
-            py, dpy, dspy = profile_derivatives(cy, sig, start_y, height, pixel_size, size)
+            components = [
+                Component(
+                    fraction,
+                    scale,
+                    *profile_derivatives(cx, scale * sig, start_x, width, pixel_size, size),
+                    *profile_derivatives(cy, scale * sig, start_y, height, pixel_size, size),
+                )
+                for fraction, scale in parts
+            ]
             grid = PaddedGrid(start_y, start_x, size, height, width, radius)
-            amplitude = weights[members] / pixel_size**2
-            yield AtomWindows(members, px, dpx, dspx, py, dpy, dspy, sig, amplitude, grid, size)
+            yield AtomWindows(members, components, sig, weights[members] / pixel_size**2, grid, size)
 
 
 def removal_gains(
@@ -125,12 +154,13 @@ def removal_gains(
     measured: torch.Tensor,
     pixel_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """What each atom is worth to the data: how much the data term grows when it alone is removed.
 
     Args:
-        positions, sigmas, weights, rotations, offsets, pixel_size, window: the atoms and views, as
-            for :func:`atom_windows`.
+        positions, sigmas, weights, rotations, offsets, pixel_size, window, halo: the atoms and
+            views, as for :func:`atom_windows`.
         model: (V, H, W) the whole model of the views (all atoms, background included).
         measured: (V, H, W) the measured projections.
         pixel_cost: the data term of every pixel, ``pixel_cost(model, measured)`` (same shape), e.g.
@@ -144,7 +174,9 @@ def removal_gains(
     views, height, width = model.shape
     gains = positions.new_zeros(len(positions))
     touched = positions.new_zeros(len(positions))
-    for part in atom_windows(positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4):
+    for part in atom_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4, halo
+    ):
         inside = part.gather(torch.ones_like(model)) > 0  # (V, k, S, S)
         footprint = part.footprints()
         whole = part.gather(model)
