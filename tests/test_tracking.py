@@ -15,7 +15,7 @@ from atomsplat.analysis.tracking import (
     link_frames,
 )
 from atomsplat.geometry import view_rotations
-from atomsplat.model.cloud import AtomCloud
+from atomsplat.model.cloud import AtomCloud, AtomShape
 from atomsplat.model.init import read_initial_atoms, start_from_atoms
 from atomsplat.render.projector import project_isotropic
 from atomsplat.sim.structures import build_particle
@@ -134,6 +134,15 @@ def test_initial_atoms_from_a_file(tmp_path):
     start_from_atoms(cloud, tmp_path / "start.xyz")
     np.testing.assert_allclose(cloud.weights.detach().numpy(), [10.0, 20.0, 30.0], rtol=1e-6)
     np.testing.assert_allclose(cloud.sigmas.detach().numpy(), [0.5, 0.6, 0.05], rtol=1e-6)
+
+    atoms.info.update(halo_fraction=0.3, halo_ratio=1.8)  # atoms exported from a core+halo run
+    ase.io.write(tmp_path / "halo.xyz", atoms, format="extxyz")
+    np.testing.assert_allclose(read_initial_atoms(tmp_path / "halo.xyz")["halo"], [0.3, 1.8])
+    cored = AtomCloud(torch.from_numpy(found["positions"]).float(), 0.6, 1.0, min_sigma=0.05, shape=AtomShape())
+    start_from_atoms(cored, tmp_path / "halo.xyz")
+    np.testing.assert_allclose(cored.halo(), [0.3, 1.8], rtol=1e-6)
+    start_from_atoms(cloud, tmp_path / "halo.xyz")  # one Gaussian per atom: the halo does not apply
+    assert cloud.halo() is None
 
     ase.io.write(tmp_path / "plain.xyz", ase.Atoms("Pt", positions=[[0, 0, 0]]), format="extxyz")
     assert set(read_initial_atoms(tmp_path / "plain.xyz")) == {"positions"}  # no weights: the model's own

@@ -180,7 +180,8 @@ def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.
 
 def read_initial_atoms(path) -> Dict[str, np.ndarray]:
     """The atoms of an extended XYZ file to start from: "positions" (K, 3) A, and "weight" (K,)
-    and "sigma" (K,) A where the file has them (as ``atomsplat-export`` writes them).
+    and "sigma" (K,) A where the file has them, and "halo" (2,): (fraction, ratio) of atoms fitted
+    as a core and a halo (its info "halo_fraction" and "halo_ratio"), as ``atomsplat-export`` writes them.
 
     Raises:
         ValueError: no file given, an unreadable or empty file, or non-finite or non-positive
@@ -207,15 +208,25 @@ def read_initial_atoms(path) -> Dict[str, np.ndarray]:
         raise ValueError(f"init_atoms {path}: non-finite positions, weights or widths")
     if any(np.any(found[name] <= 0) for name in ("weight", "sigma") if name in found):
         raise ValueError(f"init_atoms {path}: weights and widths must be positive")
+    if "halo_fraction" in atoms.info and "halo_ratio" in atoms.info:
+        fraction, ratio = float(atoms.info["halo_fraction"]), float(atoms.info["halo_ratio"])
+        if not (0.0 < fraction < 1.0 and ratio > 1.0):
+            raise ValueError(f"init_atoms {path}: halo_fraction must lie in (0, 1) and halo_ratio exceed 1")
+        found["halo"] = np.array([fraction, ratio])
     return found
 
 
 def start_from_atoms(cloud, path) -> None:
     """Give the Gaussians of ``cloud`` (made at the atoms of ``path``, :func:`initial_positions`)
     the file's weights and widths where it has them; the widths are kept within the cloud's
-    [min_sigma, max_sigma]."""
+    [min_sigma, max_sigma]. A cloud of cores and halos (``cloud.shape``) takes the file's halo
+    where it states one (atoms exported from such a run)."""
     found = read_initial_atoms(path)
     with torch.no_grad():
+        if cloud.shape is not None and "halo" in found:
+            fraction, ratio = found["halo"]
+            cloud.shape.params["halo_logit"].fill_(math.log(fraction / (1.0 - fraction)))
+            cloud.shape.params["halo_log_excess"].fill_(math.log(ratio - 1.0))
         if "weight" in found:
             cloud.params["log_weights"].copy_(torch.from_numpy(np.log(found["weight"])))
         if "sigma" in found:
