@@ -189,6 +189,7 @@ def test_results_markdown_tables_and_means():
         (["--particles", "gold"], "--particles: ['gold'] not in the preset"),
         (["--schemes", "none"], "--schemes: ['none'] not in the preset"),
         (["--methods", "fbp", "splatter"], "--methods: unknown ['splatter']; methods: atomsplat, "),
+        (["--engine", "serial", "--workers", "2"], "--ray-address, --workers and --gpus-per-job need --engine ray"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, arguments, message):
@@ -244,6 +245,8 @@ def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
         "--schemes",
         "wedge",
         "--no-ablation",
+        "--engine",
+        "serial",  # as the bounds were measured; tests/test_batch.py runs the comparison through Ray
     ]
     assert main(command) == 0
     results = Results.read(tmp_path / "out" / "results.json")

@@ -4,8 +4,10 @@ A runner is any callable ``runner(case, options) -> MethodResult``: it gets one 
 (:class:`Case`) and its options from the preset, trains or reconstructs on the case's training
 projections, and returns the atoms it finds, its volume on the common grid (:func:`grid_shape`)
 and its model of the held-out projections. Runners are picklable (module-level functions or
-frozen dataclasses of them), so a case can run in another process. Adding a method is one entry
-in :data:`METHODS` (:func:`register`); the comparison scores every method's result the same way.
+frozen dataclasses of them), so a case can run in another process (a Ray task,
+:mod:`atomsplat.batch.engine`); a runner whose attribute ``uses_gpu`` is true computes on a GPU
+where the engine gives it one (the others get none). Adding a method is one entry in
+:data:`METHODS` (:func:`register`); the comparison scores every method's result the same way.
 
 Any method registered with nerfstudio (``ns-train --help`` lists them) runs too, by name, through
 :class:`NerfstudioTraining`: trained by nerfstudio's trainer on the case's tilt series (the
@@ -20,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, ClassVar, Dict, Optional
 
 import numpy as np
 
@@ -163,6 +165,7 @@ class AtomsplatTraining:
     """
 
     method: str
+    uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from atomsplat.export import load_model
@@ -184,6 +187,7 @@ class NerfstudioTraining:
     config."""
 
     method: str
+    uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from nerfstudio.scripts.train import main as nerfstudio_train
@@ -332,6 +336,7 @@ class TracedReconstruction:
     """
 
     reconstruct: Callable[..., np.ndarray]
+    uses_gpu: ClassVar[bool] = False  # ASTRA's CPU algorithms, the INR on the CPU
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from atomsplat.analysis.baselines import reproject
