@@ -48,6 +48,9 @@ class MethodResult:
         seconds: the method's wall time.
         weights: (K,) the atoms' integrated weights (data units x A^2) where the method learns
             them (atomsplat), else None.
+        crb: the Cramer-Rao bound of the atom positions at the true atoms, A
+            (:mod:`atomsplat.benchmark.bound`), where the method computes it (atomsplat on counts
+            with a known truth), else None.
     """
 
     positions: np.ndarray
@@ -55,6 +58,7 @@ class MethodResult:
     volume: np.ndarray
     seconds: float
     weights: Optional[np.ndarray] = None
+    crb: Optional[float] = None
 
 
 Runner = Callable[[Case, dict], MethodResult]
@@ -88,7 +92,9 @@ def grid_shape(series: TiltSeries) -> tuple:
 @dataclass(frozen=True)
 class AtomsplatTraining:
     """Train the nerfstudio method ``method`` (atomsplat or one of its ablations); its atoms are
-    the Gaussians (species from their weights), its volume their exact voxelization.
+    the Gaussians (species from their weights), its volume their exact voxelization. On counts of a
+    dataset with its true atoms, and isotropic Gaussians, also the Cramer-Rao bound at the true
+    atoms (:func:`atomsplat.benchmark.bound.model_truth_bound`; not part of its time).
 
     Options: "steps" (default 3000) and fields of the model config.
     """
@@ -96,8 +102,11 @@ class AtomsplatTraining:
     method: str
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
+        import ase.io
         import torch
 
+        from atomsplat.benchmark.bound import model_truth_bound
+        from atomsplat.data.series import GROUND_TRUTH
         from atomsplat.export import atoms_from_model, load_model
         from atomsplat.render.voxelize import voxelize
         from atomsplat.sim.potential import volume_origin
@@ -108,9 +117,12 @@ class AtomsplatTraining:
         start = time.perf_counter()
         config = train(case.data, steps, case.work, method=self.method, **options)
         seconds = time.perf_counter() - start
-        model, _ = load_model(config)
+        model, step = load_model(config)
         atoms = atoms_from_model(model)
         series = case.series
+        crb = None
+        if series.counts and model.cloud.isotropic and (case.data / GROUND_TRUTH).is_file():
+            crb = model_truth_bound(model, step, ase.io.read(case.data / GROUND_TRUTH).positions)
         shape = grid_shape(series)
         volume = voxelize(
             torch.from_numpy(atoms.positions).float(),
@@ -121,7 +133,7 @@ class AtomsplatTraining:
             series.pixel_size,
         ).numpy()
         species = np.array(atoms.get_chemical_symbols()) if series.elements else None
-        return MethodResult(atoms.positions, species, volume, seconds, weights=atoms.arrays["weight"])
+        return MethodResult(atoms.positions, species, volume, seconds, weights=atoms.arrays["weight"], crb=crb)
 
 
 # ----------------------------------------------------------------------------- reconstruct, then trace
