@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import ase
 import ase.io
@@ -27,16 +27,24 @@ from atomsplat.analysis.metrics import method_scores
 from atomsplat.analysis.species import separability
 from atomsplat.benchmark.datasets import SimulatedDataset, digest, simulated_dataset
 from atomsplat.benchmark.methods import Case, MethodResult, grid_shape, runner
-from atomsplat.benchmark.preset import ABLATION_METHODS, Preset
+from atomsplat.benchmark.preset import ABLATION_METHODS, Preset, SimulationSettings
 from atomsplat.benchmark.report import (
     central_slab,
-    plot_bars,
+    plot_scores,
     plot_slices,
     plot_weight_histograms,
     results_markdown,
     row_summary,
 )
-from atomsplat.benchmark.results import AblationRow, Finished, Results, Row, load_finished, save_finished
+from atomsplat.benchmark.results import (
+    AblationRow,
+    Finished,
+    Results,
+    Row,
+    load_finished,
+    save_finished,
+    share_bound,
+)
 from atomsplat.data.formats import read_tilt_series
 from atomsplat.data.series import GROUND_TRUTH
 from atomsplat.sim.potential import potential_volume
@@ -80,9 +88,11 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def score(result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: str, method: str) -> Row:
+def score(
+    result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: str, method: str, dose: Optional[float] = None
+) -> Row:
     """The row of ``result`` against ``truth`` (species scored when the method tells them and the
-    particle has more than one)."""
+    particle has more than one); ``dose``: e/A^2 of the case's counts, None for float data."""
     labelled = result.species is not None and len(set(truth.species)) > 1
     scores = method_scores(
         result.positions,
@@ -99,6 +109,8 @@ def score(result: MethodResult, truth: Truth, particle: str, scheme: str, tilt: 
         method=method,
         **{k: _plain(v) for k, v in scores.items()},
         seconds=round(float(result.seconds), 1),
+        dose=dose,
+        crb=None if result.crb is None else float(result.crb),
     )
 
 
@@ -117,32 +129,44 @@ def finish(
     else:
         log(f"{label} ...")
         result = runner(method)(case, options)
-        row = score(result, truth, dataset.particle, scheme, dataset.tilt, method)
+        row = score(result, truth, dataset.particle, scheme, dataset.tilt, method, dataset.simulation.dose)
         finished = Finished(row, result.positions, central_slab(result.volume, case.series.pixel_size), result.weights)
         save_finished(path, settings, finished)
     log(f"{label}: {row_summary(finished.row)}")
     return finished
 
 
-def run_case(particle: str, scheme: str, preset: Preset, work: Path, figures: Path, log: Log = print) -> List[Row]:
-    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
-    their rows and draws the slice figure into ``figures``."""
+def run_case(
+    particle: str,
+    scheme: str,
+    preset: Preset,
+    work: Path,
+    figures: Path,
+    log: Log = print,
+    simulation: Optional[SimulationSettings] = None,
+) -> List[Row]:
+    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``, simulated
+    with ``simulation`` (None: the preset's; one of :meth:`Preset.simulations` for a dose axis);
+    returns their rows, each with the case's bound (:func:`share_bound`), and draws the slice
+    figure into ``figures``."""
     tilt = preset.schemes[scheme]
-    dataset = SimulatedDataset(particle, preset.size, tilt, preset.simulation)
+    simulation = preset.simulation if simulation is None else simulation
+    dataset = SimulatedDataset(particle, preset.size, tilt, simulation)
     case, truth = prepare(dataset, work)
     finished = {
         method: finish(method, options, dataset, scheme, case, truth, work, log)
         for method, options in preset.methods.items()
     }
+    dose = "" if simulation.dose is None else f"_dose{simulation.dose:g}"
     plot_slices(
         truth.atoms,
         central_slab(truth.volume, case.series.pixel_size),
         finished,
         case.series.pixel_size,
-        figures / f"slices_{particle}_{scheme}.png",
-        title=f"{particle}, tilts {tilt}",
+        figures / f"slices_{particle}_{scheme}{dose}.png",
+        title=f"{particle}, tilts {tilt}" + ("" if simulation.dose is None else f", {simulation.dose:g} e/A^2"),
     )
-    return [f.row for f in finished.values()]
+    return share_bound([f.row for f in finished.values()])
 
 
 def run_ablation(preset: Preset, work: Path, figures: Path, log: Log = print) -> List[AblationRow]:
@@ -185,10 +209,11 @@ def run_comparison(preset: Preset, output: Path, work: Path, log: Log = print) -
     started = time.perf_counter()
     for particle in preset.particles:
         for scheme in preset.schemes:
-            results.rows += run_case(particle, scheme, preset, work, figures, log)
-            write_results(results, output)
+            for simulation in preset.simulations():
+                results.rows += run_case(particle, scheme, preset, work, figures, log, simulation)
+                write_results(results, output)
     if results.rows:
-        plot_bars(results.rows, figures / "bars.png")
+        plot_scores(results.rows, figures)
     if preset.ablation:
         results.ablation = run_ablation(preset, work, figures, log)
     results.total_seconds = round(time.perf_counter() - started, 1)
