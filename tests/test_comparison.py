@@ -40,7 +40,7 @@ def test_presets_in_configs_load():
         ('{"particles": ["pd"], "methods": {"splatter": {}}}', "unknown particles or methods .*'splatter'"),
         ('{"particles": ["pd"], "colour": 1}', "preset has unknown fields \\['colour'\\]"),
         ('{"particles": ["pd"], "pixel_size": 0.3}', "unknown fields \\['pixel_size'\\]"),
-        ('{"particles": ["pd"], "simulation": {"dose": 1e4}}', "simulation has unknown fields \\['dose'\\]"),
+        ('{"particles": ["pd"], "simulation": {"gain": 2}}', "simulation has unknown fields \\['gain'\\]"),
         ('{"particles": ["pd"], "size": "huge"}', "pd has no size 'huge'"),
         ('{"particles": ["pd"], "schemes": {"x": "10:0:5"}}', "tilt scheme 'x'"),
         ('{"particles": ["pd"], "ablation": {"particle": "pd"}}', "not a valid preset"),
@@ -185,7 +185,7 @@ def test_results_markdown_tables_and_means():
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--preset", "nope"], "benchmark_nope.json: no such preset; presets by name: full, nobirths, quick"),
+        (["--preset", "nope"], "benchmark_nope.json: no such preset; presets by name: full, lowdose, nobirths, quick"),
         (["--particles", "gold"], "--particles: ['gold'] not in the preset"),
         (["--schemes", "none"], "--schemes: ['none'] not in the preset"),
         (["--methods", "fbp", "splatter"], "--methods: unknown ['splatter']; methods: atomsplat, "),

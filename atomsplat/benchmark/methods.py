@@ -99,6 +99,9 @@ class MethodResult:
         projections: (V, H, W) the method's model of the case's held-out projections
             (:attr:`Case.held_out`, in that order), data units, in the frame of the measured ones;
             None where there are none or the method cannot tell them.
+        crb: the Cramer-Rao bound of the atom positions at the true atoms, A
+            (:mod:`atomsplat.benchmark.bound`), where the method computes it (atomsplat on counts
+            with a known truth), else None.
 
     A method without atoms (a radiance field) gives ``positions`` None and ``volume`` None.
     """
@@ -109,6 +112,7 @@ class MethodResult:
     seconds: float
     weights: Optional[np.ndarray] = None
     projections: Optional[np.ndarray] = None
+    crb: Optional[float] = None
 
 
 Runner = Callable[[Case, dict], MethodResult]
@@ -159,7 +163,9 @@ def grid_shape(series: TiltSeries) -> tuple:
 class AtomsplatTraining:
     """Train the nerfstudio method ``method`` (atomsplat or one of its ablations); its atoms are
     the Gaussians (species from their weights), its volume their exact voxelization, its model of
-    the held-out projections its renders of them (learned corrections included).
+    the held-out projections its renders of them (learned corrections included). On counts of a
+    dataset with its true atoms, and isotropic Gaussians, also the Cramer-Rao bound at the true
+    atoms (:func:`atomsplat.benchmark.bound.model_truth_bound`; not part of its time).
 
     Options: "steps" (default 3000) and fields of the model config.
     """
@@ -168,6 +174,10 @@ class AtomsplatTraining:
     uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
+        import ase.io
+
+        from atomsplat.benchmark.bound import model_truth_bound
+        from atomsplat.data.series import GROUND_TRUTH
         from atomsplat.export import load_model
         from atomsplat.training import train
 
@@ -176,8 +186,11 @@ class AtomsplatTraining:
         start = time.perf_counter()
         config = train(case.data, steps, case.work, method=self.method, holdout_every=case.holdout_every, **options)
         seconds = time.perf_counter() - start
-        model, _ = load_model(config)
-        return model_answer(model, case, seconds)
+        model, step = load_model(config)
+        answer = model_answer(model, case, seconds)
+        if case.series.counts and model.cloud.isotropic and (case.data / GROUND_TRUTH).is_file():
+            answer.crb = model_truth_bound(model, step, ase.io.read(case.data / GROUND_TRUTH).positions)
+        return answer
 
 
 @dataclass(frozen=True)

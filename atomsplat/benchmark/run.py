@@ -9,8 +9,10 @@ settings reuses it and an interrupted comparison goes on where it stopped. :func
 simulates each dataset once, in this process, and computes the runs that are not kept on an engine
 (:mod:`atomsplat.batch.engine`: one after another, or as Ray tasks); a run that fails is reported
 and the others go on, a method that cannot run here (:class:`MethodSkipped`) is left out with its
-reason. :func:`run_comparison` does so for a whole preset and writes ``results.json``,
-``results.md`` and the figures (:mod:`atomsplat.benchmark.report`) as the cases complete.
+reason. :func:`run_comparison` does so for a whole preset, one case per particle, tilt scheme and
+dose (:meth:`Preset.simulations`; a case's rows share its Cramer-Rao bound, :func:`share_bound`),
+and writes ``results.json``, ``results.md`` and the figures (:mod:`atomsplat.benchmark.report`)
+as the cases complete.
 """
 
 from __future__ import annotations
@@ -34,17 +36,25 @@ from atomsplat.analysis.species import separability
 from atomsplat.batch.engine import EngineOptions, Failure, Job, run_jobs
 from atomsplat.benchmark.datasets import SimulatedDataset, digest, simulated_dataset
 from atomsplat.benchmark.methods import Case, MethodResult, MethodSkipped, Runner, grid_shape, runner
-from atomsplat.benchmark.preset import ABLATION_METHODS, Preset
+from atomsplat.benchmark.preset import ABLATION_METHODS, Preset, SimulationSettings
 from atomsplat.benchmark.report import (
     central_slab,
-    plot_bars,
     plot_projections,
+    plot_scores,
     plot_slices,
     plot_weight_histograms,
     results_markdown,
     row_summary,
 )
-from atomsplat.benchmark.results import AblationRow, Finished, Results, Row, load_finished, save_finished
+from atomsplat.benchmark.results import (
+    AblationRow,
+    Finished,
+    Results,
+    Row,
+    load_finished,
+    save_finished,
+    share_bound,
+)
 from atomsplat.data.formats import read_tilt_series
 from atomsplat.data.series import GROUND_TRUTH
 from atomsplat.sim.potential import potential_volume
@@ -104,10 +114,20 @@ def projection_scores_of(result: MethodResult, case: Case) -> dict:
     }
 
 
-def score(result: MethodResult, truth: Truth, case: Case, particle: str, scheme: str, tilt: str, method: str) -> Row:
+def score(
+    result: MethodResult,
+    truth: Truth,
+    case: Case,
+    particle: str,
+    scheme: str,
+    tilt: str,
+    method: str,
+    dose: Optional[float] = None,
+) -> Row:
     """The row of ``result`` against ``truth`` (species scored when the method tells them and the
     particle has more than one; atom scores None for a method without atoms) and of its model of
-    the ``case``'s held-out projections against them."""
+    the ``case``'s held-out projections against them; ``dose``: e/A^2 of the case's counts, None
+    for float data."""
     if result.positions is None:
         scores = dict.fromkeys(("n_pred", "n_matched", "tpr", "fpr", "rmse", "species_accuracy", "ssim"))
         scores.update(n_true=len(truth.atoms), max_distance=PAPER_MAX_DISTANCE)
@@ -130,6 +150,8 @@ def score(result: MethodResult, truth: Truth, case: Case, particle: str, scheme:
         **{k: _plain(v) for k, v in scores.items()},
         seconds=round(float(result.seconds), 1),
         **projections,
+        dose=dose,
+        crb=None if result.crb is None else float(result.crb),
     )
 
 
@@ -153,8 +175,22 @@ class MethodRun:
 
     @property
     def label(self) -> str:
-        """The run in the progress log and as a key: "[particle scheme] method"."""
-        return f"[{self.dataset.particle} {self.scheme}] {self.method}"
+        """The run in the progress log and as a key: "[particle scheme] method", with the dose of a
+        case of counts: "[particle scheme dose] method"."""
+        dose = self.dataset.simulation.dose
+        return f"[{self.dataset.particle} {self.scheme}{'' if dose is None else f' {dose:g} e/A^2'}] {self.method}"
+
+    @property
+    def case_name(self) -> str:
+        """Its case in figure names: "<particle>_<scheme>", and "_dose<d>" for a case of counts."""
+        dose = self.dataset.simulation.dose
+        return f"{self.dataset.particle}_{self.scheme}{'' if dose is None else f'_dose{dose:g}'}"
+
+    @property
+    def case_title(self) -> str:
+        """Its case in figure titles: the particle, and the dose of a case of counts."""
+        dose = self.dataset.simulation.dose
+        return self.dataset.particle + ("" if dose is None else f" at {dose:g} e/A^2")
 
     def settings(self) -> dict:
         """What the result depends on (kept with it: a result of other settings, another hold-out
@@ -199,7 +235,8 @@ def compute(run: MethodRun, method: Runner, case: Case, truth: Truth, work: Path
         result = method(case, run.options)
     except MethodSkipped as skipped:
         return skipped
-    row = score(result, truth, case, run.dataset.particle, run.scheme, run.dataset.tilt, run.method)
+    dataset = run.dataset
+    row = score(result, truth, case, dataset.particle, run.scheme, dataset.tilt, run.method, dataset.simulation.dose)
     slab = None if result.volume is None else central_slab(result.volume, case.series.pixel_size)
     projection = None if result.projections is None else result.projections[0]
     finished = Finished(row, result.positions, slab, result.weights, projection)
@@ -264,10 +301,14 @@ def finish_all(
     return finished, failures
 
 
-def case_runs(particle: str, scheme: str, preset: Preset) -> List[MethodRun]:
+def case_runs(
+    particle: str, scheme: str, preset: Preset, simulation: Optional[SimulationSettings] = None
+) -> List[MethodRun]:
     """The preset's methods on ``particle`` under its tilt scheme named ``scheme``, with the
-    preset's hold-out."""
-    dataset = SimulatedDataset(particle, preset.size, preset.schemes[scheme], preset.simulation)
+    preset's hold-out, simulated with ``simulation`` (None: the preset's; one of
+    :meth:`Preset.simulations` for a dose axis)."""
+    simulation = preset.simulation if simulation is None else simulation
+    dataset = SimulatedDataset(particle, preset.size, preset.schemes[scheme], simulation)
     return [
         MethodRun(method, options, dataset, scheme, preset.holdout_every) for method, options in preset.methods.items()
     ]
@@ -286,8 +327,8 @@ def slices_figure(
     runs: List[MethodRun], finished: Dict[str, Finished], case: Case, truth: Truth, figures: Path
 ) -> Path:
     """The slice figure of one case's finished runs with atoms and a volume
-    (:func:`atomsplat.benchmark.report.plot_slices`)."""
-    dataset, scheme = runs[0].dataset, runs[0].scheme
+    (:func:`atomsplat.benchmark.report.plot_slices`): ``slices_<particle>_<scheme>.png``, or
+    ``slices_<particle>_<scheme>_dose<d>.png`` for a case of counts (:attr:`MethodRun.case_name`)."""
     with_atoms = {
         run.method: finished[run.label]
         for run in runs
@@ -298,8 +339,8 @@ def slices_figure(
         central_slab(truth.volume, case.series.pixel_size),
         with_atoms,
         case.series.pixel_size,
-        Path(figures) / f"slices_{dataset.particle}_{scheme}.png",
-        title=f"{dataset.particle}, tilts {dataset.tilt}",
+        Path(figures) / f"slices_{runs[0].case_name}.png",
+        title=f"{runs[0].case_title}, tilts {runs[0].dataset.tilt}",
     )
 
 
@@ -307,7 +348,8 @@ def projections_figure(
     runs: List[MethodRun], finished: Dict[str, Finished], case: Case, figures: Path
 ) -> Optional[Path]:
     """The first held-out projection of one case and the finished runs' models of it
-    (:func:`atomsplat.benchmark.report.plot_projections`); None (no figure) when no run models it."""
+    (:func:`atomsplat.benchmark.report.plot_projections`): ``projections_<case name>.png``
+    (:attr:`MethodRun.case_name`); None (no figure) when no run models it."""
     modelled = {
         run.method: finished[run.label].projection
         for run in runs
@@ -315,15 +357,14 @@ def projections_figure(
     }
     if not modelled:
         return None
-    dataset, scheme = runs[0].dataset, runs[0].scheme
     case = runs[0].case(case)
     first = int(case.held_out[0])
     return plot_projections(
         case.series.projections[first],
         modelled,
         case.series.pixel_size,
-        Path(figures) / f"projections_{dataset.particle}_{scheme}.png",
-        title=f"{dataset.particle}, held-out projection at {case.series.tilt_angles[first]:g} degrees",
+        Path(figures) / f"projections_{runs[0].case_name}.png",
+        title=f"{runs[0].case_title}, held-out projection at {case.series.tilt_angles[first]:g} degrees",
     )
 
 
@@ -342,16 +383,23 @@ def run_case(
     log: Log = print,
     skipped: Optional[Dict[str, str]] = None,
     engine: EngineOptions = SERIAL,
+    simulation: Optional[SimulationSettings] = None,
 ) -> List[Row]:
-    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
-    the rows of those that finished and draws the slice figure (and, with a hold-out, the held-out
-    projection figure) into ``figures``. Methods that cannot run here are left out, and why goes
-    into ``skipped`` (method -> reason)."""
-    runs = case_runs(particle, scheme, preset)
+    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``, simulated
+    with ``simulation`` (None: the preset's); returns the rows of those that finished, each with
+    the case's bound (:func:`share_bound`), and draws the slice figure (and, with a hold-out, the
+    held-out projection figure) into ``figures``. Methods that cannot run here are left out, and
+    why goes into ``skipped`` (method -> reason)."""
+    runs = case_runs(particle, scheme, preset, simulation)
     prepared = prepare_all(runs, work)
     finished, _ = finish_all(runs, prepared, work, engine, log, skipped=skipped)
     case_figures(runs, finished, *prepared[runs[0].dataset.key()], figures)
-    return [finished[run.label].row for run in runs if run.label in finished]
+    return case_rows(runs, finished)
+
+
+def case_rows(runs: List[MethodRun], finished: Dict[str, Finished]) -> List[Row]:
+    """The rows of one case's finished runs, each with the case's bound (:func:`share_bound`)."""
+    return share_bound([finished[run.label].row for run in runs if run.label in finished])
 
 
 def ablation_rows(
@@ -402,7 +450,12 @@ def run_comparison(
     figures.mkdir(parents=True, exist_ok=True)
     results = Results(f"{machine()}; {engine.describe()}", preset)
     started = time.perf_counter()
-    cases = [case_runs(particle, scheme, preset) for particle in preset.particles for scheme in preset.schemes]
+    cases = [  # one case per particle, scheme and dose (one dataset each)
+        case_runs(particle, scheme, preset, simulation)
+        for particle in preset.particles
+        for scheme in preset.schemes
+        for simulation in preset.simulations()
+    ]
     ablation = ablation_runs(preset)
     everything = [run for runs in cases for run in runs] + ablation
     prepared = prepare_all(everything, work)
@@ -410,7 +463,7 @@ def run_comparison(
     ended = set()  # labels of the runs finished or skipped
 
     def rows() -> List[Row]:
-        return [finished[run.label].row for runs in cases for run in runs if run.label in finished]
+        return [row for runs in cases for row in case_rows(runs, finished)]
 
     def done(run: MethodRun, value: Optional[Finished]) -> None:
         ended.add(run.label)
@@ -425,7 +478,7 @@ def run_comparison(
     _, failures = finish_all(everything, prepared, work, engine, log, done, results.skipped)
     results.rows = rows()
     if results.rows:
-        plot_bars(results.rows, figures / "bars.png")
+        plot_scores(results.rows, figures)
     if ablation:
         results.ablation = ablation_rows(ablation, finished, prepared[ablation[0].dataset.key()][1], figures, log)
     results.total_seconds = round(time.perf_counter() - started, 1)

@@ -113,13 +113,14 @@ class Benchmark:
     def _check_output(self, preset: dict) -> None:
         """Refuse an --output that holds results of other settings, unless --overwrite."""
         from atomsplat.benchmark import BenchmarkError
+        from atomsplat.benchmark.preset import Preset
 
         previous = self.output / "results.json"
         if not previous.exists() or self.overwrite:
             return
-        try:
-            held = json.loads(previous.read_text()).get("preset")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        try:  # read as a preset: fields added since it was written take their defaults
+            held = Preset.from_dict(json.loads(previous.read_text()).get("preset"), str(previous)).to_dict()
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, BenchmarkError):
             held = None
         if held != preset:
             raise BenchmarkError(

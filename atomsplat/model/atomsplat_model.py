@@ -523,7 +523,7 @@ class AtomSplatModel(SplatfactoModel):
         """Log a density pass (console, nerfstudio's writers, the viewer), with TPR / FPR when the
         true atoms are known."""
         if self.truth is not None:
-            narrow = ~density.diffuse(self.cloud.detached(), self.config.diffuse_width)
+            narrow = self.atom_mask(self.cloud.detached())
             scores = evaluate(self.cloud.positions.detach()[narrow].cpu().numpy(), self.truth)
             record.tpr, record.fpr = scores.tpr, scores.fpr
         values = record.as_dict()
@@ -539,6 +539,11 @@ class AtomSplatModel(SplatfactoModel):
         self.monitor.refined(values)
 
     # ----------------------------------------------------------------------------- results
+    def atom_mask(self, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """(K,) bool: which Gaussians of ``params`` are atoms, those that are not diffuse
+        (:func:`atomsplat.model.density.diffuse`)."""
+        return ~density.diffuse(params, self.config.diffuse_width)
+
     @torch.no_grad()
     def atoms(self) -> Dict[str, np.ndarray]:
         """The atoms: the Gaussians that are not diffuse (:func:`atomsplat.model.density.diffuse`),
@@ -547,7 +552,7 @@ class AtomSplatModel(SplatfactoModel):
         the merge-and-prune of a pass is applied to a copy (the model is not changed) and there are
         no uncertainties."""
         params = self.cloud.detached() if bool(self.finished) else self.strategy.cleanup(self.cloud.detached())
-        atoms_only = (~density.diffuse(params, self.config.diffuse_width)).cpu().numpy()
+        atoms_only = self.atom_mask(params).cpu().numpy()
         atoms = {name: values[atoms_only] for name, values in atoms_of(params).items()}
         if bool(self.finished) and len(self.uncertainty) == len(atoms_only):
             atoms["uncertainty"] = self.uncertainty.cpu().double().numpy()[atoms_only]
