@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomsplat.cli import demo, evaluate, export, simulate
+from atomsplat.cli import batch, demo, evaluate, export, simulate
 from atomsplat.data.dataparser import bundled_demo_path
 
 # Per command: its main, the options the README's "Commands" section spells, and a command line with a missing file.
@@ -31,6 +31,13 @@ COMMANDS = {
         evaluate.main,
         ["PRED", "TRUE", "--max-distance", "--json"],
         lambda tmp: [str(tmp / "missing.xyz"), str(tmp / "missing.xyz")],
+    ),
+    "atomsplat-batch": (
+        batch.main,
+        ["DATA", "--output", "--steps", "--config", "--method", "--pixel-size", "--time-series", "--warm-steps"]
+        + ["--max-distance", "--significance", "--engine", "--ray-address", "--workers", "--cpus-per-job"]
+        + ["--gpus-per-job"],
+        lambda tmp: [str(tmp / "missing"), "--output", str(tmp / "out")],
     ),
     "atomsplat-demo": (
         demo.main,

@@ -40,7 +40,7 @@ def test_presets_in_configs_load():
         ('{"particles": ["pd"], "methods": {"splatter": {}}}', "unknown particles or methods .*'splatter'"),
         ('{"particles": ["pd"], "colour": 1}', "preset has unknown fields \\['colour'\\]"),
         ('{"particles": ["pd"], "pixel_size": 0.3}', "unknown fields \\['pixel_size'\\]"),
-        ('{"particles": ["pd"], "simulation": {"dose": 1e4}}', "simulation has unknown fields \\['dose'\\]"),
+        ('{"particles": ["pd"], "simulation": {"gain": 2}}', "simulation has unknown fields \\['gain'\\]"),
         ('{"particles": ["pd"], "size": "huge"}', "pd has no size 'huge'"),
         ('{"particles": ["pd"], "schemes": {"x": "10:0:5"}}', "tilt scheme 'x'"),
         ('{"particles": ["pd"], "ablation": {"particle": "pd"}}', "not a valid preset"),
@@ -185,10 +185,11 @@ def test_results_markdown_tables_and_means():
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--preset", "nope"], "benchmark_nope.json: no such preset; presets by name: full, nobirths, quick"),
+        (["--preset", "nope"], "benchmark_nope.json: no such preset; presets by name: full, lowdose, nobirths, quick"),
         (["--particles", "gold"], "--particles: ['gold'] not in the preset"),
         (["--schemes", "none"], "--schemes: ['none'] not in the preset"),
         (["--methods", "fbp", "splatter"], "--methods: unknown ['splatter']; methods: atomsplat, "),
+        (["--engine", "serial", "--workers", "2"], "--ray-address, --workers and --gpus-per-job need --engine ray"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, arguments, message):
@@ -244,6 +245,8 @@ def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
         "--schemes",
         "wedge",
         "--no-ablation",
+        "--engine",
+        "serial",  # as the bounds were measured; tests/test_batch.py runs the comparison through Ray
     ]
     assert main(command) == 0
     results = Results.read(tmp_path / "out" / "results.json")

@@ -47,8 +47,9 @@ class SimulatedDataset:
     simulation: SimulationSettings
 
     def settings(self) -> dict:
-        """Every setting, as plain JSON values (what ``settings.json`` holds)."""
-        return json.loads(json.dumps(asdict(self)))
+        """Every setting that makes the series, as plain JSON values (what ``settings.json`` holds):
+        the simulation's as :meth:`SimulationSettings.keywords` gives them."""
+        return json.loads(json.dumps(dict(asdict(self), simulation=self.simulation.keywords())))
 
     def key(self) -> str:
         """The directory name: readable labels and a digest of every setting."""

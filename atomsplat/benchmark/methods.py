@@ -4,8 +4,10 @@ A runner is any callable ``runner(case, options) -> MethodResult``: it gets one 
 (:class:`Case`) and its options from the preset, trains or reconstructs on the case's training
 projections, and returns the atoms it finds, its volume on the common grid (:func:`grid_shape`)
 and its model of the held-out projections. Runners are picklable (module-level functions or
-frozen dataclasses of them), so a case can run in another process. Adding a method is one entry
-in :data:`METHODS` (:func:`register`); the comparison scores every method's result the same way.
+frozen dataclasses of them), so a case can run in another process (a Ray task,
+:mod:`atomsplat.batch.engine`); a runner whose attribute ``uses_gpu`` is true computes on a GPU
+where the engine gives it one (the others get none). Adding a method is one entry in
+:data:`METHODS` (:func:`register`); the comparison scores every method's result the same way.
 
 Any method registered with nerfstudio (``ns-train --help`` lists them) runs too, by name, through
 :class:`NerfstudioTraining`: trained by nerfstudio's trainer on the case's tilt series (the
@@ -20,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, ClassVar, Dict, Optional
 
 import numpy as np
 
@@ -97,6 +99,9 @@ class MethodResult:
         projections: (V, H, W) the method's model of the case's held-out projections
             (:attr:`Case.held_out`, in that order), data units, in the frame of the measured ones;
             None where there are none or the method cannot tell them.
+        crb: the Cramer-Rao bound of the atom positions at the true atoms, A
+            (:mod:`atomsplat.benchmark.bound`), where the method computes it (atomsplat on counts
+            with a known truth), else None.
 
     A method without atoms (a radiance field) gives ``positions`` None and ``volume`` None.
     """
@@ -107,6 +112,7 @@ class MethodResult:
     seconds: float
     weights: Optional[np.ndarray] = None
     projections: Optional[np.ndarray] = None
+    crb: Optional[float] = None
 
 
 Runner = Callable[[Case, dict], MethodResult]
@@ -157,14 +163,21 @@ def grid_shape(series: TiltSeries) -> tuple:
 class AtomsplatTraining:
     """Train the nerfstudio method ``method`` (atomsplat or one of its ablations); its atoms are
     the Gaussians (species from their weights), its volume their exact voxelization, its model of
-    the held-out projections its renders of them (learned corrections included).
+    the held-out projections its renders of them (learned corrections included). On counts of a
+    dataset with its true atoms, and isotropic Gaussians, also the Cramer-Rao bound at the true
+    atoms (:func:`atomsplat.benchmark.bound.model_truth_bound`; not part of its time).
 
     Options: "steps" (default 3000) and fields of the model config.
     """
 
     method: str
+    uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
+        import ase.io
+
+        from atomsplat.benchmark.bound import model_truth_bound
+        from atomsplat.data.series import GROUND_TRUTH
         from atomsplat.export import load_model
         from atomsplat.training import train
 
@@ -173,8 +186,11 @@ class AtomsplatTraining:
         start = time.perf_counter()
         config = train(case.data, steps, case.work, method=self.method, holdout_every=case.holdout_every, **options)
         seconds = time.perf_counter() - start
-        model, _ = load_model(config)
-        return model_answer(model, case, seconds)
+        model, step = load_model(config)
+        answer = model_answer(model, case, seconds)
+        if case.series.counts and model.cloud.isotropic and (case.data / GROUND_TRUTH).is_file():
+            answer.crb = model_truth_bound(model, step, ase.io.read(case.data / GROUND_TRUTH).positions)
+        return answer
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,7 @@ class NerfstudioTraining:
     config."""
 
     method: str
+    uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from nerfstudio.scripts.train import main as nerfstudio_train
@@ -332,6 +349,7 @@ class TracedReconstruction:
     """
 
     reconstruct: Callable[..., np.ndarray]
+    uses_gpu: ClassVar[bool] = False  # ASTRA's CPU algorithms, the INR on the CPU
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
         from atomsplat.analysis.baselines import reproject

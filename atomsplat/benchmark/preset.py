@@ -10,19 +10,23 @@ A preset file::
                   "merge_distance": 1.2}}
 
 Omitted fields take the defaults of :class:`Preset`, :class:`SimulationSettings` and
-:class:`Ablation`.
+:class:`Ablation`. A low-dose preset (``configs/benchmark_lowdose.json``) simulates ADF counts
+(``"simulation": {..., "noise_sigma": 0, "shape": [128, 128]}``) and runs every case once per dose
+of ``"doses": [8000, 16000, 160000]`` (e/A^2).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from atomsplat.benchmark import BenchmarkError
 from atomsplat.benchmark.methods import METHODS, nerfstudio_methods
 from atomsplat.data.series import parse_tilt_scheme
+from atomsplat.sim.adf import ADF_EXPONENT, DEFAULT_PEDESTAL
 from atomsplat.sim.structures import PARTICLES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the presets by name: benchmark_<name>.json
@@ -33,27 +37,62 @@ class SimulationSettings:
     """How a particle's tilt series is simulated.
 
     Every field is the keyword of the same name of :func:`atomsplat.sim.simulate.simulate_tilt_series`
-    and is passed to it as it is (:meth:`keywords`); ``seed`` also seeds the structure
-    (:func:`atomsplat.sim.structures.build_particle`). Every field is part of the key of the
-    simulated dataset in the work directory (:mod:`atomsplat.benchmark.datasets`), so a setting
-    added here (e.g. a counting mode's dose in e/A^2 and pedestal) reaches the simulation and the
-    cache key with no other change.
+    and reaches it through :meth:`keywords`; ``seed`` also seeds the structure
+    (:func:`atomsplat.sim.structures.build_particle`). The key of the simulated dataset in the work
+    directory digests :meth:`keywords` (:mod:`atomsplat.benchmark.datasets`), so a setting added
+    here reaches the simulation and the cache key with no other change. :meth:`keywords` leaves out
+    what does not change the simulation: the counting mode's ``pedestal`` and ``adf_exponent``
+    without a ``dose``, and ``dose`` and ``shape`` when None; the presets of float data therefore
+    keep the keys they had before the counting mode was added.
 
     Attributes:
         pixel_size: A; also the voxel size of every volume.
         probe_sigma: standard deviation of the Gaussian probe blur, A.
-        noise_sigma: standard deviation of additive Gaussian noise, V A.
+        noise_sigma: standard deviation of additive Gaussian noise, V A (0 with a dose).
         seed: seeds the structure and the noise.
+        dose: electrons per A^2 per projection: ADF counts with Poisson noise
+            (:mod:`atomsplat.sim.adf`); None: the paper's float images in V A.
+        pedestal: with a dose, expected counts per pixel with no atom.
+        adf_exponent: with a dose, the exponent of the Z dependence of the ADF cross-sections.
+        shape: detector (H, W) in pixels; None: the simulator's default for the particle.
     """
 
     pixel_size: float = 0.25
     probe_sigma: float = 0.5
     noise_sigma: float = 50.0
     seed: int = 0
+    dose: Optional[float] = None
+    pedestal: float = DEFAULT_PEDESTAL
+    adf_exponent: float = ADF_EXPONENT
+    shape: Optional[Tuple[int, int]] = None
+
+    def __post_init__(self):
+        if self.shape is not None:
+            shape = tuple(self.shape)
+            if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+                raise ValueError(
+                    f"simulation shape must be two positive whole numbers of pixels [H, W], got {self.shape}"
+                )
+            object.__setattr__(self, "shape", shape)  # a JSON list as a tuple: hashable, compared as one
+        if self.dose is not None:
+            if isinstance(self.dose, bool) or not (isinstance(self.dose, (int, float)) and math.isfinite(self.dose)):
+                raise ValueError(f"simulation dose must be a number of electrons per A^2 or null, got {self.dose!r}")
+            if not self.dose > 0:
+                raise ValueError(f"simulation dose must be positive, got {self.dose!r}")
+            if self.noise_sigma:
+                raise ValueError("simulation: a dose (Poisson counts) needs noise_sigma 0 (no Gaussian noise)")
+            object.__setattr__(self, "dose", float(self.dose))  # 8000 and 8000.0: one dataset key
 
     def keywords(self) -> dict:
-        """The settings as keywords of ``simulate_tilt_series``."""
-        return asdict(self)
+        """The settings as keywords of ``simulate_tilt_series``: those that change the simulation
+        (the class docstring)."""
+        out = asdict(self)
+        if self.dose is None:
+            for name in ("dose", "pedestal", "adf_exponent"):
+                del out[name]
+        if self.shape is None:
+            del out["shape"]
+        return out
 
 
 ABLATION_METHODS = ("atomsplat", "atomsplat-noiso", "atomsplat-nomerge")
@@ -101,6 +140,8 @@ class Preset:
         holdout_every: every n-th projection is held out of every method's training and scores the
             methods' models of it (PSNR, SSIM; :mod:`atomsplat.analysis.image_metrics`); 0: no
             hold-out and no projection scores.
+        doses: None, or electrons per A^2: every case (particle and scheme) runs once per dose, the
+            simulation's ``dose`` replaced by it (:meth:`simulations`); needs noise_sigma 0.
     """
 
     particles: List[str]
@@ -110,6 +151,13 @@ class Preset:
     methods: Dict[str, dict] = field(default_factory=lambda: {name: {} for name in ("atomsplat", "fbp", "sirt", "inr")})
     ablation: Optional[Ablation] = None
     holdout_every: int = 0
+    doses: Optional[List[float]] = None
+
+    def simulations(self) -> List[SimulationSettings]:
+        """The simulation of each case: one per dose of :attr:`doses`, or the preset's own."""
+        if self.doses is None:
+            return [self.simulation]
+        return [replace(self.simulation, dose=float(dose)) for dose in self.doses]
 
     def to_dict(self) -> dict:
         """The preset as plain JSON values (the layout of a preset file)."""
@@ -130,10 +178,16 @@ class Preset:
         except (TypeError, ValueError) as err:
             raise BenchmarkError(f"{where}: not a valid preset: {err}") from None
         preset.check(where)
+        try:
+            preset.simulations()  # each dose checked as a simulation's
+        except ValueError as err:
+            raise BenchmarkError(f"{where}: not a valid preset: doses: {err}") from None
         return preset
 
     def check(self, where: str) -> None:
         """Raise :class:`BenchmarkError` naming ``where`` if a particle, size, scheme or method is unknown."""
+        if self.doses is not None and (not isinstance(self.doses, list) or not self.doses):
+            raise BenchmarkError(f"{where}: doses must be a list of electrons per A^2 (or null), got {self.doses!r}")
         particles = list(self.particles) + ([self.ablation.particle] if self.ablation else [])
         unknown = [p for p in particles if p not in PARTICLES] + [m for m in self.methods if not known_method(m)]
         if unknown:

@@ -1,5 +1,6 @@
 """The comparison's tables and figures: markdown tables of the results, central slices with the
-atoms found, bar charts of the scores, histograms of learned weights by species.
+atoms found, bar charts of the scores (or, for a preset over dose, the scores against dose with
+the Cramer-Rao bound), histograms of learned weights by species.
 
 Everything here presents :mod:`atomsplat.benchmark.results` records; the numbers are computed in
 :mod:`atomsplat.benchmark.run`.
@@ -29,48 +30,47 @@ def _mean(values) -> Optional[float]:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
+def _has_doses(rows: List[Row]) -> bool:
+    return any(r.dose is not None for r in rows)
+
+
 def results_markdown(results: Results) -> str:
     """The results as markdown: one table per scheme, the mean over particles, the ablation, the
     methods skipped. Projection columns (PSNR and SSIM of the held-out projections) appear when
-    any row has them."""
+    any row has them. Rows of counts (a preset over dose) add the dose (e/A^2), the case's
+    Cramer-Rao bound (CRB, A) and RMSE / CRB columns, and the means are taken per method and dose."""
     rows = results.rows
     lines = [f"Machine: {results.machine}.", ""]
     methods = list(dict.fromkeys(r.method for r in rows))
+    doses = _has_doses(rows)
     projected = any(r.projection_psnr is not None for r in rows)
-    extra_head = " proj. PSNR (dB) | proj. SSIM |" if projected else ""
-    extra_rule = "---|---|" if projected else ""
+    # with doses: the dose after the particle, the bound and the ratio after the RMSE
+    dose_column, bound_columns = (["dose (e/A^2)"], ["CRB (A)", "RMSE / CRB"]) if doses else ([], [])
+    projection_columns = ["proj. PSNR (dB)", "proj. SSIM"] if projected else []
+    head = ["particle", *dose_column, "method", "atoms", "TPR", "FPR", "RMSE (A)", *bound_columns]
+    head += ["species acc.", "SSIM", *projection_columns, "time (s)"]
+    mean_head = [*dose_column, "method", "TPR", "FPR", "SSIM", *projection_columns]
     for scheme in dict.fromkeys(r.scheme for r in rows):
         picked = [r for r in rows if r.scheme == scheme]
-        lines += [
-            f"### Tilts {picked[0].tilt} ({scheme})",
-            "",
-            f"| particle | method | atoms | TPR | FPR | RMSE (A) | species acc. | SSIM |{extra_head} time (s) |",
-            f"|---|---|---|---|---|---|---|---|{extra_rule}---|",
-        ]
+        lines += [f"### Tilts {picked[0].tilt} ({scheme})", "", _table_row(head), "|" + "---|" * len(head)]
         for r in picked:
-            extra = f" {_fmt(r.projection_psnr, 2)} | {_fmt(r.projection_ssim, 3)} |" if projected else ""
-            lines.append(
-                f"| {r.particle} | {r.method} | {r.n_true} | {_fmt(r.tpr)} | {_fmt(r.fpr)} | {_fmt(r.rmse, 3)} | "
-                f"{_fmt(r.species_accuracy, 3)} | {_fmt(r.ssim, 3)} |{extra} {r.seconds:.0f} |"
-            )
-        lines += [
-            "",
-            "Mean over particles:",
-            "",
-            f"| method | TPR | FPR | SSIM |{extra_head}",
-            f"|---|---|---|---|{extra_rule}",
-        ]
-        for method in methods:
-            mine = [r for r in picked if r.method == method]
-            if mine:
-                extra = ""
-                if projected:
-                    psnr, ssim = _mean(r.projection_psnr for r in mine), _mean(r.projection_ssim for r in mine)
-                    extra = f" {_fmt(psnr, 2)} | {_fmt(ssim, 3)} |"
-                lines.append(
-                    f"| {method} | {_fmt(_mean(r.tpr for r in mine))} | {_fmt(_mean(r.fpr for r in mine))} | "
-                    f"{_fmt(_mean(r.ssim for r in mine), 3)} |{extra}"
-                )
+            dose = [_fmt_dose(r.dose)] if doses else []
+            bound = [_fmt(r.crb, 4), _fmt(r.rmse_over_crb, 2)] if doses else []
+            projection = [_fmt(r.projection_psnr, 2), _fmt(r.projection_ssim, 3)] if projected else []
+            cells = [r.particle, *dose, r.method, r.n_true, _fmt(r.tpr), _fmt(r.fpr), _fmt(r.rmse, 3), *bound]
+            cells += [_fmt(r.species_accuracy, 3), _fmt(r.ssim, 3), *projection, f"{r.seconds:.0f}"]
+            lines.append(_table_row(cells))
+        lines += ["", "Mean over particles:", "", _table_row(mean_head), "|" + "---|" * len(mean_head)]
+        for dose in dict.fromkeys(r.dose for r in picked):
+            for method in methods:
+                mine = [r for r in picked if r.method == method and r.dose == dose]
+                if mine:
+                    cells = [*([_fmt_dose(dose)] if doses else []), method, _fmt(_mean(r.tpr for r in mine))]
+                    cells += [_fmt(_mean(r.fpr for r in mine)), _fmt(_mean(r.ssim for r in mine), 3)]
+                    if projected:
+                        cells += [_fmt(_mean(r.projection_psnr for r in mine), 2)]
+                        cells += [_fmt(_mean(r.projection_ssim for r in mine), 3)]
+                    lines.append(_table_row(cells))
         lines.append("")
     if results.ablation:
         lines += [
@@ -92,13 +92,22 @@ def results_markdown(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt_dose(dose: Optional[float]) -> str:
+    return "n/a" if dose is None else f"{dose:g}"
+
+
+def _table_row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def row_summary(row: Row) -> str:
     """One line of a row for the progress log."""
     projected = ""
     if row.projection_psnr is not None:
         projected = f" held-out PSNR {row.projection_psnr:.2f} dB SSIM {_fmt(row.projection_ssim, 3)}"
+    bound = "" if row.crb is None else f" CRB {row.crb:.4f}"
     return (
-        f"TPR {_fmt(row.tpr)} FPR {_fmt(row.fpr)} RMSE {_fmt(row.rmse, 3)} SSIM {_fmt(row.ssim, 3)}{projected} "
+        f"TPR {_fmt(row.tpr)} FPR {_fmt(row.fpr)} RMSE {_fmt(row.rmse, 3)}{bound} SSIM {_fmt(row.ssim, 3)}{projected} "
         f"({row.seconds:.0f} s)"
     )
 
@@ -223,6 +232,47 @@ def plot_projections(measured: np.ndarray, modelled: Dict, pixel_size: float, pa
         axes[1, column].set(title=f"{name} - measured", xlabel="x (A)")
     fig.colorbar(shown, ax=axes[1, 1:], shrink=0.8, label="data units")
     fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def plot_scores(rows: List[Row], figures: Path) -> Path:
+    """The scores' figure of a results set in ``figures``: ``dose.png`` (:func:`plot_dose`) when its
+    rows have doses, else ``bars.png`` (:func:`plot_bars`)."""
+    if _has_doses(rows):
+        return plot_dose(rows, Path(figures) / "dose.png")
+    return plot_bars(rows, Path(figures) / "bars.png")
+
+
+def plot_dose(rows: List[Row], path: Path) -> Path:
+    """TPR, FPR and RMSE against dose (log axis), one colour per method, one row of panels per
+    particle (and tilt scheme, when there are several); the RMSE panel shows the case's
+    Cramer-Rao bound as a dashed black line. Rows without a dose are left out."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.dose is not None]
+    schemes = list(dict.fromkeys(r.scheme for r in rows))
+    panels = [(p, s) for p in dict.fromkeys(r.particle for r in rows) for s in schemes]
+    methods = list(dict.fromkeys(r.method for r in rows))
+    colours = {m: f"C{k}" for k, m in enumerate(methods)}
+    fig, axes = plt.subplots(len(panels), 3, figsize=(13, 3.2 * len(panels)), squeeze=False, constrained_layout=True)
+    for i, (particle, scheme) in enumerate(panels):
+        mine = sorted((r for r in rows if r.particle == particle and r.scheme == scheme), key=lambda r: r.dose)
+        name = particle if len(schemes) == 1 else f"{particle}, {scheme}"
+        for j, (key, label) in enumerate((("tpr", "TPR"), ("fpr", "FPR"), ("rmse", "RMSE (A)"))):
+            ax = axes[i, j]
+            for method in methods:
+                points = [(r.dose, getattr(r, key)) for r in mine if r.method == method and getattr(r, key) is not None]
+                if points:
+                    ax.plot(*zip(*points), "o-", color=colours[method], label=method)
+            if key == "rmse":
+                bound = sorted({(r.dose, r.crb) for r in mine if r.crb is not None})
+                if bound:
+                    ax.plot(*zip(*bound), "k--", label="CRB")
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(-0.02, 1.02)
+            ax.set_xscale("log")
+            ax.set(title=f"{label}, {name}", xlabel="dose (e/A^2)")
+        axes[i, 2].legend(fontsize=8)
     return _save(plt, fig, path)
 
 

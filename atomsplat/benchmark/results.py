@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -45,6 +45,11 @@ class Row:
             projections against the measured ones, the mean over them, on the data's own scale
             (:mod:`atomsplat.analysis.image_metrics`, data range: the measured series' maximum
             minus minimum); None without a hold-out or for a method that cannot model them.
+        dose: electrons per A^2 of the case's simulated counts; None for float data.
+        crb: the case's physical floor, A: the Cramer-Rao bound of the atom positions at the true
+            atoms (:func:`atomsplat.benchmark.bound.truth_bound`), from atomsplat's fit of the case's
+            counts, the same in every row of the case (:func:`share_bound`); None for float data or
+            when atomsplat did not run on the case.
 
     A method without atoms (a radiance field) has None for n_pred, n_matched, tpr, fpr, rmse,
     species_accuracy and ssim.
@@ -64,8 +69,15 @@ class Row:
     max_distance: float
     ssim: Optional[float]
     seconds: float
-    projection_psnr: Optional[float]
-    projection_ssim: Optional[float]
+    projection_psnr: Optional[float] = None
+    projection_ssim: Optional[float] = None
+    dose: Optional[float] = None
+    crb: Optional[float] = None
+
+    @property
+    def rmse_over_crb(self) -> Optional[float]:
+        """RMSE / CRB: how far above the physical floor the positions are; None without both."""
+        return None if self.rmse is None or not self.crb else self.rmse / self.crb
 
     def to_dict(self) -> dict:
         """The row as plain JSON values."""
@@ -73,18 +85,25 @@ class Row:
 
     @classmethod
     def from_dict(cls, raw: dict):
-        """The row of ``raw`` (as :meth:`to_dict` writes it; a row of a results file written before
-        the projection scores reads with None for them); TypeError when the fields differ."""
+        """The row of ``raw`` (as :meth:`to_dict` writes it; fields added later with a default,
+        ``projection_psnr``, ``projection_ssim``, ``dose`` and ``crb``, may be missing: results
+        written before them read as None); TypeError when the fields differ otherwise."""
         names = {f.name for f in fields(cls)}
-        if isinstance(raw, dict):
-            raw = {"projection_psnr": None, "projection_ssim": None, **raw}
-        if not isinstance(raw, dict) or set(raw) != names:
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        if not isinstance(raw, dict) or not (names - optional <= set(raw) <= names):
             got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise TypeError(f"a {cls.__name__} needs the fields {sorted(names)}, got {got}")
         return cls(**raw)
 
 
-@dataclass(frozen=True)
+def share_bound(rows: List[Row]) -> List[Row]:
+    """The rows of one case (one particle, scheme and dose), each with the ``crb`` of the case's
+    atomsplat row (None without one): the physical floor is the case's, not a method's."""
+    crb = next((r.crb for r in rows if r.method == "atomsplat"), None)
+    return [replace(r, crb=crb) for r in rows]
+
+
+@dataclass(frozen=True, kw_only=True)
 class AblationRow(Row):
     """A row of the ablation.
 

@@ -1,11 +1,18 @@
 """Running a preset: every method on every simulated case, scored into rows; the ablation.
 
-The unit of work is one method on one case (:func:`finish`): a registered runner
-(:mod:`atomsplat.benchmark.methods`) on the simulated dataset (:mod:`atomsplat.benchmark.datasets`),
-its answer scored against the truth (:func:`score`) and kept in ``WORK/results`` under the
-dataset's key and the method's options, so that a later run with the same settings reuses it and
-an interrupted comparison goes on where it stopped. :func:`run_comparison` loops over the preset
-and writes ``results.json``, ``results.md`` and the figures (:mod:`atomsplat.benchmark.report`).
+The unit of work is one method on one case (:class:`MethodRun`, computed by :func:`compute`): a
+registered runner (:mod:`atomsplat.benchmark.methods`) on the simulated dataset
+(:mod:`atomsplat.benchmark.datasets`), every ``holdout_every``-th projection held out of its
+training, its answer scored against the truth (:func:`score`) and kept in ``WORK/results`` under
+the dataset's key, the method's options and the hold-out, so that a later run with the same
+settings reuses it and an interrupted comparison goes on where it stopped. :func:`finish_all`
+simulates each dataset once, in this process, and computes the runs that are not kept on an engine
+(:mod:`atomsplat.batch.engine`: one after another, or as Ray tasks); a run that fails is reported
+and the others go on, a method that cannot run here (:class:`MethodSkipped`) is left out with its
+reason. :func:`run_comparison` does so for a whole preset, one case per particle, tilt scheme and
+dose (:meth:`Preset.simulations`; a case's rows share its Cramer-Rao bound, :func:`share_bound`),
+and writes ``results.json``, ``results.md`` and the figures (:mod:`atomsplat.benchmark.report`)
+as the cases complete.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import ase
 import ase.io
@@ -26,24 +33,34 @@ from atomsplat.analysis.image_metrics import projection_scores
 from atomsplat.analysis.matching import PAPER_MAX_DISTANCE, match_atoms
 from atomsplat.analysis.metrics import method_scores
 from atomsplat.analysis.species import separability
+from atomsplat.batch.engine import EngineOptions, Failure, Job, run_jobs
 from atomsplat.benchmark.datasets import SimulatedDataset, digest, simulated_dataset
-from atomsplat.benchmark.methods import Case, MethodResult, MethodSkipped, grid_shape, runner
-from atomsplat.benchmark.preset import ABLATION_METHODS, Preset
+from atomsplat.benchmark.methods import Case, MethodResult, MethodSkipped, Runner, grid_shape, runner
+from atomsplat.benchmark.preset import ABLATION_METHODS, Preset, SimulationSettings
 from atomsplat.benchmark.report import (
     central_slab,
-    plot_bars,
     plot_projections,
+    plot_scores,
     plot_slices,
     plot_weight_histograms,
     results_markdown,
     row_summary,
 )
-from atomsplat.benchmark.results import AblationRow, Finished, Results, Row, load_finished, save_finished
+from atomsplat.benchmark.results import (
+    AblationRow,
+    Finished,
+    Results,
+    Row,
+    load_finished,
+    save_finished,
+    share_bound,
+)
 from atomsplat.data.formats import read_tilt_series
 from atomsplat.data.series import GROUND_TRUTH
 from atomsplat.sim.potential import potential_volume
 
 Log = Callable[[str], None]
+SERIAL = EngineOptions("serial")
 
 
 def machine() -> str:
@@ -97,10 +114,20 @@ def projection_scores_of(result: MethodResult, case: Case) -> dict:
     }
 
 
-def score(result: MethodResult, truth: Truth, case: Case, particle: str, scheme: str, tilt: str, method: str) -> Row:
+def score(
+    result: MethodResult,
+    truth: Truth,
+    case: Case,
+    particle: str,
+    scheme: str,
+    tilt: str,
+    method: str,
+    dose: Optional[float] = None,
+) -> Row:
     """The row of ``result`` against ``truth`` (species scored when the method tells them and the
     particle has more than one; atom scores None for a method without atoms) and of its model of
-    the ``case``'s held-out projections against them."""
+    the ``case``'s held-out projections against them; ``dose``: e/A^2 of the case's counts, None
+    for float data."""
     if result.positions is None:
         scores = dict.fromkeys(("n_pred", "n_matched", "tpr", "fpr", "rmse", "species_accuracy", "ssim"))
         scores.update(n_true=len(truth.atoms), max_distance=PAPER_MAX_DISTANCE)
@@ -123,104 +150,284 @@ def score(result: MethodResult, truth: Truth, case: Case, particle: str, scheme:
         **{k: _plain(v) for k, v in scores.items()},
         seconds=round(float(result.seconds), 1),
         **projections,
+        dose=dose,
+        crb=None if result.crb is None else float(result.crb),
     )
 
 
-def finish(
-    method: str, options: dict, dataset: SimulatedDataset, scheme: str, case: Case, truth: Truth, work: Path, log: Log
-) -> Finished:
-    """``method`` with ``options`` on the ``case`` of ``dataset`` (its tilt scheme named ``scheme``),
-    scored; kept from an earlier run with the same settings (hold-out included) when there is one.
-    A method that cannot run here raises :class:`MethodSkipped` (after logging why)."""
-    settings = {
-        "dataset": dataset.settings(),
-        "method": method,
-        "options": options,
-        "holdout_every": case.holdout_every,
-    }
-    key = digest({"method": method, "options": options, "holdout_every": case.holdout_every})
-    path = Path(work) / "results" / dataset.key() / f"{method}_{key}.npz"
-    label = f"[{dataset.particle} {scheme}] {method}"
-    finished = load_finished(path, settings)
-    if finished is not None:
-        finished.row = replace(finished.row, scheme=scheme)
-        log(f"{label}: kept from {path}")
-    else:
-        log(f"{label} ...")
-        try:
-            result = runner(method)(case, options)
-        except MethodSkipped as skipped:
-            log(f"{label}: {skipped}")
-            raise
-        row = score(result, truth, case, dataset.particle, scheme, dataset.tilt, method)
-        slab = None if result.volume is None else central_slab(result.volume, case.series.pixel_size)
-        projection = None if result.projections is None else result.projections[0]
-        finished = Finished(row, result.positions, slab, result.weights, projection)
-        save_finished(path, settings, finished)
-    log(f"{label}: {row_summary(finished.row)}")
+@dataclass(frozen=True)
+class MethodRun:
+    """One method with its options on one simulated dataset: the unit of work of a comparison.
+
+    Attributes:
+        method: a name in :data:`atomsplat.benchmark.methods.METHODS` or of a nerfstudio method.
+        options: its runner's options.
+        dataset: the simulated tilt series.
+        scheme: the name of its tilt scheme in the preset ("ablation" for the ablation's runs).
+        holdout_every: every n-th projection held out of its training (:attr:`Case.holdout_every`); 0: none.
+    """
+
+    method: str
+    options: dict
+    dataset: SimulatedDataset
+    scheme: str
+    holdout_every: int = 0
+
+    @property
+    def label(self) -> str:
+        """The run in the progress log and as a key: "[particle scheme] method", with the dose of a
+        case of counts: "[particle scheme dose] method"."""
+        dose = self.dataset.simulation.dose
+        return f"[{self.dataset.particle} {self.scheme}{'' if dose is None else f' {dose:g} e/A^2'}] {self.method}"
+
+    @property
+    def case_name(self) -> str:
+        """Its case in figure names: "<particle>_<scheme>", and "_dose<d>" for a case of counts."""
+        dose = self.dataset.simulation.dose
+        return f"{self.dataset.particle}_{self.scheme}{'' if dose is None else f'_dose{dose:g}'}"
+
+    @property
+    def case_title(self) -> str:
+        """Its case in figure titles: the particle, and the dose of a case of counts."""
+        dose = self.dataset.simulation.dose
+        return self.dataset.particle + ("" if dose is None else f" at {dose:g} e/A^2")
+
+    def settings(self) -> dict:
+        """What the result depends on (kept with it: a result of other settings, another hold-out
+        included, is not reused)."""
+        return {
+            "dataset": self.dataset.settings(),
+            "method": self.method,
+            "options": self.options,
+            "holdout_every": self.holdout_every,
+        }
+
+    def name(self) -> str:
+        """The method and a digest of its options and hold-out (file names under the dataset's key)."""
+        key = digest({"method": self.method, "options": self.options, "holdout_every": self.holdout_every})
+        return f"{self.method}_{key}"
+
+    def result_path(self, work: Path) -> Path:
+        """Where its :class:`Finished` is kept: ``WORK/results/<dataset key>/<name>.npz``."""
+        return Path(work) / "results" / self.dataset.key() / f"{self.name()}.npz"
+
+    def case(self, case: Case) -> Case:
+        """``case`` (its dataset's, from :func:`prepare`) with this run's hold-out."""
+        return replace(case, holdout_every=self.holdout_every)
+
+    def kept(self, work: Path) -> Optional[Finished]:
+        """Its :class:`Finished` from an earlier run with the same settings (the row under this
+        scheme's name), or None."""
+        finished = load_finished(self.result_path(work), self.settings())
+        if finished is not None:
+            finished.row = replace(finished.row, scheme=self.scheme)
+        return finished
+
+
+def compute(run: MethodRun, method: Runner, case: Case, truth: Truth, work: Path) -> Union[Finished, MethodSkipped]:
+    """``method`` (the runner of ``run.method``) on ``case`` with the run's hold-out, scored against
+    ``truth`` and kept in ``work`` (:meth:`MethodRun.result_path`); trainings go to
+    ``WORK/runs/<dataset key>/<name>``. A method that cannot run here gives its
+    :class:`MethodSkipped` (returned, not raised: it is no failure). A picklable job: it runs in
+    this process or as a Ray task."""
+    case = replace(run.case(case), work=Path(work) / "runs" / run.dataset.key() / run.name())
+    try:
+        result = method(case, run.options)
+    except MethodSkipped as skipped:
+        return skipped
+    dataset = run.dataset
+    row = score(result, truth, case, dataset.particle, run.scheme, dataset.tilt, run.method, dataset.simulation.dose)
+    slab = None if result.volume is None else central_slab(result.volume, case.series.pixel_size)
+    projection = None if result.projections is None else result.projections[0]
+    finished = Finished(row, result.positions, slab, result.weights, projection)
+    save_finished(run.result_path(work), run.settings(), finished)
     return finished
 
 
-def run_case(
-    particle: str, scheme: str, preset: Preset, work: Path, figures: Path, log: Log = print, skipped: dict = None
-) -> List[Row]:
-    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``; returns
-    their rows and draws the slice figure (and, with a hold-out, the held-out projection figure)
-    into ``figures``. Methods that cannot run here are left out, and why goes into ``skipped``
-    (method -> reason)."""
-    tilt = preset.schemes[scheme]
-    dataset = SimulatedDataset(particle, preset.size, tilt, preset.simulation)
-    case, truth = prepare(dataset, work, preset.holdout_every)
-    finished = {}
-    for method, options in preset.methods.items():
-        try:
-            finished[method] = finish(method, options, dataset, scheme, case, truth, work, log)
-        except MethodSkipped as err:
+def prepare_all(runs: List[MethodRun], work: Path) -> Dict[str, Tuple[Case, Truth]]:
+    """The case (no hold-out: each run sets its own, :meth:`MethodRun.case`) and truth of every
+    dataset of ``runs``, by its key (each simulated once)."""
+    prepared = {}
+    for run in runs:
+        if run.dataset.key() not in prepared:
+            prepared[run.dataset.key()] = prepare(run.dataset, work)
+    return prepared
+
+
+def finish_all(
+    runs: List[MethodRun],
+    prepared: Dict[str, Tuple[Case, Truth]],
+    work: Path,
+    engine: EngineOptions = SERIAL,
+    log: Log = print,
+    done: Callable[[MethodRun, Optional[Finished]], None] = lambda run, finished: None,
+    skipped: Optional[Dict[str, str]] = None,
+) -> Tuple[Dict[str, Finished], List[Failure]]:
+    """Every run of ``runs`` (cases and truths from :func:`prepare_all`): kept from an earlier run
+    with the same settings, or computed on ``engine``. ``done(run, finished)`` after each that
+    finished, the kept ones first, or was skipped (``finished`` None; why, logged, goes into
+    ``skipped``: method -> reason). Returns the finished runs by label and the failures."""
+    work = Path(work).resolve()  # Ray workers need not share this process's directory
+    finished: Dict[str, Finished] = {}
+    jobs, pending = [], {}
+    for run in runs:
+        kept = run.kept(work)
+        if kept is not None:
+            log(f"{run.label}: kept from {run.result_path(work)}")
+            log(f"{run.label}: {row_summary(kept.row)}")
+            finished[run.label] = kept
+            done(run, kept)
+            continue
+        case, truth = prepared[run.dataset.key()]
+        method = runner(run.method)
+        pending[run.label] = run
+        log_file = work / "logs" / run.dataset.key() / f"{run.name()}.log"
+        uses_gpu = getattr(method, "uses_gpu", False)
+        jobs.append(Job(run.label, compute, (run, method, case, truth, work), uses_gpu, log_file))
+
+    def on_done(job: Job, value: Union[Finished, MethodSkipped]) -> None:
+        run = pending[job.key]
+        if isinstance(value, MethodSkipped):
+            log(f"{run.label}: {value}")
             if skipped is not None:
-                skipped[method] = str(err)
-    with_atoms = {name: f for name, f in finished.items() if f.positions is not None and f.slab is not None}
-    plot_slices(
+                skipped[run.method] = str(value)
+            done(run, None)
+            return
+        finished[run.label] = value
+        log(f"{run.label}: {row_summary(value.row)}")
+        done(run, value)
+
+    failures = run_jobs(jobs, engine, on_done, log)
+    return finished, failures
+
+
+def case_runs(
+    particle: str, scheme: str, preset: Preset, simulation: Optional[SimulationSettings] = None
+) -> List[MethodRun]:
+    """The preset's methods on ``particle`` under its tilt scheme named ``scheme``, with the
+    preset's hold-out, simulated with ``simulation`` (None: the preset's; one of
+    :meth:`Preset.simulations` for a dose axis)."""
+    simulation = preset.simulation if simulation is None else simulation
+    dataset = SimulatedDataset(particle, preset.size, preset.schemes[scheme], simulation)
+    return [
+        MethodRun(method, options, dataset, scheme, preset.holdout_every) for method, options in preset.methods.items()
+    ]
+
+
+def ablation_runs(preset: Preset) -> List[MethodRun]:
+    """The ablation's runs (none without one), on every projection."""
+    spec = preset.ablation
+    if spec is None:
+        return []
+    dataset = SimulatedDataset(spec.particle, spec.size or preset.size, spec.scheme, preset.simulation)
+    return [MethodRun(method, spec.options(method), dataset, "ablation") for method in ABLATION_METHODS]
+
+
+def slices_figure(
+    runs: List[MethodRun], finished: Dict[str, Finished], case: Case, truth: Truth, figures: Path
+) -> Path:
+    """The slice figure of one case's finished runs with atoms and a volume
+    (:func:`atomsplat.benchmark.report.plot_slices`): ``slices_<particle>_<scheme>.png``, or
+    ``slices_<particle>_<scheme>_dose<d>.png`` for a case of counts (:attr:`MethodRun.case_name`)."""
+    with_atoms = {
+        run.method: finished[run.label]
+        for run in runs
+        if run.label in finished and finished[run.label].positions is not None and finished[run.label].slab is not None
+    }
+    return plot_slices(
         truth.atoms,
         central_slab(truth.volume, case.series.pixel_size),
         with_atoms,
         case.series.pixel_size,
-        figures / f"slices_{particle}_{scheme}.png",
-        title=f"{particle}, tilts {tilt}",
+        Path(figures) / f"slices_{runs[0].case_name}.png",
+        title=f"{runs[0].case_title}, tilts {runs[0].dataset.tilt}",
     )
-    modelled = {name: f.projection for name, f in finished.items() if f.projection is not None}
-    if modelled:
-        first = int(case.held_out[0])
-        plot_projections(
-            case.series.projections[first],
-            modelled,
-            case.series.pixel_size,
-            figures / f"projections_{particle}_{scheme}.png",
-            title=f"{particle}, held-out projection at {case.series.tilt_angles[first]:g} degrees",
-        )
-    return [f.row for f in finished.values()]
 
 
-def run_ablation(preset: Preset, work: Path, figures: Path, log: Log = print) -> List[AblationRow]:
-    """atomsplat with and without isotropy and merging on the ablation's particle: Gaussians per
-    atom, TPR/FPR, species separation; draws the weight histograms into ``figures``."""
-    spec = preset.ablation
-    dataset = SimulatedDataset(spec.particle, spec.size or preset.size, spec.scheme, preset.simulation)
-    case, truth = prepare(dataset, work)
+def projections_figure(
+    runs: List[MethodRun], finished: Dict[str, Finished], case: Case, figures: Path
+) -> Optional[Path]:
+    """The first held-out projection of one case and the finished runs' models of it
+    (:func:`atomsplat.benchmark.report.plot_projections`): ``projections_<case name>.png``
+    (:attr:`MethodRun.case_name`); None (no figure) when no run models it."""
+    modelled = {
+        run.method: finished[run.label].projection
+        for run in runs
+        if run.label in finished and finished[run.label].projection is not None
+    }
+    if not modelled:
+        return None
+    case = runs[0].case(case)
+    first = int(case.held_out[0])
+    return plot_projections(
+        case.series.projections[first],
+        modelled,
+        case.series.pixel_size,
+        Path(figures) / f"projections_{runs[0].case_name}.png",
+        title=f"{runs[0].case_title}, held-out projection at {case.series.tilt_angles[first]:g} degrees",
+    )
+
+
+def case_figures(runs: List[MethodRun], finished: Dict[str, Finished], case: Case, truth: Truth, figures: Path):
+    """The slice figure and, with a hold-out, the held-out projection figure of one case."""
+    slices_figure(runs, finished, case, truth, figures)
+    projections_figure(runs, finished, case, figures)
+
+
+def run_case(
+    particle: str,
+    scheme: str,
+    preset: Preset,
+    work: Path,
+    figures: Path,
+    log: Log = print,
+    skipped: Optional[Dict[str, str]] = None,
+    engine: EngineOptions = SERIAL,
+    simulation: Optional[SimulationSettings] = None,
+) -> List[Row]:
+    """All the preset's methods on ``particle`` under its tilt scheme named ``scheme``, simulated
+    with ``simulation`` (None: the preset's); returns the rows of those that finished, each with
+    the case's bound (:func:`share_bound`), and draws the slice figure (and, with a hold-out, the
+    held-out projection figure) into ``figures``. Methods that cannot run here are left out, and
+    why goes into ``skipped`` (method -> reason)."""
+    runs = case_runs(particle, scheme, preset, simulation)
+    prepared = prepare_all(runs, work)
+    finished, _ = finish_all(runs, prepared, work, engine, log, skipped=skipped)
+    case_figures(runs, finished, *prepared[runs[0].dataset.key()], figures)
+    return case_rows(runs, finished)
+
+
+def case_rows(runs: List[MethodRun], finished: Dict[str, Finished]) -> List[Row]:
+    """The rows of one case's finished runs, each with the case's bound (:func:`share_bound`)."""
+    return share_bound([finished[run.label].row for run in runs if run.label in finished])
+
+
+def ablation_rows(
+    runs: List[MethodRun], finished: Dict[str, Finished], truth: Truth, figures: Path, log: Log = print
+) -> List[AblationRow]:
+    """atomsplat with and without isotropy and merging on the ablation's particle (the finished
+    ones of ``runs``): Gaussians per atom, TPR/FPR, species separation; draws the weight
+    histograms into ``figures``."""
     rows, weights_by_method = [], {}
-    for method in ABLATION_METHODS:
-        finished = finish(method, spec.options(method), dataset, "ablation", case, truth, work, log)
-        pred, true, _ = match_atoms(finished.positions, truth.atoms.positions)
+    for run in runs:
+        if run.label not in finished:
+            continue
+        done = finished[run.label]
+        pred, true, _ = match_atoms(done.positions, truth.atoms.positions)
         matched_species = truth.species[true]
-        matched_weights = finished.weights[pred]
-        weights_by_method[method] = (matched_weights, matched_species)
+        matched_weights = done.weights[pred]
+        weights_by_method[run.method] = (matched_weights, matched_species)
         row = AblationRow(
-            **finished.row.to_dict(),
-            gaussians_per_atom=finished.row.n_pred / finished.row.n_true,
+            **done.row.to_dict(),
+            gaussians_per_atom=done.row.n_pred / done.row.n_true,
             separability=separability(matched_weights, matched_species) if len(set(matched_species)) > 1 else None,
         )
         rows.append(row)
-        log(f"[ablation] {method}: {row.gaussians_per_atom:.2f} Gaussians per atom, separability {row.separability}")
-    plot_weight_histograms(weights_by_method, figures / f"ablation_{spec.particle}_weights.png")
+        log(
+            f"[ablation] {run.method}: {row.gaussians_per_atom:.2f} Gaussians per atom, separability {row.separability}"
+        )
+    if weights_by_method:
+        plot_weight_histograms(weights_by_method, Path(figures) / f"ablation_{runs[0].dataset.particle}_weights.png")
     return rows
 
 
@@ -230,22 +437,52 @@ def write_results(results: Results, output: Path) -> None:
     (output / "results.md").write_text(results_markdown(results))
 
 
-def run_comparison(preset: Preset, output: Path, work: Path, log: Log = print) -> Results:
-    """Run a preset; write ``results.json``, ``results.md`` (after every case) and ``figures/``
-    into ``output``, simulated data, trainings and finished results into ``work``."""
+def run_comparison(
+    preset: Preset, output: Path, work: Path, log: Log = print, engine: EngineOptions = SERIAL
+) -> Tuple[Results, List[Failure]]:
+    """Run a preset on ``engine``; write ``results.json``, ``results.md`` (again as each case
+    completes) and ``figures/`` into ``output``, simulated data, trainings and finished results
+    into ``work``. Returns the results (methods that cannot run here in ``results.skipped``) and
+    the runs that failed (their rows are missing; the same command run again computes those, and
+    only those)."""
     output, work = Path(output), Path(work)
     figures = output / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    results = Results(machine(), preset)
+    results = Results(f"{machine()}; {engine.describe()}", preset)
     started = time.perf_counter()
-    for particle in preset.particles:
-        for scheme in preset.schemes:
-            results.rows += run_case(particle, scheme, preset, work, figures, log, results.skipped)
-            write_results(results, output)
+    cases = [  # one case per particle, scheme and dose (one dataset each)
+        case_runs(particle, scheme, preset, simulation)
+        for particle in preset.particles
+        for scheme in preset.schemes
+        for simulation in preset.simulations()
+    ]
+    ablation = ablation_runs(preset)
+    everything = [run for runs in cases for run in runs] + ablation
+    prepared = prepare_all(everything, work)
+    finished: Dict[str, Finished] = {}
+    ended = set()  # labels of the runs finished or skipped
+
+    def rows() -> List[Row]:
+        return [row for runs in cases for row in case_rows(runs, finished)]
+
+    def done(run: MethodRun, value: Optional[Finished]) -> None:
+        ended.add(run.label)
+        if value is not None:
+            finished[run.label] = value
+        for runs in cases:
+            if run in runs and all(r.label in ended for r in runs):
+                case_figures(runs, finished, *prepared[run.dataset.key()], figures)
+                results.rows = rows()
+                write_results(results, output)
+
+    _, failures = finish_all(everything, prepared, work, engine, log, done, results.skipped)
+    results.rows = rows()
     if results.rows:
-        plot_bars(results.rows, figures / "bars.png")
-    if preset.ablation:
-        results.ablation = run_ablation(preset, work, figures, log)
+        plot_scores(results.rows, figures)
+    if ablation:
+        results.ablation = ablation_rows(ablation, finished, prepared[ablation[0].dataset.key()][1], figures, log)
     results.total_seconds = round(time.perf_counter() - started, 1)
     write_results(results, output)
-    return results
+    for failure in failures:
+        log(f"FAILED {failure.summary()}")
+    return results, failures

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Type
 
 import ase.io
@@ -43,7 +44,7 @@ from atomsplat.model import density
 from atomsplat.model.camera_views import camera_views
 from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project, series_views
 from atomsplat.model.corrections import ViewCorrections
-from atomsplat.model.init import initial_positions
+from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
@@ -78,9 +79,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Initial number of Gaussians; None: ``init_density`` x the volume of the support."""
     init_density: float = 0.08
     """Initial Gaussians per A^3 of the support (FCC gold has 0.059 atoms per A^3)."""
-    init_support: Literal["peaks", "reconstruction", "hull", "sphere"] = "peaks"
+    init_support: Literal["peaks", "reconstruction", "hull", "sphere", "atoms"] = "peaks"
     """Initial positions (:mod:`atomsplat.model.init`): the maxima of a quick SIRT reconstruction, drawn
-    by its density, in the visual hull of the projections, or in the sphere seen by every view."""
+    by its density, in the visual hull, in the sphere every view sees, or at ``init_atoms``."""
+    init_atoms: Optional[Path] = None
+    """"atoms": extended XYZ file (A, sample frame) of the atoms to start from (warm start)."""
     init_voxel: float = 0.4
     """Voxel size of the initial reconstruction, A (the projections are binned to about it)."""
     init_smoothing: float = 1.0
@@ -172,6 +175,8 @@ class AtomSplatModel(SplatfactoModel):
             self.generator,
             AtomShape() if halo and config.isotropic else None,
         )
+        if config.init_support == "atoms":
+            start_from_atoms(self.cloud, config.init_atoms)
         if config.selection == "evidence" and not (self.noise.is_likelihood and config.isotropic):
             raise ValueError(
                 "selection 'evidence' needs a likelihood (counts: loss poisson or mixed) and isotropic Gaussians"
@@ -518,7 +523,7 @@ class AtomSplatModel(SplatfactoModel):
         """Log a density pass (console, nerfstudio's writers, the viewer), with TPR / FPR when the
         true atoms are known."""
         if self.truth is not None:
-            narrow = ~density.diffuse(self.cloud.detached(), self.config.diffuse_width)
+            narrow = self.atom_mask(self.cloud.detached())
             scores = evaluate(self.cloud.positions.detach()[narrow].cpu().numpy(), self.truth)
             record.tpr, record.fpr = scores.tpr, scores.fpr
         values = record.as_dict()
@@ -534,6 +539,11 @@ class AtomSplatModel(SplatfactoModel):
         self.monitor.refined(values)
 
     # ----------------------------------------------------------------------------- results
+    def atom_mask(self, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """(K,) bool: which Gaussians of ``params`` are atoms, those that are not diffuse
+        (:func:`atomsplat.model.density.diffuse`)."""
+        return ~density.diffuse(params, self.config.diffuse_width)
+
     @torch.no_grad()
     def atoms(self) -> Dict[str, np.ndarray]:
         """The atoms: the Gaussians that are not diffuse (:func:`atomsplat.model.density.diffuse`),
@@ -542,7 +552,7 @@ class AtomSplatModel(SplatfactoModel):
         the merge-and-prune of a pass is applied to a copy (the model is not changed) and there are
         no uncertainties."""
         params = self.cloud.detached() if bool(self.finished) else self.strategy.cleanup(self.cloud.detached())
-        atoms_only = (~density.diffuse(params, self.config.diffuse_width)).cpu().numpy()
+        atoms_only = self.atom_mask(params).cpu().numpy()
         atoms = {name: values[atoms_only] for name, values in atoms_of(params).items()}
         if bool(self.finished) and len(self.uncertainty) == len(atoms_only):
             atoms["uncertainty"] = self.uncertainty.cpu().double().numpy()[atoms_only]

@@ -17,13 +17,19 @@ The supports (``init_support``):
   in at least 95 % of the views, uniformly (the paper-era initialisation; it needs the particle
   to stand out from the noise in almost every projection, which counts at low dose do not).
 - ``"sphere"``: uniform in the sphere seen by every projection.
+- ``"atoms"``: at the atoms of the extended XYZ file ``init_atoms`` (A, sample frame), with its
+  per-atom "weight" and "sigma" where it has them (:func:`start_from_atoms`): a warm start from an
+  earlier reconstruction, e.g. the previous tilt series of a time series.
 
-The count is ``init_density`` x the volume of the support unless ``init_count`` is set.
+The count is ``init_density`` x the volume of the support unless ``init_count`` is set (not for
+``"atoms"``: one Gaussian per atom).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import torch
@@ -73,6 +79,8 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
     check_signal(signal, str(series.source or "tilt series"))
     if config.init_support in ("reconstruction", "peaks"):
         return _from_reconstruction(series, signal, config, generator)
+    if config.init_support == "atoms":
+        return torch.from_numpy(read_initial_atoms(config.init_atoms)["positions"]).float()
     _, height, width = series.shape
     radius = 0.5 * min(height, width) * series.pixel_size
     volume = 4.0 / 3.0 * math.pi * radius**3
@@ -168,3 +176,60 @@ def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.
     positions = _voxel_centres(np.stack(np.unravel_index(cells, volume.shape), axis=1), volume.shape, size)
     positions += (numpy_rng.random(positions.shape) - 0.5) * size  # anywhere in the voxel
     return torch.from_numpy(positions).float()
+
+
+def read_initial_atoms(path) -> Dict[str, np.ndarray]:
+    """The atoms of an extended XYZ file to start from: "positions" (K, 3) A, and "weight" (K,)
+    and "sigma" (K,) A where the file has them, and "halo" (2,): (fraction, ratio) of atoms fitted
+    as a core and a halo (its info "halo_fraction" and "halo_ratio"), as ``atomsplat-export`` writes them.
+
+    Raises:
+        ValueError: no file given, an unreadable or empty file, or non-finite or non-positive
+            values; the message names the file.
+    """
+    import ase.io
+
+    if path is None:
+        raise ValueError("init_support 'atoms' needs init_atoms: the extended XYZ file of the atoms to start from")
+    path = Path(path)
+    try:
+        atoms = ase.io.read(path, format="extxyz")
+    except FileNotFoundError:
+        raise ValueError(f"init_atoms {path}: no such file") from None
+    except Exception as err:  # ASE raises many kinds for a malformed file
+        raise ValueError(f"init_atoms {path}: not an extended XYZ file of atoms: {err}") from None
+    found = {"positions": np.asarray(atoms.positions, dtype=np.float64)}
+    for name in ("weight", "sigma"):
+        if name in atoms.arrays:
+            found[name] = np.asarray(atoms.arrays[name], dtype=np.float64).reshape(-1)
+    if len(atoms) == 0:
+        raise ValueError(f"init_atoms {path}: holds no atoms")
+    if not all(np.all(np.isfinite(v)) for v in found.values()):
+        raise ValueError(f"init_atoms {path}: non-finite positions, weights or widths")
+    if any(np.any(found[name] <= 0) for name in ("weight", "sigma") if name in found):
+        raise ValueError(f"init_atoms {path}: weights and widths must be positive")
+    if "halo_fraction" in atoms.info and "halo_ratio" in atoms.info:
+        fraction, ratio = float(atoms.info["halo_fraction"]), float(atoms.info["halo_ratio"])
+        if not (0.0 < fraction < 1.0 and ratio > 1.0):
+            raise ValueError(f"init_atoms {path}: halo_fraction must lie in (0, 1) and halo_ratio exceed 1")
+        found["halo"] = np.array([fraction, ratio])
+    return found
+
+
+def start_from_atoms(cloud, path) -> None:
+    """Give the Gaussians of ``cloud`` (made at the atoms of ``path``, :func:`initial_positions`)
+    the file's weights and widths where it has them; the widths are kept within the cloud's
+    [min_sigma, max_sigma]. A cloud of cores and halos (``cloud.shape``) takes the file's halo
+    where it states one (atoms exported from such a run)."""
+    found = read_initial_atoms(path)
+    with torch.no_grad():
+        if cloud.shape is not None and "halo" in found:
+            fraction, ratio = found["halo"]
+            cloud.shape.params["halo_logit"].fill_(math.log(fraction / (1.0 - fraction)))
+            cloud.shape.params["halo_log_excess"].fill_(math.log(ratio - 1.0))
+        if "weight" in found:
+            cloud.params["log_weights"].copy_(torch.from_numpy(np.log(found["weight"])))
+        if "sigma" in found:
+            sigma = np.clip(found["sigma"], cloud.min_sigma, cloud.max_sigma)
+            width = cloud.params["log_sigmas"] if cloud.isotropic else cloud.params["log_scales"]
+            width.copy_(torch.from_numpy(np.log(sigma)).reshape(-1, *([1] * (width.dim() - 1))).expand_as(width))
