@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 
 from atomsplat.data.series import TiltSeries
 from atomsplat.geometry import view_rotations
-from atomsplat.model.atomsplat_model import AtomSplatModelConfig, noise_model
+from atomsplat.model.atomsplat_model import AtomSplatModelConfig, minimum_distance, noise_model
 from atomsplat.model.corrections import background, background_basis, border_background
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
 from atomsplat.model.losses import NoiseModel
@@ -50,6 +50,24 @@ def test_counts_get_their_likelihood_and_a_pedestal_other_data_the_papers_loss(l
     assert not floats.counts and (noise.kind, degree) == ("l1", -1)
     noise, degree = noise_model(series, AtomSplatModelConfig(loss="l2", background_degree=1))
     assert (noise.kind, degree) == ("l2", 1)  # what the user asks for wins
+
+
+def test_minimum_distance_of_counts_follows_the_shortest_bond_of_their_elements(lowest_dose):
+    """Counts of named elements: 0.55 x twice the smallest covalent radius (Si: 1.22 A; with O
+    beside it, O's); float data, or counts whose elements are not named: 1.6 A; a given distance
+    always wins."""
+    series, _ = lowest_dose
+    named = TiltSeries(series.projections, series.tilt_angles, series.pixel_size, elements=["Si"])
+    assert named.counts and minimum_distance(named, AtomSplatModelConfig()) == pytest.approx(0.55 * 2 * 1.11)
+    named.elements = ["Si", "O"]
+    assert minimum_distance(named, AtomSplatModelConfig()) == pytest.approx(0.55 * 2 * 0.66)
+    named.elements = ["Au"]
+    assert minimum_distance(named, AtomSplatModelConfig()) == pytest.approx(1.496)
+    unnamed = TiltSeries(series.projections, series.tilt_angles, series.pixel_size)
+    assert minimum_distance(unnamed, AtomSplatModelConfig()) == 1.6
+    floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size, elements=["Si"])
+    assert minimum_distance(floats, AtomSplatModelConfig()) == 1.6
+    assert minimum_distance(named, AtomSplatModelConfig(merge_distance=1.3)) == 1.3
 
 
 def test_initialisation_finds_the_particle_at_the_lowest_dose(lowest_dose):
