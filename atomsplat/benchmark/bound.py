@@ -17,8 +17,11 @@ Approximation: only the positions are the truth's. The weights, widths and atom 
 halo), the pedestal, the unmatched Gaussians and any shifts are atomsplat's fitted values, not
 the simulation's (the true atoms' footprints are abTEM potentials, which no Gaussian reproduces
 exactly), and the halo's fraction and ratio count as known. So the bound is that of the fitted
-model's parametrisation at the true positions, a close stand-in for the simulation's own. No
-species prior enters it: it is the data's information alone.
+model's parametrisation at the true positions, a close stand-in for the simulation's own. Where
+the model ties weights and widths to species (:mod:`atomsplat.model.species_prior`), the prior's
+curvature joins the information, as in the model's own uncertainties: it is information the
+estimate uses, and without it the fit's RMSE fell below the "bound" (2 nm Si at 1.6e4 e/A^2: 17 pm
+against 20 pm from the data alone, 14 pm with the prior).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def truth_bound(
     atoms: np.ndarray,
     true_positions: np.ndarray,
     full_limit: int = 1000,
+    prior=None,
 ) -> Optional[float]:
     """The case's Cramer-Rao bound at the true atoms (module docstring), A; None when no atom matches.
 
@@ -53,6 +57,7 @@ def truth_bound(
             projections (N, H, W), training views, data term and step).
         atoms: (K,) indices into the cloud of the Gaussians that are atoms (the ones scored).
         true_positions: (T, 3) the true atoms, A, sample frame.
+        prior: the model's fitted :class:`atomsplat.model.species_prior.SpeciesPrior`, or None.
     """
     atoms = np.asarray(atoms, dtype=int)
     found = cloud.positions.detach().cpu().double().numpy()[atoms]
@@ -64,7 +69,9 @@ def truth_bound(
     with torch.no_grad():
         positions = at_truth.params["positions"]
         positions[index] = torch.as_tensor(np.asarray(true_positions)[true]).to(positions)
-    sigmas, _ = position_uncertainties(at_truth, corrections, measured, views, noise, step, full_limit=full_limit)
+    sigmas, _ = position_uncertainties(
+        at_truth, corrections, measured, views, noise, step, full_limit=full_limit, prior=prior
+    )
     return float(sigmas[index].double().square().sum(dim=1).mean().sqrt())
 
 
@@ -78,5 +85,5 @@ def model_truth_bound(model, step: int, true_positions: np.ndarray) -> Optional[
     views = model.series_views(model.train_indices)
     return truth_bound(
         model.cloud, model.corrections, model.measured, views, model.noise, step, atoms, true_positions,
-        model.config.full_uncertainty_limit,
+        model.config.full_uncertainty_limit, model.fitted_prior(),
     )  # fmt: skip

@@ -460,14 +460,19 @@ class AtomSplatModel(SplatfactoModel):
             atoms = ~density.diffuse(params, self.config.diffuse_width)
             self.prior.update(params["log_weights"], params["log_sigmas"], atoms)
 
+    def fitted_prior(self) -> Optional[SpeciesPrior]:
+        """The species prior fitted to the Gaussians as they are (species, mean weight and width), or
+        None where species are not tied (or there are no atoms to tie yet)."""
+        self._update_prior()
+        return self.prior if self.prior is not None and self.prior.ready(self.num_points) else None
+
     @torch.no_grad()
     def finish(self) -> RefineRecord:
         """The end of a training run: the last density pass (merge and prune), the final refinement
         to convergence, and the atoms' positional uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
-        self._update_prior()
-        prior = self.prior if self.prior is not None and self.prior.ready(self.num_points) else None
+        prior = self.fitted_prior()
         views = self.series_views(self.train_indices)
         args = (self.cloud, self.corrections, self.measured, views, self.noise, self.step)
         if self.config.final_refinement and self.cloud.count > 0:
