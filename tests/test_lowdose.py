@@ -9,12 +9,12 @@ from scipy.spatial import cKDTree
 
 from atomsplat.data.series import TiltSeries
 from atomsplat.geometry import view_rotations
-from atomsplat.model.atomsplat_model import AtomSplatModelConfig, minimum_distance, noise_model
+from atomsplat.model.atomsplat_model import AtomSplatModelConfig, noise_model
 from atomsplat.model.corrections import background, background_basis, border_background
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.species_prior import SpeciesPrior
-from atomsplat.model.strategy import DensityStrategy
+from atomsplat.model.strategy import DensityStrategy, minimum_distance
 from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import project_isotropic_dense
 

@@ -26,7 +26,6 @@ import ase.io
 import numpy as np
 import torch
 import tyro
-from ase.data import atomic_numbers, covalent_radii
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
@@ -49,7 +48,15 @@ from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
-from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, RefineRecord, rebind
+from atomsplat.model.strategy import (
+    DEFAULT_MERGE_DISTANCE,
+    DensityOptions,
+    DensityStrategy,
+    Evidence,
+    RefineRecord,
+    minimum_distance,
+    rebind,
+)
 from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import DEFAULT_WINDOW
 from atomsplat.viewer.display import species_colours
@@ -159,7 +166,10 @@ class AtomSplatModel(SplatfactoModel):
         train = torch.as_tensor(np.asarray(metadata["indices"]), dtype=torch.long)
         self.register_buffer("train_indices", train, persistent=False)
         self.noise, degree = noise_model(self.series, config)
-        config.merge_distance = minimum_distance(self.series, config)
+        distance = minimum_distance(self.series, config)
+        if config.merge_distance is None and distance != DEFAULT_MERGE_DISTANCE:
+            CONSOLE.print(f"minimum distance between atoms {distance:.2f} A (0.55 x the shortest bond of the elements)")
+        config.merge_distance = distance  # the value used, in the config the run's files show
         rotations = torch.from_numpy(view_rotations(self.series.tilt_angles, self.series.tilt_axis_angle)).float()
         self.corrections = ViewCorrections(rotations, train, stack, config.refine_shifts, degree, self.noise)
         signal = stack
@@ -585,26 +595,6 @@ def noise_model(series, config: AtomSplatModelConfig):
         )
     level = float(series.projections.max())
     return NoiseModel(kind, 1e-3 * level, gain, config.read_noise), degree
-
-
-DEFAULT_MERGE_DISTANCE = 1.6
-"""A: the minimum distance of atoms in float data (measured on Au, FePt, Pt-Ni, Pd and HEA particles)."""
-
-
-def minimum_distance(series, config: AtomSplatModelConfig) -> float:
-    """The merge distance, A: the config's, or, where it is None, 0.55 x the shortest bond the
-    dataset's elements can make (twice the smallest covalent radius, ASE's table; Si: 1.22 A) for
-    counts whose dataset names them, and :data:`DEFAULT_MERGE_DISTANCE` otherwise. Counts need the
-    margin (the Gaussians wander more during training at low dose): on 2 nm amorphous Si (bonds from
-    2.2 A) at 1.6e4 e/A^2, 1.6 A gave TPR 0.95 / FPR 0.015, 1.2 A 1.00 / 0.005."""
-    if config.merge_distance is not None:
-        return float(config.merge_distance)
-    radii = [covalent_radii[atomic_numbers[e]] for e in (series.elements or []) if e in atomic_numbers]
-    if not (series.counts and radii):
-        return DEFAULT_MERGE_DISTANCE
-    distance = min(DEFAULT_MERGE_DISTANCE, 0.55 * 2.0 * float(min(radii)))
-    CONSOLE.print(f"minimum distance between atoms {distance:.2f} A: 0.55 x the shortest bond of {series.elements}")
-    return distance
 
 
 def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Optional[SpeciesPrior]:

@@ -38,6 +38,7 @@ from scipy.ndimage import gaussian_filter
 from atomsplat.analysis.baselines import sirt
 from atomsplat.analysis.tracing import trace_atoms
 from atomsplat.geometry import pixel_centers, pixel_index, view_rotations
+from atomsplat.model.strategy import minimum_distance
 from atomsplat.render.projector import detector_centres
 
 
@@ -167,7 +168,7 @@ def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.
     numpy_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
     if config.init_support == "peaks":
         sharp = gaussian_filter(volume, config.init_peak_smoothing / size, mode="constant") * support
-        traced = trace_atoms(sharp, size, min_distance=config.merge_distance, threshold=0.0)
+        traced = trace_atoms(sharp, size, min_distance=minimum_distance(series, config), threshold=0.0)
         return torch.from_numpy(traced.positions).float()
     smooth = gaussian_filter(volume, config.init_smoothing / size, mode="constant")
     weight = np.where(support, np.clip(smooth, 0.0, None), 0.0).reshape(-1)
