@@ -76,8 +76,8 @@ def plot(result: dict, title: str, path: Path) -> None:
     left.set_title("per atom and axis; lines: 1, 2, 3 sigma")
     bins = np.linspace(-4.5, 4.5, 37)
     for k, colour in enumerate(("tab:blue", "tab:orange", "tab:green")):
-        std = result["ratio_std"][k]
-        right.hist(ratios[:, k], bins=bins, density=True, histtype="step", color=colour, label=f"{AXES[k]}: std {std:.2f}")
+        label = f"{AXES[k]}: std {result['ratio_std'][k]:.2f}"
+        right.hist(ratios[:, k], bins=bins, density=True, histtype="step", color=colour, label=label)
     grid = np.linspace(-4.5, 4.5, 200)
     right.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", label="standard normal")
     right.set_xlabel("error / predicted standard deviation")
