@@ -18,7 +18,7 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Type
 
@@ -169,7 +169,9 @@ class AtomSplatModel(SplatfactoModel):
         distance = minimum_distance(self.series, config)
         if config.merge_distance is None and distance != DEFAULT_MERGE_DISTANCE:
             CONSOLE.print(f"minimum distance between atoms {distance:.2f} A (0.55 x the shortest bond of the elements)")
-        config.merge_distance = distance  # the value used, in the config the run's files show
+        # the model's own copy holds the distance used; the caller's config (and config.yml) keep None,
+        # so a config shared by several runs resolves it again for each dataset
+        self.config = config = replace(config, merge_distance=distance)
         rotations = torch.from_numpy(view_rotations(self.series.tilt_angles, self.series.tilt_axis_angle)).float()
         self.corrections = ViewCorrections(rotations, train, stack, config.refine_shifts, degree, self.noise)
         signal = stack
