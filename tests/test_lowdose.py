@@ -119,7 +119,7 @@ def test_evidence_removes_a_planted_noise_gaussian_and_keeps_a_faint_real_atom()
         planted, all_sigmas, all_weights, rotations, offsets, pixel, model, counts, noise.negative_log_likelihood
     )
     params = {"positions": planted, "log_weights": all_weights.log(), "log_sigmas": all_sigmas.log()}
-    price = DensityStrategy._price(params, touched)
+    price = DensityStrategy.price(params, touched)
     assert gains[4] < 0 < price[4]  # the planted Gaussian only costs likelihood
     assert gains[3] > 3 * price[3]  # the faint atom is worth far more than its parameters
     assert torch.all(gains[:3] > 10 * price[:3])

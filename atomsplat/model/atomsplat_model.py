@@ -199,7 +199,7 @@ class AtomSplatModel(SplatfactoModel):
             )
         evidence = None
         if self.noise.is_likelihood and config.isotropic:
-            evidence = Evidence(self._removal_evidence)
+            evidence = Evidence(self.removal_evidence)
         self.strategy = DensityStrategy(config, generator=self.generator, evidence=evidence)
         self.prior = species_prior(self.series, config, self.noise)
         """The :class:`SpeciesPrior` of the atoms, or None."""
@@ -527,7 +527,7 @@ class AtomSplatModel(SplatfactoModel):
             yield views, model, self.measured[chunk.indices]
 
     @torch.no_grad()
-    def _removal_evidence(self, params):
+    def removal_evidence(self, params):
         """:attr:`Evidence.removal` on all training projections (nats, pixels)."""
         positions, sigmas, weights = params["positions"], density.width_of(params), params["log_weights"].exp()
         gains, touched = positions.new_zeros(len(positions)), positions.new_zeros(len(positions))

@@ -139,16 +139,9 @@ class Evidence:
         removal: ``removal(params)``: how much the negative log-likelihood of the training
             projections would grow without each Gaussian, the others held (K,), and the pixels each
             touches (K,) (:func:`atomsplat.render.footprints.removal_gains`).
-        merging: ``merging(params, pairs, merged)``: how much it would grow if each pair (P, 2) of
-            Gaussians became the one Gaussian ``merged`` (params of P), and the pixels that one
-            touches (:func:`atomsplat.render.footprints.merge_gains`); None: pairs closer than
-            ``merge_distance`` are merged whatever the data say.
     """
 
     removal: Callable[[density.Params], Tuple[torch.Tensor, torch.Tensor]]
-    merging: Optional[Callable[[density.Params, torch.Tensor, density.Params], Tuple[torch.Tensor, torch.Tensor]]] = (
-        None
-    )
 
 
 class DensityStrategy:
@@ -264,10 +257,10 @@ class DensityStrategy:
         if self.evidence is None:
             return density.prune(params, self.options.prune_fraction)[1]
         gains, touched = self.evidence.removal(params)
-        return torch.nonzero(gains.to(touched) > self._price(params, touched)).squeeze(1).to(params["positions"].device)
+        return torch.nonzero(gains.to(touched) > self.price(params, touched)).squeeze(1).to(params["positions"].device)
 
     @staticmethod
-    def _price(params: density.Params, touched: torch.Tensor) -> torch.Tensor:
+    def price(params: density.Params, touched: torch.Tensor) -> torch.Tensor:
         """BIC's price of one Gaussian in nats: half its parameters times the log of the pixels it touches."""
         per_gaussian = sum(math.prod(values.shape[1:]) for values in params.values())
         return 0.5 * per_gaussian * torch.log(touched.clamp_min(2.0))
