@@ -291,8 +291,9 @@ def test_append_adds_gaussians_of_median_width_with_fresh_state():
     assert source.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
 
 
-def _model_missing_atoms(tmp_path, missing):
-    """A model whose Gaussians are the true atoms of a noise-free series but ``missing`` of them."""
+def _model_missing_atoms(tmp_path, missing, light=(), **options):
+    """A model whose Gaussians are the true atoms of a noise-free series but ``missing`` of them;
+    the atoms ``light`` weigh 15 where the others weigh 100; ``options``: of the model config."""
     from ase import Atoms
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
@@ -308,6 +309,7 @@ def _model_missing_atoms(tmp_path, missing):
         torch.full((len(truth),), 0.6, dtype=torch.float64),
         torch.full((len(truth),), 100.0, dtype=torch.float64),
     )
+    weights[list(light)] = 15.0
     angles = np.arange(-60.0, 61.0, 4.0)
     stack = project_isotropic_dense(
         truth,
@@ -322,7 +324,7 @@ def _model_missing_atoms(tmp_path, missing):
     series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25)
     write_tilt_series(tmp_path / "series", series, ground_truth=Atoms(["Pt"] * len(truth), positions=truth.numpy()))
     outputs = TomographyDataParserConfig(data=tmp_path / "series").setup().get_dataparser_outputs("train")
-    model = AtomSplatModelConfig(init_count=10).setup(
+    model = AtomSplatModelConfig(init_count=10, **options).setup(
         scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
     )
     keep = np.setdiff1d(np.arange(len(truth)), missing)
@@ -353,3 +355,21 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path):
     weights = model.cloud.weights[count:].detach().numpy()
     assert np.all((weights > 50) & (weights < 150)), weights
     assert birth_pass().born == 0  # nothing is missing any more
+
+
+def test_a_light_atom_beside_heavy_ones_is_born_when_the_data_decide(tmp_path):
+    """A missing atom of 0.15 of the others' weight (Fe beside Pt in ADF counts) is below 0.3 x the
+    median peak: under weight selection it is not born. Under evidence selection (a likelihood) births
+    need only stand out of the residual's noise, and the next pass keeps only what the data call for:
+    the light atom is born and stays, anything else born is removed."""
+    model, truth = _model_missing_atoms(tmp_path / "l2", [7], light=[7], loss="l2")
+    assert model.strategy.evidence is None
+    assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
+
+    model, truth = _model_missing_atoms(tmp_path / "poisson", [7], light=[7], loss="poisson")
+    assert model.strategy.evidence is not None
+    count = model.num_points
+    assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born >= 1
+    model.strategy.refine(model.cloud, {}, 400)
+    assert model.num_points == count + 1
+    assert np.linalg.norm(model.cloud.positions.detach().numpy() - truth[7], axis=1).min() < 0.5
