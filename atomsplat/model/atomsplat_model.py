@@ -130,9 +130,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
     2: quadratic); -1: none, the projections are of the atoms alone. None: a pedestal (0) for
     counts, none for other data."""
-    tie_species: Literal["auto", "on", "off"] = "auto"
+    tie_species: Literal["auto", "on", "off"] = "off"
     """Tie each atom's weight and width to its species' (:mod:`atomsplat.model.species_prior`), the
     species from the dataset's "elements"; "auto": for counts whose elements the dataset names."""
+    # off by default: on the low-dose preset's Si (2 seeds) and SiGeSn particles at 8e3-1.6e5 e/A^2 it
+    # was worse in 5 of 8 cases (at 1.6e4: FPR 0.027-0.029 against 0, its doublets), better in 1
     species_spread: float = 0.1
     """Spread of log-weight within a species (the log-width's is half of it)."""
     final_refinement: bool = True
