@@ -24,7 +24,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import ase.io
 import numpy as np
+from scipy.spatial import cKDTree
 
 from atomsplat.export import load_model
 from atomsplat.model.strategy import DensityStrategy
@@ -54,7 +56,10 @@ def gains_at_truth(data: Path, steps: int) -> dict:
         price = DensityStrategy.price(params, touched)
         positions = params["positions"].cpu().numpy()
     radius = np.linalg.norm(positions - positions.mean(axis=0), axis=1)
-    return {"gain": gains.cpu().numpy(), "price": price.cpu().numpy(), "radius": radius}
+    truth = ase.io.read(data / "ground_truth.xyz")
+    _, nearest = cKDTree(truth.positions).query(positions)
+    species = np.asarray(truth.get_chemical_symbols())[nearest]
+    return {"gain": gains.cpu().numpy(), "price": price.cpu().numpy(), "radius": radius, "species": species}
 
 
 def summary(values: dict, shell: float = 5.0) -> list:
@@ -74,6 +79,21 @@ def summary(values: dict, shell: float = 5.0) -> list:
                 "below_price": round(float((values["gain"][inside] < values["price"][inside]).mean()), 4),
             }
         )
+    return rows
+
+
+def by_species(values: dict) -> dict:
+    """Per element: atoms, median and 10th-percentile gain, median price, fraction below price."""
+    rows = {}
+    for element in sorted(set(values["species"])):
+        mine = values["species"] == element
+        rows[str(element)] = {
+            "atoms": int(mine.sum()),
+            "median_gain_nats": round(float(np.median(values["gain"][mine])), 2),
+            "p10_gain_nats": round(float(np.percentile(values["gain"][mine], 10)), 2),
+            "median_price_nats": round(float(np.median(values["price"][mine])), 2),
+            "below_price": round(float((values["gain"][mine] < values["price"][mine]).mean()), 4),
+        }
     return rows
 
 
@@ -113,6 +133,7 @@ def main() -> None:
         "atoms": int(len(values["gain"])),
         "below_price": round(float((values["gain"] < values["price"]).mean()), 4),
         "shells": rows,
+        "species": by_species(values),
     }
     out = ROOT / "docs" / "benchmarks" / f"evidence_depth_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +146,12 @@ def main() -> None:
         print(
             f"  {row['from_A']:4.0f}-{row['to_A']:3.0f} A: {row['atoms']:5d} atoms, median gain "
             f"{row['median_gain_nats']:6.1f} nats, price {row['median_price_nats']:5.1f}, "
+            f"{100 * row['below_price']:5.1f} % below"
+        )
+    for element, row in report["species"].items():
+        print(
+            f"  {element:>2}: {row['atoms']:5d} atoms, median gain {row['median_gain_nats']:6.1f} nats "
+            f"(10th percentile {row['p10_gain_nats']:6.1f}), price {row['median_price_nats']:5.1f}, "
             f"{100 * row['below_price']:5.1f} % below"
         )
 

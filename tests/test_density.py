@@ -15,6 +15,7 @@ from atomsplat.model.density import (
     cluster_labels,
     duplicate,
     grid_points,
+    matched_filter,
     merge,
     prune,
     residual_peaks,
@@ -370,6 +371,39 @@ def test_a_light_atom_beside_heavy_ones_is_born_when_the_data_decide(tmp_path):
     assert model.strategy.evidence is not None
     count = model.num_points
     assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born >= 1
+    # the score test's weight is the light atom's (15), not a multiple of it (a newborn too heavy
+    # widens to shed its excess and ends as diffuse signal)
+    newborn = np.linalg.norm(model.cloud.positions[count:].detach().numpy() - truth[7], axis=1).argmin()
+    assert 10.0 < float(model.cloud.weights[count + newborn]) < 20.0
     model.strategy.refine(model.cloud, {}, 400)
     assert model.num_points == count + 1
     assert np.linalg.norm(model.cloud.positions.detach().numpy() - truth[7], axis=1).min() < 0.5
+
+
+@pytest.mark.parametrize("halo", [None, (0.3, 2.0)])
+def test_matched_filter_gives_an_atoms_weight_and_standard_score(halo):
+    """An atom at a pixel's centre, alone in the residual: the matched filter's S / I there is its
+    weight and S / sqrt(I) the square root of sum(residual^2 / var), the score test's statistic of
+    a model that is exactly right; with a halo too (core and halo as the projector makes them)."""
+    from atomsplat.render.projector import project_isotropic
+
+    weight, sigma, pixel = 3.0, 0.55, 0.2
+    fraction, ratio = (0.0, 1.0) if halo is None else halo
+    centre = torch.zeros(2, 3, dtype=torch.float64)
+    image = project_isotropic(
+        centre,
+        torch.tensor([sigma, ratio * sigma], dtype=torch.float64),
+        torch.tensor([(1 - fraction) * weight, fraction * weight], dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64)[None],
+        torch.zeros(1, 2, dtype=torch.float64),
+        pixel,
+        41,
+        41,
+        6.0,
+    )
+    variance = 0.5 + torch.rand(image.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    score, information = matched_filter(image, variance, sigma, pixel, halo)
+    assert int(image.argmax()) == 20 * 41 + 20  # the atom sits on the centre pixel
+    s, i = score[0, 20, 20], information[0, 20, 20]
+    torch.testing.assert_close(s / i, torch.tensor(weight, dtype=torch.float64))
+    torch.testing.assert_close(s / i.sqrt(), (image**2 / variance).sum().sqrt(), rtol=1e-6, atol=0)

@@ -510,13 +510,16 @@ class AtomSplatModel(SplatfactoModel):
 
     def _residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
-        spread evenly over the series, and their views (with learned shifts): for births."""
+        spread evenly over the series, their views (with learned shifts), and the variance of every
+        pixel (V, H, W) where the data term is a likelihood, else None: for births."""
         train = self.train_indices
         picks = torch.linspace(0, len(train) - 1, min(count, len(train))).round().long().unique()
         views = self.series_views(train[picks.to(train.device)])
         parts = [self.render(chunk) for chunk in views.split(8)]
-        residual = self.measured[views.indices] - torch.cat([part["projection"] for part in parts])
-        return residual, views.moved(torch.cat([part["offsets"] for part in parts]))
+        model = torch.cat([part["projection"] for part in parts])
+        variance = self.noise.variance(model) if self.noise.is_likelihood else None
+        views = views.moved(torch.cat([part["offsets"] for part in parts]))
+        return self.measured[views.indices] - model, views, variance
 
     def _models(self, params):
         """Yields (views, model (V, H, W), measured (V, H, W)) of the training projections in chunks,
