@@ -2,6 +2,8 @@
 model's solve for linear terms) and the density strategy; and the nerfstudio adapter's promises
 (export without side effects, atomic checkpoints, the schedule on resume)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +177,28 @@ def test_strategy_runs_passes_on_its_schedule_and_returns_records():
     # the optimizers follow the new parameters
     for name, param in cloud.params.items():
         assert optimizers[name].param_groups[0]["params"][0] is param
+
+
+def test_diffuse_gaussians_are_kept_by_passes_and_removed_on_request():
+    """A Gaussian 3 x the median width is diffuse: kept and unsplit by every pass, the final one
+    too (in the wedge many are atoms the final refinement resolves). ``remove_diffuse`` removes it,
+    the optimizers following (the model calls it after its final refinement under weight selection)."""
+    cloud = _cloud(count=20)
+    params = cloud.detached()
+    params["log_sigmas"][0] += math.log(3.0)
+    cloud.install(params)
+    options = DensityOptions(split_until=1.0, densify_until=0.0, birth_every=0)
+    strategy = DensityStrategy(options, total_steps=100, generator=torch.Generator().manual_seed(0))
+    assert strategy.refine(cloud, {}, 10, split=True).split == 0
+    record = strategy.refine(cloud, {}, 100, final=True)
+    assert (record.diffuse, cloud.count) == (1, 20)
+    optimizers = _optimizers(cloud)
+    narrow = cloud.positions.detach()[cloud.sigmas.detach() < 1.0].clone()
+    assert strategy.remove_diffuse(cloud, optimizers) == 1
+    assert cloud.count == 19 and torch.equal(cloud.positions.detach(), narrow)
+    for name, param in cloud.params.items():
+        assert optimizers[name].param_groups[0]["params"][0] is param
+    assert strategy.remove_diffuse(cloud, optimizers) == 0
 
 
 def test_strategy_cleanup_leaves_its_input_alone():

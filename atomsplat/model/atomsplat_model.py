@@ -483,7 +483,8 @@ class AtomSplatModel(SplatfactoModel):
     @torch.no_grad()
     def finish(self) -> RefineRecord:
         """The end of a training run: the last density pass (merge and prune), the final refinement
-        to convergence, and the atoms' positional uncertainties. The atoms are then final."""
+        to convergence (under weight selection, the Gaussians still diffuse then removed and the
+        rest refined again), and the atoms' positional uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
@@ -495,6 +496,14 @@ class AtomSplatModel(SplatfactoModel):
                 f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
                 f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
             )
+            # weight selection: the atoms take back the signal of what is still diffuse (strategy docstring)
+            removed = self.strategy.remove_diffuse(self.cloud, self.optimizers) if self.strategy.evidence is None else 0
+            if removed and self.cloud.count > 0:
+                done = refine(*args, prior=prior)
+                CONSOLE.print(
+                    f"{removed} diffuse Gaussians removed, refined again: {done.iterations} L-BFGS iterations, "
+                    f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
+                )
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(
