@@ -483,8 +483,9 @@ class AtomSplatModel(SplatfactoModel):
     @torch.no_grad()
     def finish(self) -> RefineRecord:
         """The end of a training run: the last density pass (merge and prune), the final refinement
-        to convergence (under weight selection, the Gaussians still diffuse then removed and the
-        rest refined again), and the atoms' positional uncertainties. The atoms are then final."""
+        to convergence (under weight selection with merging, the Gaussians still diffuse then
+        removed and the rest refined again, the background held), and the atoms' positional
+        uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
@@ -496,10 +497,13 @@ class AtomSplatModel(SplatfactoModel):
                 f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
                 f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
             )
-            # weight selection: the atoms take back the signal of what is still diffuse (strategy docstring)
-            removed = self.strategy.remove_diffuse(self.cloud, self.optimizers) if self.strategy.evidence is None else 0
+            # weight selection with merging: the atoms, not the background, take back the signal of
+            # what is still diffuse (strategy docstring)
+            removed = 0
+            if self.strategy.evidence is None and self.config.merge:
+                removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
             if removed and self.cloud.count > 0:
-                done = refine(*args, prior=prior)
+                done = refine(*args, prior=prior, solve_background=False)
                 CONSOLE.print(
                     f"{removed} diffuse Gaussians removed, refined again: {done.iterations} L-BFGS iterations, "
                     f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"

@@ -80,7 +80,7 @@ def _nats(noise, residual_variance: float) -> float:
 
 
 def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step: int, iterations: int = 100,
-           rounds: int = 2, chunk: int = 8, prior=None) -> RefinementReport:  # fmt: skip
+           rounds: int = 2, chunk: int = 8, prior=None, solve_background: bool = True) -> RefinementReport:  # fmt: skip
     """Refine ``cloud``'s parameters in place on all ``views`` (of measured projections) to convergence.
 
     Args:
@@ -94,6 +94,7 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         chunk: views projected at a time.
         prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` whose negative log-prior (nats)
             joins the objective, or None.
+        solve_background: solve the background between rounds (False: it stays as it is).
     """
     start = time.perf_counter()
     smooth = noise.smooth
@@ -109,7 +110,7 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape, (low, high)) / pixels
     scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
     for _ in range(rounds):
-        if corrections.has_background:
+        if corrections.has_background and solve_background:
             with torch.no_grad():
                 for part in views.split(chunk):
                     atoms = project(_bounded(params, low, high), part, shape=shape).float()

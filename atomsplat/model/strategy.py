@@ -44,8 +44,11 @@ refinement and refines again (:meth:`remove_diffuse`), so that the atoms under t
 signal back: left in, they took it unevenly and blurred the species (HEA particle, all angles,
 full size: species accuracy 0.869). They are removed only then: in the missing wedge many are
 atoms not yet resolved, which the final refinement narrows into atoms (quick FePt particle,
-wedge: 53 diffuse Gaussians before it; removed before it, TPR 0.91 instead of 0.99). Under evidence
-selection (counts) they stay; their removal is not measured there.
+wedge: 53 diffuse Gaussians before it; removed before it, TPR 0.91 instead of 0.99). The
+background is held in that second refinement (the diffuse signal is the sample's: re-solved, the
+pedestal took it). Without merging (the ablation) they stay: there the refinement widens the
+second Gaussian on an atom into a diffuse one, and removing it would do merging's work. Under
+evidence selection (counts) they stay; their removal is not measured there.
 The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
