@@ -211,7 +211,7 @@ QUICK_FEPT_WEDGE = {
     "fbp": dict(tpr=(0.97, 1), fpr=(0, 0.02), rmse=(0.11, 0.24), species_accuracy=(0.97, 1), ssim=(0.879, 0.901)),
     "sirt": dict(tpr=(0.95, 1), fpr=(0, 0.12), rmse=(0.14, 0.26), species_accuracy=(0.96, 1), ssim=(0.890, 0.911)),
     "inr": dict(tpr=(0.97, 1), fpr=(0, 0.03), rmse=(0.09, 0.16), species_accuracy=(0.97, 1), ssim=(0.892, 0.914)),
-    "atomsplat": dict(tpr=(0.92, 1), fpr=(0, 0.02), rmse=(0.01, 0.10), species_accuracy=(0.77, 1), ssim=(0.903, 0.930)),
+    "atomsplat": dict(tpr=(0.92, 1), fpr=(0, 0.03), rmse=(0.01, 0.12), species_accuracy=(0.77, 1), ssim=(0.903, 0.930)),
 }
 
 
@@ -238,10 +238,20 @@ def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
     the outcome as far as the thread count does, and CI's machine need not be this one. So
     atomsplat's bounds are set from all six.
 
+    Since the diffuse Gaussians still diffuse after the final refinement are removed and the atoms
+    refined again (2026-12-02), atomsplat gives (same order; seed 0 also with AVX2 kernels, and
+    in a run of the whole quick preset in one process): seed 0: 0.9547 / 0 / 0.091 / 0.894 / 0.912
+    (1), 0.9756 / 0 / 0.079 / 0.946 / 0.911 (2), 0.9512 / 0.0073 / 0.087 / 0.908 / 0.912 (AVX2),
+    0.9861 / 0 / 0.048 / 0.961 / 0.912 (whole preset); seed 1: 0.9931 / 0 / 0.086 / 0.965 / 0.910
+    (1), 0.9896 / 0.0035 / 0.074 / 0.969 / 0.910 (2). Here, 800 steps short of convergence in the
+    wedge, that removal costs position error (0.048-0.091 A against 0.043-0.070) and species
+    (0.894-0.969 against 0.921-0.982 on this machine); at full size it is what brings the species
+    back (docs/benchmarks.md).
+
     FBP, SIRT and INR give the same results with 1 and 2 threads (to 1e-6): their spread is the
     seed's. The bounds (:data:`QUICK_FEPT_WEDGE`) lie outside the spread by about its width:
     TPR 0.02 below it (atomsplat 0.03), FPR 0.02 above, RMSE 0.03 either side, species accuracy
-    0.03 below, SSIM 0.01 either side.
+    0.03 below, SSIM 0.01 either side; atomsplat's from all runs above, old and new.
     """
     command = [
         "--preset",
