@@ -12,7 +12,7 @@ from atomsplat.geometry import view_rotations
 from atomsplat.model.cloud import AtomCloud, Views, atoms_of
 from atomsplat.model.corrections import ViewCorrections, background, background_basis
 from atomsplat.model.losses import NoiseModel
-from atomsplat.model.strategy import DensityOptions, DensityStrategy, transplant
+from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, transplant
 from atomsplat.render.projector import project_isotropic
 
 
@@ -182,11 +182,17 @@ def test_strategy_runs_passes_on_its_schedule_and_returns_records():
 def test_diffuse_gaussians_are_kept_by_passes_and_removed_on_request():
     """A Gaussian 3 x the median width is diffuse: kept and unsplit by every pass, the final one
     too (in the wedge many are atoms the final refinement resolves). ``remove_diffuse`` removes it,
-    the optimizers following (the model calls it after its final refinement under weight selection)."""
-    cloud = _cloud(count=20)
-    params = cloud.detached()
-    params["log_sigmas"][0] += math.log(3.0)
-    cloud.install(params)
+    the optimizers following (the model calls it after its final refinement), under weight selection
+    with merging only."""
+
+    def with_a_wide_gaussian():
+        cloud = _cloud(count=20)
+        params = cloud.detached()
+        params["log_sigmas"][0] += math.log(3.0)
+        cloud.install(params)
+        return cloud
+
+    cloud = with_a_wide_gaussian()
     options = DensityOptions(split_until=1.0, densify_until=0.0, birth_every=0)
     strategy = DensityStrategy(options, total_steps=100, generator=torch.Generator().manual_seed(0))
     assert strategy.refine(cloud, {}, 10, split=True).split == 0
@@ -199,6 +205,10 @@ def test_diffuse_gaussians_are_kept_by_passes_and_removed_on_request():
     for name, param in cloud.params.items():
         assert optimizers[name].param_groups[0]["params"][0] is param
     assert strategy.remove_diffuse(cloud, optimizers) == 0
+    # without merging (the ablation) and under evidence selection (counts) diffuse Gaussians stay
+    for other in (DensityStrategy(DensityOptions(merge=False)), DensityStrategy(options, evidence=Evidence(None))):
+        wide = with_a_wide_gaussian()
+        assert other.remove_diffuse(wide, {}) == 0 and wide.count == 20
 
 
 def test_strategy_cleanup_leaves_its_input_alone():

@@ -497,11 +497,8 @@ class AtomSplatModel(SplatfactoModel):
                 f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
                 f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
             )
-            # weight selection with merging: the atoms, not the background, take back the signal of
-            # what is still diffuse (strategy docstring)
-            removed = 0
-            if self.strategy.evidence is None and self.config.merge:
-                removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
+            # the atoms, not the background, take back the signal of what is still diffuse
+            removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
             if removed and self.cloud.count > 0:
                 done = refine(*args, prior=prior, solve_background=False)
                 CONSOLE.print(

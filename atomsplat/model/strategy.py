@@ -275,7 +275,10 @@ class DensityStrategy:
 
     @torch.no_grad()
     def remove_diffuse(self, cloud, optimizers: Dict[str, torch.optim.Optimizer]) -> int:
-        """Remove the diffuse Gaussians from ``cloud`` (the optimizers follow); returns how many."""
+        """Remove the diffuse Gaussians from ``cloud`` (the optimizers follow) under weight selection
+        with merging, after the final refinement (module docstring); returns how many."""
+        if self.evidence is not None or not self.options.merge:
+            return 0
         params = cloud.detached()
         narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1)
         removed = cloud.count - len(narrow)
