@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 
 from atomsplat.data.series import TiltSeries
 from atomsplat.geometry import view_rotations
-from atomsplat.model.atomsplat_model import AtomSplatModelConfig, noise_model
+from atomsplat.model.atomsplat_model import AtomSplatModelConfig, noise_model, species_prior
 from atomsplat.model.corrections import background, background_basis, border_background
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
 from atomsplat.model.losses import NoiseModel
@@ -141,3 +141,22 @@ def test_species_prior_ties_weights_and_widths_to_their_species():
     assert moved.grad[6] == 0  # the diffuse Gaussian is free
     curvature = prior.curvature()
     assert curvature[0].tolist() == pytest.approx([100.0, 400.0]) and curvature[6].tolist() == [0.0, 0.0]
+
+
+def test_species_are_tied_by_default_for_counts_that_name_their_elements(lowest_dose):
+    """The default ("auto") ties them in the final refinement only ("final"), where the data are
+    counts and the dataset names its elements; never for float data, which "final" and "on" refuse."""
+    series, _ = lowest_dose
+    named = TiltSeries(series.projections, series.tilt_angles, series.pixel_size, elements=["Si"])
+    assert AtomSplatModelConfig().tie_species == "auto"
+    noise, _ = noise_model(named, AtomSplatModelConfig())
+    assert isinstance(species_prior(named, AtomSplatModelConfig(), noise), SpeciesPrior)
+    assert species_prior(named, AtomSplatModelConfig(tie_species="off"), noise) is None
+    unnamed = TiltSeries(series.projections, series.tilt_angles, series.pixel_size)
+    assert species_prior(unnamed, AtomSplatModelConfig(), noise) is None
+    floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size, elements=["Si"])
+    l1, _ = noise_model(floats, AtomSplatModelConfig())
+    assert species_prior(floats, AtomSplatModelConfig(), l1) is None
+    for tie in ("final", "on"):
+        with pytest.raises(ValueError, match=f"tie_species '{tie}' needs the dataset's elements"):
+            species_prior(floats, AtomSplatModelConfig(tie_species=tie), l1)

@@ -130,11 +130,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
     2: quadratic); -1: none, the projections are of the atoms alone. None: a pedestal (0) for
     counts, none for other data."""
-    tie_species: Literal["auto", "on", "off"] = "off"
-    """Tie each atom's weight and width to its species' (:mod:`atomsplat.model.species_prior`), the
-    species from the dataset's "elements"; "auto": for counts whose elements the dataset names."""
-    # off by default: on the low-dose preset's Si (2 seeds) and SiGeSn particles at 8e3-1.6e5 e/A^2 it
-    # was worse in 5 of 8 cases (at 1.6e4: FPR 0.027-0.029 against 0, its doublets), better in 1
+    tie_species: Literal["auto", "final", "on", "off"] = "auto"
+    """Tie each atom's weight and width to its species': "final": in the final refinement and
+    uncertainties; "on": in training too; "auto": "final" for counts of named elements."""
+    # "auto" is "final": on the low-dose preset it lowered the position error at every dose; tied in
+    # training as well, it made doublets at 1.6e4 e/A^2 (README, "Low-dose counts")
     species_spread: float = 0.1
     """Spread of log-weight within a species (the log-width's is half of it)."""
     final_refinement: bool = True
@@ -382,7 +382,7 @@ class AtomSplatModel(SplatfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         target = batch["image"].reshape(outputs["projection"].shape).to(outputs["projection"])
         losses = {self.noise.kind: self.noise.loss(outputs["projection"], target)}
-        if self.prior is not None and self.prior.ready(self.num_points):
+        if self.prior is not None and self.config.tie_species == "on" and self.prior.ready(self.num_points):
             # the prior in the data term's units: nats over (nats per unit x all training pixels)
             pixels = len(self.train_indices) * self.measured.shape[1] * self.measured.shape[2]
             params = self.cloud.params
@@ -464,7 +464,8 @@ class AtomSplatModel(SplatfactoModel):
         self.corrections.after_step()
         if record is not None:
             self.finished.fill_(False)
-            self._update_prior()
+            if self.config.tie_species == "on":
+                self._update_prior()
             self.report(record)
 
     def _update_prior(self) -> None:
@@ -500,6 +501,7 @@ class AtomSplatModel(SplatfactoModel):
             # the atoms, not the background, take back the signal of what is still diffuse
             removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
             if removed and self.cloud.count > 0:
+                prior = self.fitted_prior()
                 done = refine(*args, prior=prior, solve_background=False)
                 CONSOLE.print(
                     f"{removed} diffuse Gaussians removed, refined again: {done.iterations} L-BFGS iterations, "
@@ -615,12 +617,13 @@ def noise_model(series, config: AtomSplatModelConfig):
 
 
 def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Optional[SpeciesPrior]:
-    """The species prior the config asks for: "on" needs the dataset's elements and a likelihood
-    (counts), "auto" ties species where both are there, "off" never."""
+    """The species prior the config asks for: "final" and "on" need the dataset's elements and a
+    likelihood (counts), "auto" ties species where both are there, "off" never."""
     possible = bool(series.elements) and noise.nats is not None and config.isotropic
-    if config.tie_species == "on" and not possible:
+    if config.tie_species in ("final", "on") and not possible:
         raise ValueError(
-            "tie_species 'on' needs the dataset's elements (metadata.json \"elements\"), counts and isotropic Gaussians"
+            f"tie_species '{config.tie_species}' needs the dataset's elements (metadata.json \"elements\"), counts and "
+            "isotropic Gaussians"
         )
     if config.tie_species == "off" or not possible:
         return None

@@ -12,7 +12,8 @@ in nats, added to the negative log-likelihood. At low dose a free weight and wid
 two degrees of freedom the counts cannot pay for: a Gaussian fitting a noise blob shrinks to a
 faint, narrow one, and a real atom's position is correlated with its poorly known width. Tied,
 every atom of a species has nearly the same shape, so positions carry the data's information.
-The labels and means are updated at every density pass and held between passes.
+The labels and means are fitted to the atoms density control has decided, before the final
+refinement (the default), or, tied in training as well, at every density pass and held between.
 """
 
 from __future__ import annotations
