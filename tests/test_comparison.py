@@ -160,6 +160,16 @@ def test_results_round_trip_through_json(tmp_path):
         Results.read(path)
 
 
+DOCUMENTED_RESULTS = sorted((CONFIGS.parent / "docs" / "benchmarks").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("path", DOCUMENTED_RESULTS, ids=lambda p: p.parent.name)
+def test_the_results_in_the_docs_read_with_this_version(path):
+    """The runs the docs quote stay readable (``Results.read``), so their rows can be merged with new ones."""
+    results = Results.read(path)
+    assert results.rows and all(row.n_true > 0 for row in results.rows)
+
+
 def test_finished_results_are_kept_only_for_the_same_settings(tmp_path):
     finished = Finished(_row(), np.random.default_rng(0).normal(size=(5, 3)), np.ones((4, 3)), np.arange(5.0))
     settings = {"dataset": {"particle": "pd"}, "method": "atomsplat", "options": {"steps": 800}}
