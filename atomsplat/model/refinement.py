@@ -5,8 +5,8 @@ Training steps see a few projections at a time and end with a small, finite lear
 leaves the atoms a little short of the likelihood's maximum. Once density control is done, the
 atoms are refined on every training projection at once by L-BFGS (float64, strong-Wolfe line
 search) on the smooth likelihood of the data (:attr:`atomsplat.model.losses.NoiseModel.smooth`:
-Poisson for counts, Gaussian for data trained with L1), the background of every projection
-solved again between rounds; shifts stay as learned.
+Poisson for counts, Gaussian for data trained with L1), the background of every projection (and,
+where species are tied, their means) solved again between rounds; shifts stay as learned.
 
 Then the Cramer-Rao bound of each atom's position (:mod:`atomsplat.render.fisher`) at the refined
 parameters: with the correlations between all atoms and the per-view background when there are at
@@ -90,10 +90,12 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         views: the training views.
         noise: the training data term; its :attr:`smooth` form is maximised.
         step: the training step (the shifts' schedule).
-        iterations: most L-BFGS iterations per round; rounds: background solves between them.
+        iterations: most L-BFGS iterations per round; rounds: the background (and the prior's species
+            and their means) solved again between them.
         chunk: views projected at a time.
         prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` whose negative log-prior (nats)
-            joins the objective, or None.
+            joins the objective, or None; refitted to the refined weights and widths between rounds
+            (it is left as the last round used).
         solve_background: solve the background between rounds (False: it stays as it is).
     """
     start = time.perf_counter()
@@ -109,7 +111,10 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
     with torch.no_grad():
         before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape, (low, high)) / pixels
     scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
-    for _ in range(rounds):
+    for k in range(rounds):
+        if prior is not None and k > 0:  # the species' means at the fixed point of the tied fit
+            bounded = _bounded(params, low, high)
+            prior.update(bounded["log_weights"].detach(), bounded["log_sigmas"].detach(), prior.members)
         if corrections.has_background and solve_background:
             with torch.no_grad():
                 for part in views.split(chunk):
