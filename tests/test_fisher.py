@@ -169,8 +169,10 @@ def test_final_refinement_ends_at_the_optimum_of_the_widths_the_cloud_keeps():
 
 def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     """Four atoms of one element (weight 25), started tied to a species mean far below it (about 16):
-    between rounds the prior's mean is refitted to the refined weights, so the fit ends where the
-    mean is that of the atoms it ties, at the true weight; with one round it stays where it began."""
+    the background is profiled out and the species' mean optimised with the atoms, so a single round
+    ends at the joint optimum, the mean that of the atoms it ties, at the true weight. (With the
+    background solved once for the starting atoms and the mean held through the round, the fit
+    ended one step of an alternation short of it: 23.7, 5 % low.)"""
     from atomsplat.model.species_prior import SpeciesPrior
 
     angles = np.arange(-60.0, 61.0, 10.0)
@@ -182,19 +184,14 @@ def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     mean = project_isotropic_dense(truth.double(), sigmas.double(), torch.full((4,), 25.0).double(),
                                    rotations.double(), views.offsets.double(), P, H, W).float() + 1.0  # fmt: skip
     counts = torch.poisson(mean, generator=torch.Generator().manual_seed(0))
-    ends = {}
-    for rounds in (1, 3):
-        cloud = AtomCloud(truth.clone(), 0.55, 16.0)
-        with torch.no_grad():
-            cloud.params["log_weights"].copy_(torch.tensor([15.0, 18.0, 16.0, 17.0]).log())
-        prior = SpeciesPrior(["Si"], 0.1, 0.05)
-        held = cloud.detached()
-        prior.update(held["log_weights"], held["log_sigmas"], torch.ones(4, dtype=torch.bool))
-        corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
-        refine(cloud, corrections, counts, views, noise, step=0, iterations=60, rounds=rounds, prior=prior)
-        ends[rounds] = (float(prior.means[0, 0]), float(cloud.params["log_weights"].detach().mean()))
-    start = float(torch.tensor([15.0, 18.0, 16.0, 17.0]).log().mean())
-    assert ends[1][0] == pytest.approx(start)  # one round: the mean it began with
-    mean_of_prior, mean_of_atoms = ends[3]
-    assert mean_of_prior == pytest.approx(mean_of_atoms, abs=0.01)
+    cloud = AtomCloud(truth.clone(), 0.55, 16.0)
+    with torch.no_grad():
+        cloud.params["log_weights"].copy_(torch.tensor([15.0, 18.0, 16.0, 17.0]).log())
+    prior = SpeciesPrior(["Si"], 0.1, 0.05)
+    held = cloud.detached()
+    prior.update(held["log_weights"], held["log_sigmas"], torch.ones(4, dtype=torch.bool))
+    corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
+    refine(cloud, corrections, counts, views, noise, step=0, iterations=60, rounds=1, prior=prior)
+    mean_of_prior, mean_of_atoms = float(prior.means[0, 0]), float(cloud.params["log_weights"].detach().mean())
+    assert mean_of_prior == pytest.approx(mean_of_atoms, abs=1e-4)
     assert math.exp(mean_of_atoms) == pytest.approx(25.0, rel=0.04)

@@ -6,7 +6,11 @@ leaves the atoms a little short of the likelihood's maximum. Once density contro
 atoms are refined on every training projection at once by L-BFGS (float64, strong-Wolfe line
 search) on the smooth likelihood of the data (:attr:`atomsplat.model.losses.NoiseModel.smooth`:
 Poisson for counts, Gaussian for data trained with L1), the background of every projection (and,
-where species are tied, their means) solved again between rounds; shifts stay as learned.
+where species are tied, their means) optimised with the atoms, the species assigned again between
+rounds; shifts stay as learned. The background is profiled out (solved for the atoms at every
+evaluation, a small convex problem per view) and the species' means are parameters of the same
+optimisation (their optimum is the mean of the atoms they tie): the fit ends at the joint maximum,
+not at the fixed point of an alternation that each round approaches by a fraction.
 
 Then the Cramer-Rao bound of each atom's position (:mod:`atomsplat.render.fisher`) at the refined
 parameters: with the correlations between all atoms and the per-view background when there are at
@@ -48,13 +52,17 @@ def _views_of(views: Views, corrections, step: int) -> Views:
 
 def _total(
     params, views: Views, measured, corrections, noise, scale: float, chunk: int, backward: bool, shape=None,
-    bounds=None,
+    bounds=None, solve: bool = False,
 ) -> float:  # fmt: skip
     """``scale`` x the data term summed over the pixels of ``views``, in chunks (gradients accumulated
-    when ``backward``); log-widths clamped to ``bounds`` (low, high) when given (:func:`_bounded`)."""
+    when ``backward``); log-widths clamped to ``bounds`` (low, high) when given (:func:`_bounded`).
+    With ``solve``, each view's background is first solved for the atoms (profiled out: at its
+    optimum the data term's gradient in the atoms is that of the profile likelihood)."""
     total = 0.0
     for part in views.split(chunk):
         model = project(params if bounds is None else _bounded(params, *bounds), part, shape=shape)
+        if corrections.has_background and solve:
+            corrections.fit(model.detach().float(), measured[part.indices], part.indices, iterations=50, noise=noise)
         if corrections.has_background:
             model = model + corrections.background_of(part.indices).double()
         loss = scale * noise.pixels(model, measured[part.indices].double()).sum()
@@ -90,13 +98,13 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         views: the training views.
         noise: the training data term; its :attr:`smooth` form is maximised.
         step: the training step (the shifts' schedule).
-        iterations: most L-BFGS iterations per round; rounds: the background (and the prior's species
-            and their means) solved again between them.
+        iterations: most L-BFGS iterations per round; rounds: the prior's species assigned again
+            between them.
         chunk: views projected at a time.
         prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` whose negative log-prior (nats)
-            joins the objective, or None; refitted to the refined weights and widths between rounds
-            (it is left as the last round used).
-        solve_background: solve the background between rounds (False: it stays as it is).
+            joins the objective, or None; its species means are optimised with the atoms, its species
+            assigned again between rounds (it is left with the last round's species and optimal means).
+        solve_background: solve the background with the atoms (False: it stays as it is).
     """
     start = time.perf_counter()
     smooth = noise.smooth
@@ -112,16 +120,12 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         before = _total(params, views, measured, corrections, smooth, 1.0, chunk, False, shape, (low, high)) / pixels
     scale = _nats(smooth, before if smooth.kind == "l2" else 0.0)
     for k in range(rounds):
-        if prior is not None and k > 0:  # the species' means at the fixed point of the tied fit
+        if prior is not None and k > 0:  # species assigned again to the refined weights
             bounded = _bounded(params, low, high)
             prior.update(bounded["log_weights"].detach(), bounded["log_sigmas"].detach(), prior.members)
-        if corrections.has_background and solve_background:
-            with torch.no_grad():
-                for part in views.split(chunk):
-                    atoms = project(_bounded(params, low, high), part, shape=shape).float()
-                    corrections.fit(atoms, measured[part.indices], part.indices, iterations=50, noise=smooth)
+        means = None if prior is None else prior.means.detach().double().clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
-            list(params.values()) + ([] if shape is None else list(shape.values())),
+            [*params.values(), *([] if shape is None else shape.values()), *([] if means is None else [means])],
             lr=1.0,
             max_iter=iterations,
             history_size=20,
@@ -132,15 +136,19 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
 
         def closure():
             optimizer.zero_grad()
-            total = _total(params, views, measured, corrections, smooth, scale, chunk, True, shape, (low, high))
+            total = _total(
+                params, views, measured, corrections, smooth, scale, chunk, True, shape, (low, high), solve_background
+            )
             if prior is not None:
                 bounded = _bounded(params, low, high)
-                penalty = prior.negative_log_prior(bounded["log_weights"], bounded["log_sigmas"])
+                penalty = prior.negative_log_prior(bounded["log_weights"], bounded["log_sigmas"], means)
                 penalty.backward()
                 total += float(penalty.detach())
-            return torch.tensor(total)
+            return torch.tensor(total, dtype=torch.float64)  # float32 would end the search at its rounding
 
         optimizer.step(closure)
+        if means is not None:
+            prior.means = means.detach().to(prior.means.dtype)
         done += int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0))
     with torch.no_grad():
         for name, p in cloud.params.items():
@@ -148,9 +156,10 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         for name, p in (cloud.shape_params or {}).items():
             p.copy_(shape[name].to(p.dtype))
         cloud.clamp_widths()
-        after = (
-            _total(cloud.params, views, measured, corrections, smooth, 1.0, chunk, False, cloud.shape_params) / pixels
-        )
+        after = _total(
+            cloud.params, views, measured, corrections, smooth, 1.0, chunk, False, cloud.shape_params, None,
+            solve_background,
+        ) / pixels  # fmt: skip
     return RefinementReport(done, before, after, time.perf_counter() - start)
 
 

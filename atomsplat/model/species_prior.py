@@ -66,9 +66,12 @@ class SpeciesPrior:
         """Whether the prior holds labels for ``count`` Gaussians (it does between two updates)."""
         return self.labels is not None and len(self.labels) == count
 
-    def negative_log_prior(self, log_weights: torch.Tensor, log_widths: torch.Tensor) -> torch.Tensor:
-        """The prior's negative log-density in nats (differentiable in both arguments, (K,) each)."""
-        means = self.means.to(log_weights)[self.labels]
+    def negative_log_prior(
+        self, log_weights: torch.Tensor, log_widths: torch.Tensor, means: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The prior's negative log-density in nats (differentiable in all arguments: (K,), (K,) and
+        ``means`` (S, 2), the species' means, the prior's own where None)."""
+        means = (self.means if means is None else means).to(log_weights)[self.labels]
         keep = self.members.to(log_weights.device)
         weight_term = ((log_weights - means[:, 0]) / self.weight_spread).square()
         width_term = ((log_widths - means[:, 1]) / self.width_spread).square()
