@@ -5,9 +5,8 @@ Training steps see a few projections at a time and end with a small, finite lear
 leaves the atoms a little short of the likelihood's maximum. Once density control is done, the
 atoms are refined on every training projection at once by L-BFGS (float64, strong-Wolfe line
 search) on the smooth likelihood of the data (:attr:`atomsplat.model.losses.NoiseModel.smooth`:
-Poisson for counts, Gaussian for data trained with L1), the background of every projection (and,
-where species are tied, their means) optimised with the atoms, the species assigned again between
-rounds; shifts stay as learned. The background is profiled out (solved for the atoms at every
+Poisson for counts, Gaussian for data trained with L1); shifts stay as learned, tied species are
+assigned again between rounds. The background is profiled out (solved for the atoms at every
 evaluation, a small convex problem per view) and the species' means are parameters of the same
 optimisation (their optimum is the mean of the atoms they tie): the fit ends at the joint maximum,
 not at the fixed point of an alternation that each round approaches by a fraction.
