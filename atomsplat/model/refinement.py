@@ -9,7 +9,12 @@ Poisson for counts, Gaussian for data trained with L1); shifts stay as learned, 
 assigned again between rounds. The background is profiled out (solved for the atoms at every
 evaluation, a small convex problem per view) and the species' means are parameters of the same
 optimisation (their optimum is the mean of the atoms they tie): the fit ends at the joint maximum,
-not at the fixed point of an alternation that each round approaches by a fraction.
+not at the fixed point of an alternation that each round approaches by a fraction. It stops when
+an iteration moves no parameter by more than :data:`TOLERANCE` (A, or log units: 0.01 pm, 0.01 %)
+or gains less than :data:`TOLERANCE` nats, both far below the statistical error. (Run to float64
+rounding instead, the Au benchmark's refinement took 93 iterations and 260 s where 40 and 90 s
+reach the same atoms to 1e-3 pm; the low-dose Si particle at 8e3 e/A^2 still moves by 1e-3 A
+per iteration after 100 iterations and stops near 150 either way.)
 
 Then the Cramer-Rao bound of each atom's position (:mod:`atomsplat.render.fisher`) at the refined
 parameters: with the correlations between all atoms and the per-view background when there are at
@@ -30,6 +35,10 @@ from scipy import sparse
 
 from atomsplat.model.cloud import Views, project
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
+
+TOLERANCE = 1e-4
+"""L-BFGS stops when an iteration moves no parameter by more than this (A or log units) or gains
+less than this (nats)."""
 
 
 @dataclass
@@ -129,7 +138,7 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
             max_iter=iterations,
             history_size=20,
             tolerance_grad=1e-9,
-            tolerance_change=1e-9,  # nats, and A (or log units) per step
+            tolerance_change=TOLERANCE,  # nats, and A (or log units) per iteration
             line_search_fn="strong_wolfe",
         )
 
