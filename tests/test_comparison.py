@@ -256,7 +256,9 @@ def test_quick_preset_one_particle_and_scheme(tmp_path, capsys):
     (1), 0.9896 / 0.0035 / 0.074 / 0.969 / 0.910 (2). Here, 800 steps short of convergence in the
     wedge, that removal costs position error (0.048-0.091 A against 0.043-0.070) and species
     (0.894-0.969 against 0.921-0.982 on this machine); at full size it is what brings the species
-    back (docs/benchmarks.md).
+    back (docs/benchmarks.md). Since atoms are born after that removal where the residual shows
+    them missing (2026-12-03), seed 0: 0.9895 / 0 / 0.050 / 0.933 / 0.913 (2); in the
+    quick preset (Ray, 1 thread), 0.9791 / 0 / 0.057 / 0.922 / 0.914 (1).
 
     FBP, SIRT and INR give the same results with 1 and 2 threads (to 1e-6): their spread is the
     seed's. The bounds (:data:`QUICK_FEPT_WEDGE`) lie outside the spread by about its width:

@@ -50,6 +50,7 @@ from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
     DEFAULT_MERGE_DISTANCE,
+    DIFFUSE_BIRTH_ROUNDS,
     DensityOptions,
     DensityStrategy,
     Evidence,
@@ -485,28 +486,20 @@ class AtomSplatModel(SplatfactoModel):
     def finish(self) -> RefineRecord:
         """The end of a training run: the last density pass (merge and prune), the final refinement
         to convergence (under weight selection with merging, the Gaussians still diffuse then
-        removed and the rest refined again, the background held), and the atoms' positional
+        removed and the rest refined again, the background held; then atoms born where the residual
+        shows them missing, and refined again: :meth:`_take_back_diffuse`), and the atoms' positional
         uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
-        views = self.series_views(self.train_indices)
-        args = (self.cloud, self.corrections, self.measured, views, self.noise, self.step)
+        args = self._refinement_args()
         if self.config.final_refinement and self.cloud.count > 0:
             done = refine(*args, prior=prior)
             CONSOLE.print(
-                f"final refinement: {done.iterations} L-BFGS iterations on all {len(views)} training projections, "
+                f"final refinement: {done.iterations} L-BFGS iterations on all {len(args[3])} training projections, "
                 f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
             )
-            # the atoms, not the background, take back the signal of what is still diffuse
-            removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
-            if removed and self.cloud.count > 0:
-                prior = self.fitted_prior()
-                done = refine(*args, prior=prior, solve_background=False)
-                CONSOLE.print(
-                    f"{removed} diffuse Gaussians removed, refined again: {done.iterations} L-BFGS iterations, "
-                    f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
-                )
+            prior = self._take_back_diffuse(args, prior)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(
@@ -519,6 +512,40 @@ class AtomSplatModel(SplatfactoModel):
             )
         self.finished.fill_(True)
         return record
+
+    def _refinement_args(self) -> tuple:
+        """The first six arguments of :func:`atomsplat.model.refinement.refine` (and of the
+        uncertainties): the cloud, corrections, measured projections, training views, noise, step."""
+        views = self.series_views(self.train_indices)
+        return self.cloud, self.corrections, self.measured, views, self.noise, self.step
+
+    def _take_back_diffuse(self, args, prior):
+        """After the final refinement: under weight selection with merging, remove the Gaussians still
+        diffuse and refine the rest, the background held (the atoms, not the background, take back
+        the diffuse signal); then, while the residual shows atoms missing (those only a diffuse
+        Gaussian stood for, or that turned diffuse taking its signal), give them birth and refine
+        again, at most :data:`DIFFUSE_BIRTH_ROUNDS` times. ``args``: :meth:`_refinement_args`;
+        returns the species prior as it is at the end."""
+        removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
+        if not removed or self.cloud.count == 0:
+            return prior
+        what = f"{removed} diffuse Gaussians removed, refined again"
+        search = self._residuals if self.strategy.options.birth_every > 0 else None
+        for k in range(DIFFUSE_BIRTH_ROUNDS + 1):
+            prior = self.fitted_prior()
+            done = refine(*args, prior=prior, solve_background=False)
+            CONSOLE.print(
+                f"{what}: {done.iterations} L-BFGS iterations, "
+                f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
+            )
+            if k == DIFFUSE_BIRTH_ROUNDS:
+                break
+            births = self.strategy.refine(self.cloud, self.optimizers, self.step, residuals=search, final=True)
+            self.report(births)
+            if not (births.born or births.merged or births.pruned):
+                break
+            what = f"refined with the {births.born} born"
+        return prior
 
     def _residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
