@@ -495,10 +495,7 @@ class AtomSplatModel(SplatfactoModel):
         args = self._refinement_args()
         if self.config.final_refinement and self.cloud.count > 0:
             done = refine(*args, prior=prior)
-            CONSOLE.print(
-                f"final refinement: {done.iterations} L-BFGS iterations on all {len(args[3])} training projections, "
-                f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
-            )
+            _print_refinement(f"final refinement on all {len(args[3])} training projections", done)
             prior = self._take_back_diffuse(args, prior)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
@@ -533,11 +530,7 @@ class AtomSplatModel(SplatfactoModel):
         search = self._residuals if self.strategy.options.birth_every > 0 else None
         for k in range(DIFFUSE_BIRTH_ROUNDS + 1):
             prior = self.fitted_prior()
-            done = refine(*args, prior=prior, solve_background=False)
-            CONSOLE.print(
-                f"{what}: {done.iterations} L-BFGS iterations, "
-                f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
-            )
+            _print_refinement(what, refine(*args, prior=prior, solve_background=False))
             if k == DIFFUSE_BIRTH_ROUNDS:
                 break
             births = self.strategy.refine(self.cloud, self.optimizers, self.step, residuals=search, final=True)
@@ -655,3 +648,11 @@ def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Op
     if config.tie_species == "off" or not possible:
         return None
     return SpeciesPrior(series.elements, config.species_spread, 0.5 * config.species_spread)
+
+
+def _print_refinement(what: str, done) -> None:
+    """One console line for a refinement (:class:`atomsplat.model.refinement.RefinementReport`)."""
+    CONSOLE.print(
+        f"{what}: {done.iterations} L-BFGS iterations, "
+        f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
+    )
