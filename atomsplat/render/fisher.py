@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from atomsplat.render.footprints import atom_windows
+from atomsplat.render.footprints import PaddedImages, atom_windows
 from atomsplat.render.projector import DEFAULT_WINDOW
 
 PARAMETERS = ("x", "y", "z", "log_weight", "log_sigma")
@@ -47,6 +47,13 @@ def fisher_blocks(
 ) -> torch.Tensor:
     """Each atom's own Fisher information block, (K, 5, 5), parameters in :data:`PARAMETERS` order.
 
+    Every derivative of a footprint is a sum of outer products of 1D profiles
+    (:meth:`atomsplat.render.footprints.AtomWindows.separable_derivatives`), so each entry
+    ``sum_ij W_ij d_a[i, j] d_b[i, j]`` is a sum of bilinear forms ``(r r')^T W (c c')`` of the
+    profiles' products: the pixel weights W are applied once to each product of column profiles and
+    no derivative image is formed. The detector-frame block (centre x, y, log w, log sigma) of each
+    view is then carried to x, y, z by the view's rotation.
+
     Args:
         positions: (K, 3) A; sigmas: (K,) A; weights: (K,) (data units x A^2).
         rotations: (V, 3, 3) view matrices; offsets: (V, 2) detector offsets, A.
@@ -58,12 +65,30 @@ def fisher_blocks(
     """
     views, height, width = inverse_variance.shape
     blocks = positions.new_zeros(len(positions), 5, 5)
+    # d(centre x, centre y, log w, log sigma) / d(x, y, z, log w, log sigma), per view: (V, 4, 5)
+    to_parameters = rotations.new_zeros(views, 4, 5)
+    to_parameters[:, :2, :3] = rotations[:, :2, :]
+    to_parameters[:, 2, 3] = to_parameters[:, 3, 4] = 1.0
+    pixels = PaddedImages(inverse_variance)
+    profiles = 3 * (1 if halo is None else 2)  # per axis: the value, centre and width derivatives of each component
     for part in atom_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 1 + profiles**2 // 2, halo
     ):
-        derivatives = part.derivatives(rotations)
-        weight = part.gather(inverse_variance).to(derivatives)  # (V, k, S, S): 0 outside the detector
-        blocks[part.members] = torch.einsum("vkaij,vkij,vkbij->kab", derivatives, weight, derivatives)
+        rows, cols, mixing, scale = part.separable_derivatives()  # (V, k, S, n), (V, k, S, n), (4, n, n), (k, 4)
+        weight = part.gather(pixels).to(rows)  # (V, k, S, S): 0 outside the detector
+        n = rows.shape[-1]
+        col_products = (cols[..., :, None] * cols[..., None, :]).flatten(-2)  # (V, k, S, n n)
+        row_products = (rows[..., :, None] * rows[..., None, :]).flatten(-2)
+        forms = row_products.transpose(-1, -2) @ (weight @ col_products)  # (V, k, n n [r r'], n n [c c'])
+        forms = (
+            forms.view(*forms.shape[:2], n, n, n, n).permute(0, 1, 2, 4, 3, 5).reshape(*forms.shape[:2], n * n, n * n)
+        )
+        flat = mixing.reshape(4, n * n).to(forms)  # (4, [r c])
+        detector = flat @ forms @ flat.T  # (V, k, 4, 4) per unit scale
+        detector = detector * (scale[:, :, None] * scale[:, None, :]).to(detector)
+        blocks[part.members] = torch.einsum(
+            "vap,vkab,vbq->kpq", to_parameters.to(detector), detector, to_parameters.to(detector)
+        )
     return blocks
 
 

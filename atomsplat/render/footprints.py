@@ -82,10 +82,50 @@ class AtomWindows:
         width = amplitude * sigma * d_sigma
         return torch.cat([position, self.footprints()[:, :, None], width[:, :, None]], dim=2)
 
-    def gather(self, images: torch.Tensor) -> torch.Tensor:
-        """(V, k, S, S) the values of ``images`` (V, H, W) in the windows; 0 outside the detector."""
-        padded = torch.nn.functional.pad(images, (self.grid.radius,) * 4).contiguous().view(-1)
-        return self.grid.gather(padded, self.size)
+    def separable_derivatives(self):
+        """The derivatives of :meth:`derivatives` in the detector frame, as sums of outer products of
+        1D profiles: ``d_a = scale_a sum_rc mixing[a, r, c] rows_r (outer) cols_c`` for the parameters
+        a = centre x, centre y (A), log w, log sigma.
+
+        Returns:
+            rows: (V, k, S, n) the y profiles (value, centre and width derivative of each component);
+            cols: (V, k, S, n) the x profiles, likewise; mixing: (4, n, n) constants;
+            scale: (k, 4) ``A, A, A, A sigma``.
+        """
+        n = 3 * len(self.components)
+        mixing = torch.zeros(4, n, n, dtype=self.amplitude.dtype, device=self.amplitude.device)
+        for index, c in enumerate(self.components):
+            value, centre, width = 3 * index, 3 * index + 1, 3 * index + 2
+            mixing[0, value, centre] = c.fraction  # py dpx
+            mixing[1, centre, value] = c.fraction  # dpy px
+            mixing[2, value, value] = c.fraction  # py px
+            mixing[3, width, value] = mixing[3, value, width] = c.fraction * c.scale  # dspy px + py dspx
+        rows = torch.stack([p for c in self.components for p in (c.py, c.dpy, c.dspy)], dim=-1)
+        cols = torch.stack([p for c in self.components for p in (c.px, c.dpx, c.dspx)], dim=-1)
+        scale = torch.stack([self.amplitude] * 3 + [self.amplitude * self.sigma], dim=1)
+        return rows, cols, mixing, scale
+
+    def gather(self, images) -> torch.Tensor:
+        """(V, k, S, S) the values of ``images`` (V, H, W), or of :class:`PaddedImages`, in the windows;
+        0 outside the detector."""
+        if not isinstance(images, PaddedImages):
+            images = PaddedImages(images)
+        return self.grid.gather(images.flat(self.grid.radius), self.size)
+
+
+class PaddedImages:
+    """(V, H, W) images padded by a window radius, kept for the chunks that share the radius
+    (:func:`atom_windows` yields its chunks radius by radius)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images, self.radius, self.padded = images, None, None
+
+    def flat(self, radius: int) -> torch.Tensor:
+        """The images padded by ``radius`` on every side, flattened."""
+        if radius != self.radius:
+            self.radius = radius
+            self.padded = torch.nn.functional.pad(self.images, (radius,) * 4).contiguous().view(-1)
+        return self.padded
 
 
 def _outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -174,13 +214,14 @@ def removal_gains(
     views, height, width = model.shape
     gains = positions.new_zeros(len(positions))
     touched = positions.new_zeros(len(positions))
+    detector, model_pixels, data_pixels = (PaddedImages(x) for x in (torch.ones_like(model), model, measured))
     for part in atom_windows(
         positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4, halo
     ):
-        inside = part.gather(torch.ones_like(model)) > 0  # (V, k, S, S)
+        inside = part.gather(detector) > 0  # (V, k, S, S)
         footprint = part.footprints()
-        whole = part.gather(model)
-        data = part.gather(measured)
+        whole = part.gather(model_pixels)
+        data = part.gather(data_pixels)
         change = (pixel_cost(whole - footprint, data) - pixel_cost(whole, data)) * inside
         gains[part.members] = change.sum(dim=(0, 2, 3)).to(gains)
         peak = footprint.amax(dim=(2, 3), keepdim=True)
