@@ -48,22 +48,14 @@ wedge: 53 diffuse Gaussians before it; removed before it, TPR 0.91 instead of 0.
 background is held in that second refinement (the diffuse signal is the sample's: re-solved, the
 pedestal took it). Some diffuse Gaussians stood for atoms, and in the second refinement some atoms
 widen into diffuse ones to take the removed signal: so births follow, where the residual shows
-atoms missing, each round refined again until none is born (at most :data:`FINAL_BIRTH_ROUNDS`).
+atoms missing, each round refined again until none is born (at most :data:`DIFFUSE_BIRTH_ROUNDS`).
 On the quick FePt particle in the wedge (800 steps, 2 and 1 threads, each from its checkpoint
 before the final refinement; TPR / RMSE / species) the diffuse Gaussians kept gave 0.983 / 0.053 A
 / 0.954 and 0.969 / 0.066 / 0.946, removed 0.972 / 0.070 / 0.939 and 0.955 / 0.097 / 0.865,
 removed with births 0.990 / 0.050 / 0.933 and 0.979 / 0.057 / 0.922; the quick HEA particle (all
 angles, wedge) has no births. Without merging (the ablation) they stay: there the refinement
 widens the second Gaussian on an atom into a diffuse one, and removing it would do merging's work.
-Under evidence selection (counts) they stay; their removal is not measured there. There, after the
-final refinement, births search the converged residual at :data:`FINAL_BIRTH_SIGNIFICANCE`
-standard deviations, not ``birth_significance``: during training a lower threshold would chase
-noise, but now each newborn is refined with all the atoms and must then pay its price in the next
-pass's evidence test like every other Gaussian, so the data, not the threshold, decide. An atom
-whose neighbours took part of its signal scores low at fixed neighbours (2 nm Si at 8e3 e/A^2: one
-missing atom was the score's global maximum, 3.8, against 5) but pays its price several times over
-once they give it back. On that particle (202 atoms) two rounds took TPR / FPR / RMSE from 0.985 /
-0.005 / 25.2 pm to 1.000 / 0 / 24.1 pm: 5 and 6 born, 4 and 5 of them (noise) pruned again.
+Under evidence selection (counts) they stay; their removal is not measured there.
 The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
@@ -84,14 +76,9 @@ from atomsplat.render.projector import backproject_points
 DEFAULT_MERGE_DISTANCE = 1.6
 """A: the minimum distance of atoms in float data (measured on Au, FePt, Pt-Ni, Pd and HEA particles)."""
 
-FINAL_BIRTH_ROUNDS = 3
-"""Birth passes at most after the final refinement, each followed by a refinement (module docstring;
-the quick FePt particle in the wedge needed two after the diffuse removal, the second finding 1 or 4
-atoms; the 2 nm Si particle at 8e3 e/A^2 two at :data:`FINAL_BIRTH_SIGNIFICANCE`)."""
-
-FINAL_BIRTH_SIGNIFICANCE = 3.0
-"""Evidence selection: the births' score test after the final refinement, in standard deviations
-(module docstring)."""
+DIFFUSE_BIRTH_ROUNDS = 3
+"""Birth passes at most after the diffuse Gaussians' removal, each followed by a refinement (module
+docstring; the quick FePt particle in the wedge needed two, the second finding 1 or 4 atoms)."""
 
 
 def minimum_distance(series, config) -> float:
@@ -257,17 +244,12 @@ class DensityStrategy:
         split: bool = False,
         residuals: Optional[Residuals] = None,
         final: bool = False,
-        significance: Optional[float] = None,
     ) -> RefineRecord:
         """One density pass: merge and prune; split wide Gaussians when ``split``; duplicate those
         with the largest mean position gradient when ``densify``; add Gaussians where atoms are
-        missing when ``residuals`` is given (the residuals of the model as it was before the pass;
-        under evidence selection at ``significance`` standard deviations, default ``birth_significance``)."""
+        missing when ``residuals`` is given (the residuals of the model as it was before the pass)."""
         o = self.options
-        search = None
-        if residuals is not None and cloud.count > 0:
-            significance = o.birth_significance if significance is None else significance
-            search = self._birth_search(cloud, residuals, significance)
+        search = self._birth_search(cloud, residuals) if residuals is not None and cloud.count > 0 else None
         params = cloud.detached()
         before = len(params["positions"])
         scores = self._grad_sum / max(self._grad_steps, 1) if self._grad_sum is not None else torch.zeros(before)
@@ -355,13 +337,13 @@ class DensityStrategy:
         params = {name: values[chosen] for name, values in params.items()}
         return params, kept[chosen], merged, before - merged - len(chosen)
 
-    def _birth_search(self, cloud, residuals: Residuals, significance: float):
+    def _birth_search(self, cloud, residuals: Residuals):
         """Where atoms are missing, on a grid of ``birth_spacing`` A over the Gaussians' bounding box
         (padded by ``merge_distance``), from ``birth_views`` projections: (score (nx, ny, nz), the
         grid's points (M, 3) A, the threshold of the score, the weight (M,) of a newborn at each
         point or None). Under evidence selection with pixel variances: the score test's standard
         score and its weight (:func:`atomsplat.model.density.matched_filter`), threshold
-        ``significance``. Otherwise the unfiltered back-projected residual
+        ``birth_significance``. Otherwise the unfiltered back-projected residual
         (:func:`atomsplat.render.projector.backproject_points`; a missing atom scores about its peak
         value, data units) and the threshold ``birth_threshold`` x the median peak ``w / (2 pi
         sigma^2)`` of the Gaussians, at least five robust standard deviations of the score."""
@@ -381,7 +363,7 @@ class DensityStrategy:
             score, information = back(score), back(information).clamp_min(1e-30)  # means over the views
             standard = score * math.sqrt(len(images)) / information.sqrt()
             weights = (score / information).clamp_min(1e-30).cpu().double().numpy()
-            return standard.cpu().numpy().reshape(shape), points, significance, weights
+            return standard.cpu().numpy().reshape(shape), points, o.birth_significance, weights
         score = back(images).cpu().numpy().reshape(shape)
         peaks = cloud.weights.detach() * density.peak_density(cloud.sigmas.detach(), cloud.halo())
         noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
