@@ -292,9 +292,9 @@ def test_append_adds_gaussians_of_median_width_with_fresh_state():
     assert source.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
 
 
-def _model_missing_atoms(tmp_path, missing, light=(), **options):
+def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, **options):
     """A model whose Gaussians are the true atoms of a noise-free series but ``missing`` of them;
-    the atoms ``light`` weigh 15 where the others weigh 100; ``options``: of the model config."""
+    the atoms ``light`` weigh ``light_weight`` where the others weigh 100; ``options``: of the model config."""
     from ase import Atoms
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
@@ -310,7 +310,7 @@ def _model_missing_atoms(tmp_path, missing, light=(), **options):
         torch.full((len(truth),), 0.6, dtype=torch.float64),
         torch.full((len(truth),), 100.0, dtype=torch.float64),
     )
-    weights[list(light)] = 15.0
+    weights[list(light)] = light_weight
     angles = np.arange(-60.0, 61.0, 4.0)
     stack = project_isotropic_dense(
         truth,
@@ -434,3 +434,47 @@ def test_matched_filter_gives_an_atoms_weight_and_standard_score(halo):
     s, i = score[0, 20, 20], information[0, 20, 20]
     torch.testing.assert_close(s / i, torch.tensor(weight, dtype=torch.float64))
     torch.testing.assert_close(s / i.sqrt(), (image**2 / variance).sum().sqrt(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("light_weight, kept", [(1.7, False), (15.0, True)])
+def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept):
+    """Under evidence selection the births after the final refinement search down to
+    FINAL_BIRTH_SIGNIFICANCE standard deviations, below training's ``birth_significance``, and
+    then every newborn is refined and must pay its price like any Gaussian: a missing atom of
+    weight 1.7 (score 4 at its place, noise-free counts: below 5; refitted, it gains less than
+    its price) is born and pruned again; one of weight 15 (score 36) is born and stays."""
+    from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE
+
+    model, truth = _model_missing_atoms(tmp_path, [7], light=[7], light_weight=light_weight, loss="poisson")
+    if not kept:  # training's threshold does not see it
+        assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
+    count = model.num_points
+    records = []
+    model.report = records.append
+    model._final_births(model._refinement_args(), None, FINAL_BIRTH_SIGNIFICANCE)
+    assert records[0].born >= 1  # found at 3 sigma
+    assert model.num_points == count + kept
+    closest = np.linalg.norm(model.cloud.positions.detach().numpy() - truth[7], axis=1).min()
+    assert (closest < 0.3) == kept, closest
+
+
+def test_a_newborn_beside_another_gaussian_is_removed_and_one_apart_stays(tmp_path):
+    """``remove_crowded`` looks only at the last pass's births: one newborn 1.0 A from an atom's
+    Gaussian (a second Gaussian on that atom) is removed, one 2.5 A from every Gaussian stays, and
+    the older Gaussians are left alone."""
+    model, truth = _model_missing_atoms(tmp_path, [], loss="poisson")
+    params = model.cloud.detached()
+    count = model.num_points
+    far = params["positions"][params["positions"][:, 0].argmax()] + torch.tensor([2.5, 0.0, 0.0])  # outside
+    beside = params["positions"][0] + torch.tensor([1.0, 0.0, 0.0])
+    newborn = {
+        "positions": torch.stack([beside, far]),
+        "log_sigmas": params["log_sigmas"][:2],
+        "log_weights": params["log_weights"][:2],
+    }
+    model.cloud.install({name: torch.cat([values, newborn[name]]) for name, values in params.items()})
+    assert float(torch.cdist(far[None], params["positions"]).min()) >= 2.5 - 1e-5
+    assert model.strategy.remove_crowded(model.cloud, {}, 2, 2.0) == 1
+    assert model.num_points == count + 1
+    torch.testing.assert_close(model.cloud.positions.detach()[:count], params["positions"])
+    torch.testing.assert_close(model.cloud.positions.detach()[count], far)

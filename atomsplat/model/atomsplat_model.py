@@ -50,7 +50,9 @@ from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
     DEFAULT_MERGE_DISTANCE,
-    DIFFUSE_BIRTH_ROUNDS,
+    FINAL_BIRTH_ROUNDS,
+    FINAL_BIRTH_SEPARATION,
+    FINAL_BIRTH_SIGNIFICANCE,
     DensityOptions,
     DensityStrategy,
     Evidence,
@@ -486,8 +488,9 @@ class AtomSplatModel(SplatfactoModel):
     def finish(self) -> RefineRecord:
         """The end of a training run: the last density pass (merge and prune), the final refinement
         to convergence (under weight selection with merging, the Gaussians still diffuse then
-        removed and the rest refined again, the background held; then atoms born where the residual
-        shows them missing, and refined again: :meth:`_take_back_diffuse`), and the atoms' positional
+        removed and the rest refined again, the background held: :meth:`_take_back_diffuse`), atoms
+        born where the converged residual shows them missing and refined again (:meth:`_final_births`;
+        under evidence selection at :data:`FINAL_BIRTH_SIGNIFICANCE`), and the atoms' positional
         uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
@@ -497,6 +500,8 @@ class AtomSplatModel(SplatfactoModel):
             done = refine(*args, prior=prior)
             _print_refinement(f"final refinement on all {len(args[3])} training projections", done)
             prior = self._take_back_diffuse(args, prior)
+            if self.strategy.evidence is not None and self.cloud.count > 0:
+                prior = self._final_births(args, prior, FINAL_BIRTH_SIGNIFICANCE)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(
@@ -519,25 +524,43 @@ class AtomSplatModel(SplatfactoModel):
     def _take_back_diffuse(self, args, prior):
         """After the final refinement: under weight selection with merging, remove the Gaussians still
         diffuse and refine the rest, the background held (the atoms, not the background, take back
-        the diffuse signal); then, while the residual shows atoms missing (those only a diffuse
-        Gaussian stood for, or that turned diffuse taking its signal), give them birth and refine
-        again, at most :data:`DIFFUSE_BIRTH_ROUNDS` times. ``args``: :meth:`_refinement_args`;
-        returns the species prior as it is at the end."""
+        the diffuse signal); then :meth:`_final_births`, the background still held (atoms missing
+        that only a diffuse Gaussian stood for, or that turned diffuse taking its signal).
+        ``args``: :meth:`_refinement_args`; returns the species prior as it is at the end."""
         removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
         if not removed or self.cloud.count == 0:
             return prior
-        what = f"{removed} diffuse Gaussians removed, refined again"
+        prior = self.fitted_prior()
+        _print_refinement(
+            f"{removed} diffuse Gaussians removed, refined again", refine(*args, prior=prior, solve_background=False)
+        )
+        return self._final_births(args, prior, solve_background=False)
+
+    def _final_births(self, args, prior, significance=None, solve_background=True):
+        """After the final refinement: while the residual shows atoms missing, give them birth (under
+        evidence selection at ``significance`` standard deviations) and refine all, at most
+        :data:`FINAL_BIRTH_ROUNDS` times; a last pass merges and prunes what the births left (under
+        evidence selection: each newborn that does not pay its price). ``args``:
+        :meth:`_refinement_args`; returns the species prior as it is at the end."""
         search = self._residuals if self.strategy.options.birth_every > 0 else None
-        for k in range(DIFFUSE_BIRTH_ROUNDS + 1):
+        for k in range(FINAL_BIRTH_ROUNDS + 1):
+            record = self.strategy.refine(
+                self.cloud, self.optimizers, self.step, residuals=search if k < FINAL_BIRTH_ROUNDS else None,
+                final=True, significance=significance,
+            )  # fmt: skip
+            self.report(record)
+            if not (record.born or record.merged or record.pruned) or self.cloud.count == 0:
+                break
             prior = self.fitted_prior()
-            _print_refinement(what, refine(*args, prior=prior, solve_background=False))
-            if k == DIFFUSE_BIRTH_ROUNDS:
-                break
-            births = self.strategy.refine(self.cloud, self.optimizers, self.step, residuals=search, final=True)
-            self.report(births)
-            if not (births.born or births.merged or births.pruned):
-                break
-            what = f"refined with the {births.born} born"
+            what = f"refined with {record.born} born, {record.merged + record.pruned} merged or pruned"
+            _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
+            if significance is not None and record.born:  # evidence: a newborn beside an atom is its second Gaussian
+                distance = FINAL_BIRTH_SEPARATION * self.strategy.options.merge_distance
+                crowded = self.strategy.remove_crowded(self.cloud, self.optimizers, record.born, distance)
+                if crowded:
+                    prior = self.fitted_prior()
+                    what = f"{crowded} newborns within {distance:.2f} A of another Gaussian removed, refined"
+                    _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
         return prior
 
     def _residuals(self, count: int):
