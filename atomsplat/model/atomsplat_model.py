@@ -554,7 +554,7 @@ class AtomSplatModel(SplatfactoModel):
             prior = self.fitted_prior()
             what = f"refined with {record.born} born, {record.merged + record.pruned} merged or pruned"
             _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
-            if significance is not None and record.born:  # evidence: a newborn beside an atom is its second Gaussian
+            if self.strategy.evidence is not None and record.born:  # a newborn beside an atom is its second Gaussian
                 distance = FINAL_BIRTH_SEPARATION * self.strategy.options.merge_distance
                 crowded = self.strategy.remove_crowded(self.cloud, self.optimizers, record.born, distance)
                 if crowded:
