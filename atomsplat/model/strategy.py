@@ -69,7 +69,10 @@ Gaussian, so the evidence test keeps it (FPR 0 -> 0.019, RMSE 13.4 -> 15.7 pm): 
 ends closer than :data:`FINAL_BIRTH_SEPARATION` x ``merge_distance`` to another Gaussian is removed
 (:meth:`DensityStrategy.remove_crowded`), and the rest refined again. In the low-dose preset
 (README) Si went at 8e3 from 0.985 / 0.005 / 25.2 pm to 1.000 / 0 / 24.1 pm and stayed at 1.6e4
-and 1.6e5, FePt at 8e3 from 0.969 / 0 / 13.8 pm to 0.979 / 0 / 13.7 pm; about 3 minutes more per run.
+and 1.6e5, FePt at 8e3 from 0.969 / 0 / 13.8 pm to 0.979 / 0 / 13.7 pm, SiGeSn at 8e3 from 0.902 /
+0.006 / 16.4 pm to 0.977 / 0.006 / 16.8 pm; about 3 minutes more per Si run. At the higher doses of
+FePt and SiGeSn nothing moved: every newborn failed its price (FePt at 1.6e5: 46, 46 and 76 born in
+the three rounds, all removed), time spent for nothing.
 The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
