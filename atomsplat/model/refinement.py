@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import sparse
 
 from atomsplat.model.cloud import Views, project
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
@@ -205,7 +204,8 @@ def position_uncertainties(
         matrix = fisher_matrix(*args, linear=corrections.basis, window=cloud.window, halo=cloud.halo())
         diagonal = np.zeros(matrix.shape[0])
         diagonal[: 5 * cloud.count] = np.pad(curvature.double().numpy(), ((0, 0), (3, 0))).reshape(-1)
-        variances = marginal_position_variances(matrix + sparse.diags(diagonal), cloud.count)
+        matrix[np.diag_indices_from(matrix)] += diagonal
+        variances = marginal_position_variances(matrix, cloud.count)
         return torch.from_numpy(np.sqrt(np.clip(variances, 0.0, None))).float(), "full"
     blocks = fisher_blocks(*args, window=cloud.window, halo=cloud.halo())
     blocks[:, 3:, 3:] += torch.diag_embed(curvature.to(blocks))

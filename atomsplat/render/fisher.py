@@ -13,9 +13,9 @@ each atom's window (:meth:`atomsplat.render.footprints.AtomWindows.derivatives`)
   atoms, for any size). Inverting a block treats the other atoms as known: it ignores the
   correlation with neighbours that overlap in projection, so it bounds the error from below;
 - :func:`fisher_matrix`: the whole (5K + V T) x (5K + V T) matrix, with the neighbours'
-  correlations and T extra linear parameters per view (a pedestal), as a sparse matrix; its inverse
-  gives the marginal variances. Its size grows with the overlaps, so it is meant for up to a few
-  thousand atoms.
+  correlations and T extra linear parameters per view (a pedestal), summed over detector tiles as
+  dense products; its inverse gives the marginal variances. It is dense and its inverse costs
+  (5K)^3, so it is meant for up to a few thousand atoms.
 
 Pure functions of tensors; lengths in A.
 """
@@ -26,7 +26,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from scipy import sparse
 
 from atomsplat.render.footprints import PaddedImages, atom_windows
 from atomsplat.render.projector import DEFAULT_WINDOW
@@ -103,9 +102,14 @@ def fisher_matrix(
     linear: torch.Tensor = None,
     window: float = DEFAULT_WINDOW,
     halo: Optional[Tuple[float, float]] = None,
-) -> sparse.csr_matrix:
+) -> np.ndarray:
     """The whole Fisher information of all atoms' parameters (5K, in :data:`PARAMETERS` order per
-    atom) and of T linear parameters per view (V * T more, view by view), as a sparse matrix.
+    atom) and of T linear parameters per view (V * T more, view by view), as a dense float64 array.
+
+    Each view's detector is cut into tiles of :data:`TILE` x :data:`TILE` pixels; a tile's Jacobian
+    holds only the atoms whose windows reach it (and the linear terms), so ``J^T W J`` is summed
+    tile by tile as dense matrix products (:func:`_add_tile_products`): a pixel costs about the
+    square of the number of windows that cover it, at the speed of a matrix product.
 
     Args:
         positions, sigmas, weights, rotations, offsets, pixel_size, inverse_variance, window, halo:
@@ -113,40 +117,87 @@ def fisher_matrix(
         linear: (T, H, W) images of linear terms of every view (e.g. the constant 1 of a pedestal),
             or None.
     """
-    views, height, width = inverse_variance.shape
-    count = len(positions)
+    views, count = len(rotations), len(positions)
     extra = 0 if linear is None else len(linear)
-    size_all = 5 * count + views * extra
-    total = sparse.csr_matrix((size_all, size_all))
-    for v in range(views):  # one view's Jacobian at a time: memory for one view's windows only
-        rows, cols, values = [], [], []
-        for part in atom_windows(
-            positions, sigmas, weights, rotations[v : v + 1], offsets[v : v + 1], pixel_size, height, width, window, 6,
-            halo,
-        ):  # fmt: skip
-            derivatives, size, radius = part.derivatives(rotations[v : v + 1])[0], part.size, part.grid.radius
-            # padded-grid indices back to detector pixels, dropping the padding
-            flat = part.grid.index.long().view(-1, size, size)
-            row, col = flat // (width + 2 * radius) - radius, flat % (width + 2 * radius) - radius
-            keep = (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (k, S, S)
-            pixel = (row * width + col)[keep]
-            atom = part.members[:, None, None].expand_as(keep)[keep]
-            for parameter in range(5):
-                rows.append(pixel.cpu().numpy())
-                cols.append((5 * atom + parameter).cpu().numpy())
-                values.append(derivatives[:, parameter][keep].double().cpu().numpy())
-        if extra:
-            basis = linear.reshape(extra, -1).double().cpu().numpy()
-            pix, term = np.nonzero(basis.T)
-            rows.append(pix)
-            cols.append(5 * count + v * extra + term)
-            values.append(basis.T[pix, term])
-        jacobian = sparse.csr_matrix(
-            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(height * width, size_all)
+    total = torch.zeros(5 * count + views * extra, 5 * count + views * extra, dtype=torch.float64)
+    linear = None if linear is None else linear.double()
+    for v in range(views):  # one view's windows at a time
+        derivatives, start = _view_windows(
+            positions, sigmas, weights, rotations[v], offsets[v], pixel_size, inverse_variance.shape[1:], window, halo
         )
-        weight = sparse.diags(inverse_variance[v].reshape(-1).double().cpu().numpy())
-        total = total + (jacobian.T @ weight @ jacobian)
-    return total.tocsr()
+        terms = torch.arange(5 * count + v * extra, 5 * count + (v + 1) * extra)
+        _add_tile_products(derivatives, start, inverse_variance[v].double(), linear, terms, total)
+    return total.numpy()
+
+
+def _view_windows(positions, sigmas, weights, rotation, offset, pixel_size, shape, window, halo):
+    """One view's windows of all K atoms (``rotation`` (3, 3), ``offset`` (2,), ``shape`` (H, W) of
+    the detector, the rest as :func:`fisher_matrix`), padded at their ends to the largest side S.
+
+    Returns:
+        derivatives: (K, 5, S, S) float64 d model / d parameters in each atom's window (0 in the padding);
+        start: (K, 2) long the windows' first pixels (row, column).
+    """
+    parts = list(
+        atom_windows(positions, sigmas, weights, rotation[None], offset[None], pixel_size, *shape, window, 6, halo)
+    )
+    side, count = max(part.size for part in parts), len(positions)
+    derivatives = torch.zeros(count, 5, side, side, dtype=torch.float64)
+    start = torch.zeros(count, 2, dtype=torch.long)
+    for part in parts:
+        derivatives[part.members, :, : part.size, : part.size] = part.derivatives(rotation[None])[0].double()
+        start[part.members] = torch.stack([part.grid.start_y[0], part.grid.start_x[0]], dim=1).long()
+    return derivatives, start
+
+
+TILE = 16
+"""Detector tile side (pixels) of :func:`fisher_matrix`: smaller tiles hold fewer atoms each (fewer
+products) but cost more calls."""
+
+
+def _add_tile_products(derivatives, start, inverse_variance, linear, terms, total) -> None:
+    """Add one view's ``J^T W J`` to ``total``, tile by tile.
+
+    Args:
+        derivatives: (K, 5, S, S) and start (K, 2), from :func:`_view_windows`.
+        inverse_variance: (H, W) float64 1 / var of the view's pixels.
+        linear: (T, H, W) float64 linear terms, or None; terms: (T,) their rows in ``total``.
+        total: (5K + ..., 5K + ...) float64, added to in place.
+    """
+    side = derivatives.shape[-1]
+    height, width = inverse_variance.shape
+    end = start + side
+    five = torch.arange(5)
+    for top in range(0, height, TILE):
+        rows = torch.arange(top, min(top + TILE, height))
+        reach = (start[:, 0] <= rows[-1]) & (end[:, 0] > top)
+        for left in range(0, width, TILE):
+            cols = torch.arange(left, min(left + TILE, width))
+            members = torch.nonzero(reach & (start[:, 1] <= cols[-1]) & (end[:, 1] > left)).squeeze(1)
+            local_rows = rows[None, :] - start[members, 0, None]  # (k, h): the tile's rows in each window
+            local_cols = cols[None, :] - start[members, 1, None]
+            inside = ((local_rows >= 0) & (local_rows < side))[:, :, None] & ((local_cols >= 0) & (local_cols < side))[
+                :, None, :
+            ]
+            values = (
+                derivatives[
+                    members[:, None, None],
+                    :,
+                    local_rows.clamp(0, side - 1)[:, :, None],
+                    local_cols.clamp(0, side - 1)[:, None, :],
+                ]
+                * inside[..., None]
+            )  # (k, h, w, 5)
+            jacobian = values.permute(1, 2, 0, 3).reshape(len(rows) * len(cols), 5 * len(members))
+            index = (5 * members[:, None] + five).reshape(-1)
+            if linear is not None:
+                jacobian = torch.cat([jacobian, linear[:, rows][:, :, cols].reshape(len(linear), -1).T], dim=1)
+                index = torch.cat([index, terms])
+            if len(index) == 0:
+                continue
+            weight = inverse_variance[rows][:, cols].reshape(-1, 1)
+            flat = (index[:, None] * len(total) + index[None, :]).reshape(-1)
+            total.view(-1).index_add_(0, flat, ((jacobian * weight).T @ jacobian).reshape(-1))
 
 
 def position_covariances(blocks: torch.Tensor) -> torch.Tensor:
@@ -155,10 +206,9 @@ def position_covariances(blocks: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(blocks.double())[:, :3, :3].to(blocks.dtype)
 
 
-def marginal_position_variances(matrix: sparse.spmatrix, count: int) -> np.ndarray:
+def marginal_position_variances(matrix: np.ndarray, count: int) -> np.ndarray:
     """(K, 3) the Cramer-Rao variances (A^2) of every atom's x, y and z: the diagonal of the inverse
     of the whole Fisher matrix (:func:`fisher_matrix`) at the position parameters."""
-    dense = matrix.toarray()
-    inverse = np.linalg.inv(dense)
+    inverse = np.linalg.inv(np.asarray(matrix))
     index = (5 * np.arange(count)[:, None] + np.arange(3)[None, :]).reshape(-1)
     return inverse[index, index].reshape(count, 3)

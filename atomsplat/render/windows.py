@@ -30,7 +30,7 @@ class PaddedGrid:
     and they are the pixels outside the detector.
 
     Args:
-        start_y, start_x: (V, K) long first window pixels (:func:`window_start`).
+        start_y, start_x: (V, K) long first window pixels (:func:`window_start`), kept as attributes.
         size: window side S; height, width: detector size; radius: R = (S - 1) // 2.
     """
 
@@ -43,6 +43,7 @@ class PaddedGrid:
         local = steps[:, None] * cols + steps[None, :]  # (S, S)
         self.index = (base[..., None, None] + local).reshape(-1)
         self.radius, self.height, self.width = radius, height, width
+        self.start_y, self.start_x = start_y, start_x
 
     def scatter(self, block: torch.Tensor, padded=None) -> torch.Tensor:
         """Add (V, K, S, S) window values into a flat padded image (new when ``padded`` is None)."""
