@@ -173,29 +173,27 @@ def _add_tile_products(derivatives, start, inverse_variance, linear, terms, tota
         reach = (start[:, 0] <= rows[-1]) & (end[:, 0] > top)
         for left in range(0, width, TILE):
             cols = torch.arange(left, min(left + TILE, width))
+            tile = (slice(top, top + TILE), slice(left, left + TILE))
             members = torch.nonzero(reach & (start[:, 1] <= cols[-1]) & (end[:, 1] > left)).squeeze(1)
             local_rows = rows[None, :] - start[members, 0, None]  # (k, h): the tile's rows in each window
             local_cols = cols[None, :] - start[members, 1, None]
-            inside = ((local_rows >= 0) & (local_rows < side))[:, :, None] & ((local_cols >= 0) & (local_cols < side))[
-                :, None, :
-            ]
-            values = (
-                derivatives[
-                    members[:, None, None],
-                    :,
-                    local_rows.clamp(0, side - 1)[:, :, None],
-                    local_cols.clamp(0, side - 1)[:, None, :],
-                ]
-                * inside[..., None]
-            )  # (k, h, w, 5)
+            rows_inside = (local_rows >= 0) & (local_rows < side)
+            cols_inside = (local_cols >= 0) & (local_cols < side)
+            values = derivatives[
+                members[:, None, None],
+                :,
+                local_rows.clamp(0, side - 1)[:, :, None],
+                local_cols.clamp(0, side - 1)[:, None, :],
+            ]  # (k, h, w, 5)
+            values = values * (rows_inside[:, :, None] & cols_inside[:, None, :])[..., None]
             jacobian = values.permute(1, 2, 0, 3).reshape(len(rows) * len(cols), 5 * len(members))
             index = (5 * members[:, None] + five).reshape(-1)
             if linear is not None:
-                jacobian = torch.cat([jacobian, linear[:, rows][:, :, cols].reshape(len(linear), -1).T], dim=1)
+                jacobian = torch.cat([jacobian, linear[:, tile[0], tile[1]].reshape(len(linear), -1).T], dim=1)
                 index = torch.cat([index, terms])
             if len(index) == 0:
                 continue
-            weight = inverse_variance[rows][:, cols].reshape(-1, 1)
+            weight = inverse_variance[tile].reshape(-1, 1)
             flat = (index[:, None] * len(total) + index[None, :]).reshape(-1)
             total.view(-1).index_add_(0, flat, ((jacobian * weight).T @ jacobian).reshape(-1))
 
