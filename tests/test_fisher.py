@@ -29,23 +29,23 @@ def _case(dtype=torch.float64):
     return positions, sigmas, weights, rotations, offsets
 
 
-def _dense(positions, sigmas, weights, rotations, offsets, halo=None):
+def _dense(positions, sigmas, weights, rotations, offsets, halo=None, shape=(H, W)):
     """The dense (oracle) projection of atoms of one Gaussian, or of a core and a halo."""
     if halo is None:
-        return project_isotropic_dense(positions, sigmas, weights, rotations, offsets, P, H, W)
+        return project_isotropic_dense(positions, sigmas, weights, rotations, offsets, P, *shape)
     fraction, ratio = halo
     return project_isotropic_dense(
         torch.cat([positions, positions]), torch.cat([sigmas, ratio * sigmas]),
-        torch.cat([(1 - fraction) * weights, fraction * weights]), rotations, offsets, P, H, W,
+        torch.cat([(1 - fraction) * weights, fraction * weights]), rotations, offsets, P, *shape,
     )  # fmt: skip
 
 
-def _dense_jacobian(positions, sigmas, weights, rotations, offsets, halo=None):
+def _dense_jacobian(positions, sigmas, weights, rotations, offsets, halo=None, shape=(H, W)):
     """(V * H * W, 5K) d model / d (x, y, z, log w, log sigma) of every atom, by autograd."""
 
     def model(flat):
         p = flat.view(-1, 5)
-        return _dense(p[:, :3], p[:, 4].exp(), p[:, 3].exp(), rotations, offsets, halo).reshape(-1)
+        return _dense(p[:, :3], p[:, 4].exp(), p[:, 3].exp(), rotations, offsets, halo, shape).reshape(-1)
 
     flat = torch.cat([positions, weights.log()[:, None], sigmas.log()[:, None]], dim=1).reshape(-1)
     return torch.autograd.functional.jacobian(model, flat)
@@ -63,6 +63,20 @@ def test_fisher_blocks_and_matrix_equal_autograd_jacobians(halo):
     blocks = fisher_blocks(*case, P, inverse_variance, halo=halo)
     for k in range(4):
         torch.testing.assert_close(blocks[k], expected[5 * k : 5 * k + 5, 5 * k : 5 * k + 5], atol=2e-3 * scale, rtol=0)
+
+
+def test_fisher_matrix_with_a_wide_gaussian_among_narrow_ones():
+    """A diffuse Gaussian's large window reaches every tile of a 64 x 64 detector; the narrow atoms'
+    windows, far apart, reach only some: each atom's own window decides where it counts."""
+    positions = torch.tensor([[-6.0, -6.0, 1.0], [6.0, 5.5, -1.0], [-5.5, 6.0, 0.5], [0.0, 0.0, 0.0]])
+    sigmas, weights = torch.tensor([0.5, 0.6, 0.45, 2.5]), torch.tensor([40.0, 25.0, 60.0, 80.0])
+    rotations = torch.from_numpy(view_rotations(np.array([-30.0, 20.0]), 5.0))
+    case = tuple(x.double() for x in (positions, sigmas, weights, rotations, torch.zeros(2, 2)))
+    inverse_variance = 0.5 + torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    jacobian = _dense_jacobian(*case, halo=(0.3, 1.7), shape=(64, 64))
+    expected = jacobian.T @ (inverse_variance.reshape(-1, 1) * jacobian)
+    matrix = torch.from_numpy(fisher_matrix(*case, P, inverse_variance, halo=(0.3, 1.7)))
+    torch.testing.assert_close(matrix, expected, atol=2e-3 * float(expected.abs().max()), rtol=0)
 
 
 def test_fisher_matrix_with_a_pedestal_per_view():

@@ -122,11 +122,11 @@ def fisher_matrix(
     total = torch.zeros(5 * count + views * extra, 5 * count + views * extra, dtype=torch.float64)
     linear = None if linear is None else linear.double()
     for v in range(views):  # one view's windows at a time
-        derivatives, start = _view_windows(
+        derivatives, start, size = _view_windows(
             positions, sigmas, weights, rotations[v], offsets[v], pixel_size, inverse_variance.shape[1:], window, halo
         )
         terms = torch.arange(5 * count + v * extra, 5 * count + (v + 1) * extra)
-        _add_tile_products(derivatives, start, inverse_variance[v].double(), linear, terms, total)
+        _add_tile_products(derivatives, start, size, inverse_variance[v].double(), linear, terms, total)
     return total.numpy()
 
 
@@ -136,7 +136,8 @@ def _view_windows(positions, sigmas, weights, rotation, offset, pixel_size, shap
 
     Returns:
         derivatives: (K, 5, S, S) float64 d model / d parameters in each atom's window (0 in the padding);
-        start: (K, 2) long the windows' first pixels (row, column).
+        start: (K, 2) long the windows' first pixels (row, column);
+        size: (K,) long the windows' own sides (a wide Gaussian's does not widen the others').
     """
     parts = list(
         atom_windows(positions, sigmas, weights, rotation[None], offset[None], pixel_size, *shape, window, 6, halo)
@@ -144,10 +145,12 @@ def _view_windows(positions, sigmas, weights, rotation, offset, pixel_size, shap
     side, count = max(part.size for part in parts), len(positions)
     derivatives = torch.zeros(count, 5, side, side, dtype=torch.float64)
     start = torch.zeros(count, 2, dtype=torch.long)
+    size = torch.zeros(count, dtype=torch.long)
     for part in parts:
         derivatives[part.members, :, : part.size, : part.size] = part.derivatives(rotation[None])[0].double()
         start[part.members] = torch.stack([part.grid.start_y[0], part.grid.start_x[0]], dim=1).long()
-    return derivatives, start
+        size[part.members] = part.size
+    return derivatives, start, size
 
 
 TILE = 16
@@ -155,18 +158,18 @@ TILE = 16
 products) but cost more calls."""
 
 
-def _add_tile_products(derivatives, start, inverse_variance, linear, terms, total) -> None:
+def _add_tile_products(derivatives, start, size, inverse_variance, linear, terms, total) -> None:
     """Add one view's ``J^T W J`` to ``total``, tile by tile.
 
     Args:
-        derivatives: (K, 5, S, S) and start (K, 2), from :func:`_view_windows`.
+        derivatives: (K, 5, S, S), start (K, 2) and size (K,), from :func:`_view_windows`.
         inverse_variance: (H, W) float64 1 / var of the view's pixels.
         linear: (T, H, W) float64 linear terms, or None; terms: (T,) their rows in ``total``.
         total: (5K + ..., 5K + ...) float64, added to in place.
     """
     side = derivatives.shape[-1]
     height, width = inverse_variance.shape
-    end = start + side
+    end = start + size[:, None]  # a tile's members: the atoms whose own windows reach it
     five = torch.arange(5)
     for top in range(0, height, TILE):
         rows = torch.arange(top, min(top + TILE, height))
