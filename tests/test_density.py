@@ -442,7 +442,8 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
     FINAL_BIRTH_SIGNIFICANCE standard deviations, below training's ``birth_significance``, and
     then every newborn is refined and must pay its price like any Gaussian: a missing atom of
     weight 1.7 (score 4 at its place, noise-free counts: below 5; refitted, it gains less than
-    its price) is born and pruned again; one of weight 15 (score 36) is born and stays."""
+    its price) is born and pruned again, and then no round gives birth again (the next would only
+    find it anew); one of weight 15 (score 36) is born and stays."""
     from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE
 
     model, truth = _model_missing_atoms(tmp_path, [7], light=[7], light_weight=light_weight, loss="poisson")
@@ -454,6 +455,9 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
     model._final_births(model._refinement_args(), None, FINAL_BIRTH_SIGNIFICANCE)
     assert records[0].born >= 1  # found at 3 sigma
     assert model.num_points == count + kept
+    assert (records[1].newborn_kept > 0) == kept
+    if not kept:
+        assert all(record.born == 0 for record in records[1:])
     closest = np.linalg.norm(model.cloud.positions.detach().numpy() - truth[7], axis=1).min()
     assert (closest < 0.3) == kept, closest
 

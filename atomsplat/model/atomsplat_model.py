@@ -539,24 +539,31 @@ class AtomSplatModel(SplatfactoModel):
     def _final_births(self, args, prior, significance=None, solve_background=True):
         """After the final refinement: while the residual shows atoms missing, give them birth (under
         evidence selection at ``significance`` standard deviations) and refine all, at most
-        :data:`FINAL_BIRTH_ROUNDS` times; a last pass merges and prunes what the births left (under
+        :data:`FINAL_BIRTH_ROUNDS` times, and no more once a round's newborns have all been removed
+        (by the next pass, before it would give birth again); a last pass merges and prunes what the births left (under
         evidence selection: each newborn that does not pay its price). ``args``:
         :meth:`_refinement_args`; returns the species prior as it is at the end."""
         search = self._residuals if self.strategy.options.birth_every > 0 else None
+        newborn = 0  # the last round's births still in the cloud (appended last)
         for k in range(FINAL_BIRTH_ROUNDS + 1):
             record = self.strategy.refine(
                 self.cloud, self.optimizers, self.step, residuals=search if k < FINAL_BIRTH_ROUNDS else None,
-                final=True, significance=significance,
+                final=True, significance=significance, newborn=newborn,
             )  # fmt: skip
             self.report(record)
+            if record.newborn_kept == 0 and k < FINAL_BIRTH_ROUNDS:  # this pass gave none birth, nor will the next
+                CONSOLE.print(f"births end: none of the {newborn} born in the last round paid its price")
+                search = None
             if not (record.born or record.merged or record.pruned) or self.cloud.count == 0:
                 break
             prior = self.fitted_prior()
             what = f"refined with {record.born} born, {record.merged + record.pruned} merged or pruned"
             _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
+            newborn = record.born
             if self.strategy.evidence is not None and record.born:  # a newborn beside an atom is its second Gaussian
                 distance = FINAL_BIRTH_SEPARATION * self.strategy.options.merge_distance
                 crowded = self.strategy.remove_crowded(self.cloud, self.optimizers, record.born, distance)
+                newborn -= crowded
                 if crowded:
                     prior = self.fitted_prior()
                     what = f"{crowded} newborns within {distance:.2f} A of another Gaussian removed, refined"

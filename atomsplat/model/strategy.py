@@ -72,7 +72,11 @@ ends closer than :data:`FINAL_BIRTH_SEPARATION` x ``merge_distance`` to another 
 and 1.6e5, FePt at 8e3 from 0.969 / 0 / 13.8 pm to 0.979 / 0 / 13.7 pm, SiGeSn at 8e3 from 0.902 /
 0.006 / 16.4 pm to 0.977 / 0.006 / 16.8 pm; about 3 minutes more per Si run. At the higher doses of
 FePt and SiGeSn nothing moved: every newborn failed its price (FePt at 1.6e5: 46, 46 and 76 born in
-the three rounds, all removed), time spent for nothing.
+the three rounds, all removed), time spent for nothing. So a round whose newborns the next pass
+removes all is the last (that pass gives none birth: the next round would search the same residual):
+FePt at 1.6e5 then stops after one round (41 born, 2 crowded, 39 removed) at the same 1.000 / 0 /
+2.7 pm, 526 s (one thread, beside a test run) against 1,308 s, and Si at 8e3, whose rounds each keep
+some (5, 8 and 7 born), is unchanged: 1.000 / 0 / 24.0 pm.
 The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
@@ -171,7 +175,8 @@ class RefineRecord:
     """What one density pass did: Gaussians before and after, and how many were merged away,
     pruned, split or duplicated, and born; how many of those after are diffuse (not atoms).
     ``tpr`` and ``fpr`` are for the caller to fill in when it knows the true atoms; ``final``
-    marks the last pass of a training run."""
+    marks the last pass of a training run; ``newborn_kept``: of the previous pass's births, how
+    many this pass kept (where it was told of them)."""
 
     step: int
     before: int
@@ -184,6 +189,7 @@ class RefineRecord:
     final: bool = False
     tpr: Optional[float] = None
     fpr: Optional[float] = None
+    newborn_kept: Optional[int] = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -274,22 +280,26 @@ class DensityStrategy:
         residuals: Optional[Residuals] = None,
         final: bool = False,
         significance: Optional[float] = None,
+        newborn: int = 0,
     ) -> RefineRecord:
         """One density pass: merge and prune; split wide Gaussians when ``split``; duplicate those
         with the largest mean position gradient when ``densify``; add Gaussians where atoms are
         missing when ``residuals`` is given (the residuals of the model as it was before the pass;
-        under evidence selection at ``significance`` standard deviations, default ``birth_significance``)."""
+        under evidence selection at ``significance`` standard deviations, default ``birth_significance``),
+        unless ``newborn`` > 0 (the last Gaussians are the previous pass's births) and this pass's
+        merge and prune kept none of them (the record's ``newborn_kept``)."""
         o = self.options
-        search = None
-        if residuals is not None and cloud.count > 0:
-            significance = o.birth_significance if significance is None else significance
-            search = self._birth_search(cloud, residuals, significance)
         params = cloud.detached()
         before = len(params["positions"])
         scores = self._grad_sum / max(self._grad_steps, 1) if self._grad_sum is not None else torch.zeros(before)
         source = torch.arange(before, device=params["positions"].device)
         params, kept, merged, pruned = self._merge_and_prune(params)
         source, scores = _follow(source, kept, -1), _follow(scores.to(kept.device), kept, 0.0)
+        newborn_kept = int((source >= before - newborn).sum()) if newborn > 0 else None
+        search = None
+        if residuals is not None and cloud.count > 0 and newborn_kept != 0:  # the cloud is as it was before the pass
+            significance = o.birth_significance if significance is None else significance
+            search = self._birth_search(cloud, residuals, significance)
         widths = density.width_of(params)
         atoms = ~density.diffuse(params, o.diffuse_width)
         wide = (widths > o.split_width * widths.median()) & atoms
@@ -316,7 +326,8 @@ class DensityStrategy:
             source, born = _follow(source, new_source, -1), len(found)
         self.install(cloud, optimizers, params, source)
         diffuse = int(density.diffuse(cloud.detached(), o.diffuse_width).sum())
-        return RefineRecord(step, before, merged, pruned, len(chosen), born, cloud.count, diffuse, final=final)
+        counts = (merged, pruned, len(chosen), born, cloud.count, diffuse)
+        return RefineRecord(step, before, *counts, final=final, newborn_kept=newborn_kept)
 
     @torch.no_grad()
     def remove_diffuse(self, cloud, optimizers: Dict[str, torch.optim.Optimizer]) -> int:
