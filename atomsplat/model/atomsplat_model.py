@@ -539,10 +539,10 @@ class AtomSplatModel(SplatfactoModel):
     def _final_births(self, args, prior, significance=None, solve_background=True):
         """After the final refinement: while the residual shows atoms missing, give them birth (under
         evidence selection at ``significance`` standard deviations) and refine all, at most
-        :data:`FINAL_BIRTH_ROUNDS` times, and no more once a round's newborns have all been removed
-        (by the next pass, before it would give birth again); a last pass merges and prunes what the births left (under
-        evidence selection: each newborn that does not pay its price). ``args``:
-        :meth:`_refinement_args`; returns the species prior as it is at the end."""
+        :data:`FINAL_BIRTH_ROUNDS` times, and no more once the next pass has removed all of a round's
+        newborns; a last pass merges and prunes what the births left (under evidence selection: each
+        newborn that does not pay its price). ``args``: :meth:`_refinement_args`; returns the
+        species prior as it is at the end."""
         search = self._residuals if self.strategy.options.birth_every > 0 else None
         newborn = 0  # the last round's births still in the cloud (appended last)
         for k in range(FINAL_BIRTH_ROUNDS + 1):
