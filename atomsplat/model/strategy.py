@@ -326,8 +326,10 @@ class DensityStrategy:
             source, born = _follow(source, new_source, -1), len(found)
         self.install(cloud, optimizers, params, source)
         diffuse = int(density.diffuse(cloud.detached(), o.diffuse_width).sum())
-        counts = (merged, pruned, len(chosen), born, cloud.count, diffuse)
-        return RefineRecord(step, before, *counts, final=final, newborn_kept=newborn_kept)
+        return RefineRecord(
+            step, before, merged, pruned, len(chosen), born, cloud.count, diffuse,
+            final=final, newborn_kept=newborn_kept,
+        )  # fmt: skip
 
     @torch.no_grad()
     def remove_diffuse(self, cloud, optimizers: Dict[str, torch.optim.Optimizer]) -> int:
