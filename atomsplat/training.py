@@ -18,6 +18,7 @@ def training_config(
     steps_per_save: int = None,
     keep_checkpoints: bool = False,
     holdout_every: int = 0,
+    learning_rates: dict = None,
     **model_options,
 ):
     """The nerfstudio TrainerConfig of ``method`` on ``data``, as ``ns-train`` would build it.
@@ -30,6 +31,8 @@ def training_config(
     ``holdout_every``: hold every n-th projection out of training, for evaluation only (0, the
     default here: train on every projection, for the atoms; ``ns-train`` holds out every
     :data:`atomsplat.data.dataparser.HOLDOUT_EVERY`-th).
+    ``learning_rates``: {parameter group: starting learning rate} overriding the method's (e.g.
+    ``{"positions": 0.01}``, A per Adam step; an unknown group is an error).
     ``model_options``: fields of the model config to override (an unknown name is an error).
     """
     from atomsplat import method as methods
@@ -48,6 +51,10 @@ def training_config(
     if steps_per_save is not None:
         config.steps_per_save = steps_per_save
     config.save_only_latest_checkpoint = not keep_checkpoints
+    for group, rate in (learning_rates or {}).items():
+        if group not in config.optimizers:
+            raise TypeError(f"{method} has no parameter group {group!r}")
+        config.optimizers[group]["optimizer"].lr = rate
     for key, value in model_options.items():
         if not hasattr(config.pipeline.model, key):
             raise TypeError(f"{method} has no model option {key!r}")

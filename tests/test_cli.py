@@ -230,3 +230,17 @@ def test_training_from_python_raises_on_bad_data(tmp_path):
     with pytest.raises(TiltSeriesError, match="no such file or directory"):
         train(tmp_path / "missing", 10, tmp_path / "outputs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_config_sets_learning_rates_and_names_an_unknown_group(tmp_path):
+    """``learning_rates`` overrides a parameter group's starting rate on a copy of the method's
+    config; a group the method lacks is an error naming it, not a silently ignored setting."""
+    from atomsplat import method as methods
+    from atomsplat.data.dataparser import bundled_demo_path
+    from atomsplat.training import training_config
+
+    config = training_config(bundled_demo_path(), 10, tmp_path, learning_rates={"positions": 0.01})
+    assert config.optimizers["positions"]["optimizer"].lr == 0.01
+    assert methods.atomsplat.config.optimizers["positions"]["optimizer"].lr == 0.05
+    with pytest.raises(TypeError, match="'position'"):
+        training_config(bundled_demo_path(), 10, tmp_path, learning_rates={"position": 0.01})
