@@ -15,9 +15,11 @@ the counts of every atom in its columns: its signal is the same, its noise large
 ``--planted N``: N false Gaussians start among the true atoms, inside the particle, and N / 4 in
 the vacuum around it, each at least :data:`PLANT_GAP` from every atom, and are fitted with them:
 what a Gaussian that is no atom gains (the price must stop those) against what a true atom gains,
-reported as the share of false Gaussians above the price, and above the price that would keep 95 %
-of the true atoms. ``--position-lr``: the positions' starting learning rate (A per Adam step; the
-method's otherwise), since the atoms' jitter under Adam feeds the false Gaussians.
+reported as the share of false Gaussians above the price, above the price of their 3 position
+parameters alone (what a Gaussian whose weight and width are tied to its species' would pay), and
+above the price that would keep 95 % of the true atoms. ``--position-lr``: the positions' starting
+learning rate (A per Adam step; the method's otherwise), since the atoms' jitter under Adam feeds the
+false Gaussians.
 
 Writes docs/benchmarks/evidence_depth_<name>.json and docs/figures/evidence_depth_<name>.png (gain
 against distance from the centre, with the price).
@@ -73,10 +75,10 @@ def plant(truth: np.ndarray, count: int, seed: int = 0) -> tuple:
 
 
 def gains_at_truth(data: Path, steps: int, planted: int = 0, position_lr: Optional[float] = None) -> dict:
-    """Removal gains (nats), prices (nats), distances from the centre (A), species, kinds
-    (:data:`TRUE`, :data:`INSIDE`, :data:`OUTSIDE`) and distances from the nearest true atom (A) of
-    the Gaussians fitted for ``steps`` steps from the true atoms of ``data`` and ``planted`` false
-    ones (:func:`plant`; every 10th projection held out)."""
+    """Removal gains (nats), BIC prices of all parameters and of the positions alone (nats), distances
+    from the centre (A), species, kinds (:data:`TRUE`, :data:`INSIDE`, :data:`OUTSIDE`) and distances
+    from the nearest true atom (A) of the Gaussians fitted for ``steps`` steps from the true atoms of
+    ``data`` and ``planted`` false ones (:func:`plant`; every 10th projection held out)."""
     truth = ase.io.read(data / "ground_truth.xyz")
     inside, outside = plant(truth.positions, planted)
     kinds = np.repeat([TRUE, INSIDE, OUTSIDE], [len(truth), len(inside), len(outside)])
@@ -100,6 +102,7 @@ def gains_at_truth(data: Path, steps: int, planted: int = 0, position_lr: Option
         params = model.cloud.detached()
         gains, touched = model.removal_evidence(params)
         price = DensityStrategy.price(params, touched)
+        position_price = DensityStrategy.price({"positions": params["positions"]}, touched)
         positions = params["positions"].cpu().numpy()
     if len(positions) != len(kinds):
         raise RuntimeError(f"{len(kinds)} Gaussians started, {len(positions)} fitted: some were removed")
@@ -109,6 +112,7 @@ def gains_at_truth(data: Path, steps: int, planted: int = 0, position_lr: Option
     return {
         "gain": gains.cpu().numpy(),
         "price": price.cpu().numpy(),
+        "position_price": position_price.cpu().numpy(),
         "radius": radius,
         "species": species,
         "kind": kinds,
@@ -124,10 +128,14 @@ def true_atoms(values: dict) -> dict:
 
 def planted_summary(values: dict) -> dict:
     """Per kind of false Gaussian: how many, their gains' percentiles, the share above the price
-    (kept by the evidence selection) and above the price that keeps 95 % of the true atoms."""
+    (kept by the evidence selection), above the positions' price and above the price that keeps
+    95 % of the true atoms; and the share of true atoms below the positions' price."""
     truth = values["kind"] == TRUE
     fair = float(np.percentile(values["gain"][truth], 5))
-    rows = {"price_keeping_95_percent_of_true_atoms_nats": round(fair, 2)}
+    rows = {
+        "price_keeping_95_percent_of_true_atoms_nats": round(fair, 2),
+        "true_below_position_price": round(float((values["gain"][truth] < values["position_price"][truth]).mean()), 4),
+    }
     for kind, label in ((INSIDE, "inside"), (OUTSIDE, "outside")):
         mine = values["kind"] == kind
         if mine.sum() == 0:
@@ -137,6 +145,7 @@ def planted_summary(values: dict) -> dict:
             "gaussians": int(mine.sum()),
             "gain_percentiles_50_90_99_nats": [round(float(g), 2) for g in np.percentile(gains, [50, 90, 99])],
             "above_price": round(float((gains > values["price"][mine]).mean()), 4),
+            "above_position_price": round(float((gains > values["position_price"][mine]).mean()), 4),
             "above_95_percent_price": round(float((gains > fair).mean()), 4),
             "median_distance_from_atom_A": round(float(np.median(values["offset"][mine])), 3),
         }
@@ -193,10 +202,12 @@ def plot(values: dict, path: Path, title: str) -> None:
             ax.scatter(values["radius"][mine], gains, s=2, alpha=0.3, color=colour, label=f"{label}: removal gain")
     order = np.argsort(values["radius"])
     ax.plot(values["radius"][order], values["price"][order], color="C3", lw=1, label="BIC price")
+    if (values["kind"] != TRUE).any():
+        ax.plot(values["radius"][order], values["position_price"][order], color="C4", lw=1, label="3-parameter price")
     ax.set_xlabel("distance from the particle's centre (A)")
     ax.set_ylabel("nats")
     ax.set_ylim(min(0.0, float(np.percentile(values["gain"], 0.5))), float(np.percentile(values["gain"], 99.5)))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", markerscale=4)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,9 +242,8 @@ def main() -> None:
     out = ROOT / "docs" / "benchmarks" / f"evidence_depth_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    plot(
-        values, ROOT / "docs" / "figures" / f"evidence_depth_{name}.png", f"{name}: true atoms after {args.steps} steps"
-    )
+    fitted = "true atoms and planted false Gaussians" if args.planted else "true atoms"
+    plot(values, ROOT / "docs" / "figures" / f"evidence_depth_{name}.png", f"{name}\n{fitted} after {args.steps} steps")
     print(
         f"{report['atoms']} true atoms, {100 * report['below_price']:.1f} % below the BIC price, a median "
         f"{report['median_offset_A']:.3f} A from their true positions"
@@ -251,12 +261,15 @@ def main() -> None:
             f"{100 * row['below_price']:5.1f} % below"
         )
     planted = report.get("planted", {})
+    if planted:
+        print(f"  true atoms below the positions' price: {100 * planted['true_below_position_price']:.1f} %")
     for label in ("inside", "outside"):
         if label in planted:
             row = planted[label]
             print(
                 f"  {row['gaussians']} false Gaussians {label}: gains {row['gain_percentiles_50_90_99_nats']} nats "
                 f"(50/90/99th percentiles), {100 * row['above_price']:.1f} % above the price, "
+                f"{100 * row['above_position_price']:.1f} % above the positions' price, "
                 f"{100 * row['above_95_percent_price']:.1f} % above "
                 f"{planted['price_keeping_95_percent_of_true_atoms_nats']:.1f} (the price keeping 95 % of the atoms)"
             )
