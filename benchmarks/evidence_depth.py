@@ -262,14 +262,14 @@ def main() -> None:
         )
     planted = report.get("planted", {})
     if planted:
-        print(f"  true atoms below the positions' price: {100 * planted['true_below_position_price']:.1f} %")
+        print(f"  true atoms below the 3-parameter price: {100 * planted['true_below_position_price']:.1f} %")
     for label in ("inside", "outside"):
         if label in planted:
             row = planted[label]
             print(
                 f"  {row['gaussians']} false Gaussians {label}: gains {row['gain_percentiles_50_90_99_nats']} nats "
                 f"(50/90/99th percentiles), {100 * row['above_price']:.1f} % above the price, "
-                f"{100 * row['above_position_price']:.1f} % above the positions' price, "
+                f"{100 * row['above_position_price']:.1f} % above the 3-parameter price, "
                 f"{100 * row['above_95_percent_price']:.1f} % above "
                 f"{planted['price_keeping_95_percent_of_true_atoms_nats']:.1f} (the price keeping 95 % of the atoms)"
             )
