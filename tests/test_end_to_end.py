@@ -179,6 +179,22 @@ def test_training_resumes_from_checkpoint_with_the_schedule_of_all_steps(tmp_pat
     assert schedulers["positions"]["_last_lr"][0] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_run_leaves_no_event_writer_to_the_next_run_in_the_process(tmp_path):
+    """nerfstudio keeps its event writers in a global list: after ``train`` the list is as before, so
+    a second run in the same process writes nothing into the first run's tensorboard file (which
+    may be gone by then)."""
+    from nerfstudio.utils import writer
+
+    before = list(writer.EVENT_WRITERS)
+    train(bundled_demo_path(), 20, tmp_path / "a", final_refinement=False)
+    assert writer.EVENT_WRITERS == before
+    (events,) = (tmp_path / "a").rglob("events.out.tfevents.*")
+    size = events.stat().st_size
+    assert size > 0
+    train(bundled_demo_path(), 20, tmp_path / "b", final_refinement=False)
+    assert events.stat().st_size == size
+
+
 def test_the_density_schedule_counts_the_steps_of_a_resumed_run():
     """The model's schedule spans the loaded steps plus the new ones (nerfstudio's trainer starts a
     resumed run at the loaded step + 1 and runs ``max_num_iterations`` more)."""
