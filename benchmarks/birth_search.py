@@ -9,8 +9,10 @@ duplication, positions' rate 0.01, no final refinement). Then, on its residual (
 projection, measured less modelled), two searches rank the points at least the minimum distance
 from every Gaussian:
 
-- "score test": the model's birth search under evidence selection, the score test of one more atom
-  back-projected from ``birth_views`` projections (standard scores);
+- "back-projected residual": the birth search of weight selection (the residual back-projected
+  unfiltered, data units);
+- "score test": the birth search of evidence selection (the default for counts): the score test of
+  one more atom, its per-view score back-projected (standard scores);
 - "residual SIRT": the maxima of a SIRT of the residual (20 iterations, 6 subsets, signed),
   smoothed over one voxel, taken strongest first at least the minimum distance apart.
 
@@ -31,6 +33,7 @@ import io
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ase
@@ -47,6 +50,7 @@ from atomsplat.analysis.tracing import local_maxima, select_separated
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.geometry import pixel_centers
 from atomsplat.model import density
+from atomsplat.model.strategy import DensityStrategy, Evidence
 from atomsplat.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,23 +75,27 @@ def fit(data: Path, start: ase.Atoms, steps: int, work: Path, **options):
         return load_model(config)[0]
 
 
-def score_test_points(model, residual) -> tuple:
-    """(points (M, 3) A, standard scores (M,)) of the model's own birth search on ``residual``
-    (images, views, variance), at the maxima of the score at least the minimum distance from every
-    Gaussian."""
-    strategy = model.strategy
-    score, points, _, _ = strategy._birth_search(model.cloud, lambda count: residual, 0.0)
-    options = strategy.options
+def birth_search_points(model, residual, selection: str) -> tuple:
+    """(points (M, 3) A, scores (M,), the search's threshold) of the birth search of ``selection``
+    ("weight": the back-projected residual; "evidence": the score test's standard scores) on
+    ``residual`` (images, views, variance of all training projections) for the model's Gaussians,
+    at the maxima of the score at least the minimum distance from every Gaussian."""
+    options = replace(model.strategy.options, selection=selection)
+    strategy = DensityStrategy(options, evidence=Evidence(model.removal_evidence))
+    score, points, threshold, _ = strategy._birth_search(
+        model.cloud, lambda count: residual, options.birth_significance
+    )
     gaussians = model.cloud.positions.detach().cpu().numpy()
     found = density.residual_peaks(
         score, points, -np.inf, options.merge_distance, options.birth_spacing, gaussians
     )  # fmt: skip
-    return points[found], score.reshape(-1)[found]
+    return points[found], score.reshape(-1)[found], float(threshold)
 
 
 def residual_sirt_points(model, residual) -> tuple:
-    """(points (M, 3) A, values (M,)): maxima of the SIRT of the residual smoothed over one voxel,
-    at least the minimum distance from every Gaussian and from each other, strongest first."""
+    """(points (M, 3) A, values (M,), None: no threshold): maxima of the SIRT of the residual smoothed
+    over one voxel, at least the minimum distance from every Gaussian and from each other, strongest
+    first."""
     images, views, _ = residual
     series = model.series
     volume = sirt(
@@ -103,20 +111,32 @@ def residual_sirt_points(model, residual) -> tuple:
     far = cKDTree(model.cloud.positions.detach().cpu().numpy()).query(points)[0] >= distance
     points, values = points[far], values[far]
     keep = select_separated(points, values, distance)
-    return points[keep], values[keep]
+    return points[keep], values[keep], None
 
 
-def precision(points: np.ndarray, values: np.ndarray, missing: np.ndarray) -> list:
-    """Per K of :data:`RANKS`: the share of the K strongest ``points`` within 0.75 A of a ``missing``
-    atom, and how many missing atoms they reach."""
+def precision(points: np.ndarray, values: np.ndarray, threshold, missing: np.ndarray) -> dict:
+    """The strongest value, the search's threshold and how many points pass it (and how many of
+    those lie within 0.75 A of a ``missing`` atom), and per K of :data:`RANKS` the share of the K
+    strongest ``points`` at a missing atom and how many missing atoms they reach."""
     order = np.argsort(-values, kind="stable")
     distance, nearest = cKDTree(missing).query(points[order])
     hit = distance < PAPER_MAX_DISTANCE
-    return [
-        {"k": k, "at_missing_atoms": round(float(hit[:k].mean()), 4), "missing_reached": len(set(nearest[:k][hit[:k]]))}
-        for k in RANKS
-        if k <= len(order)
-    ]
+    passing = values[order] > threshold if threshold is not None else np.zeros(len(order), bool)
+    return {
+        "strongest": float(values.max()),
+        "threshold": threshold,
+        "above_threshold": int(passing.sum()),
+        "above_threshold_at_missing_atoms": int((passing & hit).sum()),
+        "ranks": [
+            {
+                "k": k,
+                "at_missing_atoms": round(float(hit[:k].mean()), 4),
+                "missing_reached": len(set(nearest[:k][hit[:k]])),
+            }
+            for k in RANKS
+            if k <= len(order)
+        ],
+    }
 
 
 def plot(report: dict, path: Path, title: str) -> None:
@@ -127,7 +147,8 @@ def plot(report: dict, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for k, (label, rows) in enumerate(report["searches"].items()):
-        ax.plot([r["k"] for r in rows], [r["at_missing_atoms"] for r in rows], marker="o", color=f"C{k}", label=label)
+        ranks = rows["ranks"]
+        ax.plot([r["k"] for r in ranks], [r["at_missing_atoms"] for r in ranks], marker="o", color=f"C{k}", label=label)
     ax.set_xscale("log")
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("strongest points taken")
@@ -166,11 +187,14 @@ def main() -> None:
             residual = model._residuals(len(model.train_indices))
         searches = {}
         began = time.perf_counter()
-        searches["score test"] = precision(*score_test_points(model, residual), missing)
+        searches["back-projected residual"] = precision(*birth_search_points(model, residual, "weight"), missing)
+        report["back_projection_seconds"] = round(time.perf_counter() - began, 1)
+        began = time.perf_counter()
+        searches["score test"] = precision(*birth_search_points(model, residual, "evidence"), missing)
         report["score_test_seconds"] = round(time.perf_counter() - began, 1)
         began = time.perf_counter()
-        sirt_points, sirt_values = residual_sirt_points(model, residual)
-        searches["residual SIRT"] = precision(sirt_points, sirt_values, missing)
+        sirt_points, sirt_values, _ = residual_sirt_points(model, residual)
+        searches["residual SIRT"] = precision(sirt_points, sirt_values, None, missing)
         report["residual_sirt_seconds"] = round(time.perf_counter() - began, 1)
         report["searches"] = searches
         print(
@@ -179,7 +203,14 @@ def main() -> None:
             flush=True,
         )
         for label, rows in searches.items():
-            print(f"  {label}: " + ", ".join(f"top {r['k']} {r['at_missing_atoms']:.2f}" for r in rows), flush=True)
+            passing = ""
+            if rows["threshold"] is not None:
+                passing = (
+                    f"; {rows['above_threshold']} above its threshold {rows['threshold']:.3g} "
+                    f"({rows['above_threshold_at_missing_atoms']} at missing atoms)"
+                )
+            ranks = ", ".join(f"top {r['k']} {r['at_missing_atoms']:.2f}" for r in rows["ranks"])
+            print(f"  {label}: strongest {rows['strongest']:.3g}{passing}; at missing atoms: {ranks}", flush=True)
         order = np.argsort(-sirt_values, kind="stable")
         weight, width = float(np.median(atoms.arrays["weight"])), float(np.median(atoms.arrays["sigma"]))
         report["born"] = []
