@@ -1,4 +1,4 @@
-"""Where a fit misses atoms, which search finds them: the score test back-projected, or a SIRT of the residual?
+"""Where a fit misses atoms, which search finds them: the birth searches of training, or a SIRT of the residual?
 
     python benchmarks/birth_search.py DATA [--missing 20] [--steps 300] [--born 1000 2500 4000]
         [--name si9nm_d8000]
