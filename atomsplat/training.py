@@ -62,21 +62,15 @@ def training_config(
     return config
 
 
-def train(data: Path, steps: int, output_dir: Path, **options) -> Path:
-    """Train on ``data`` through nerfstudio's trainer (options: those of :func:`training_config`);
-    returns the run's config.yml. Bad data raise :class:`atomsplat.data.series.TiltSeriesError`
-    before anything is written (``ns-train`` prints its message and exits instead).
+def run_trainer(config) -> None:
+    """Run nerfstudio's trainer (``ns-train``'s ``main``) on the TrainerConfig ``config``.
 
-    nerfstudio keeps its event writers (tensorboard's among them) in a list global to the process,
-    and every run adds its own: the writers a run added are closed and dropped when it ends, or
-    a later run in the same process would write its scalars into this run's files too."""
+    nerfstudio keeps its event writers (the console's, tensorboard's) in a list global to the
+    process, and every run adds its own: the writers this run added are closed and dropped when it
+    ends, or a later run in the same process would write its scalars into this run's files too."""
     from nerfstudio.scripts.train import main as nerfstudio_train
     from nerfstudio.utils import writer
 
-    from atomsplat.data.dataparser import read_ahead
-
-    config = training_config(data, steps, output_dir, **options)
-    read_ahead(Path(data), config.pipeline.datamanager.dataparser.pixel_size)  # the run takes the series read here
     before = list(writer.EVENT_WRITERS)
     try:
         nerfstudio_train(config)
@@ -86,4 +80,16 @@ def train(data: Path, steps: int, output_dir: Path, **options) -> Path:
             if summary is not None:
                 summary.close()
         writer.EVENT_WRITERS[:] = before
+
+
+def train(data: Path, steps: int, output_dir: Path, **options) -> Path:
+    """Train on ``data`` through nerfstudio's trainer (options: those of :func:`training_config`;
+    :func:`run_trainer`); returns the run's config.yml. Bad data raise
+    :class:`atomsplat.data.series.TiltSeriesError` before anything is written (``ns-train`` prints
+    its message and exits instead)."""
+    from atomsplat.data.dataparser import read_ahead
+
+    config = training_config(data, steps, output_dir, **options)
+    read_ahead(Path(data), config.pipeline.datamanager.dataparser.pixel_size)  # the run takes the series read here
+    run_trainer(config)
     return config.get_base_dir() / "config.yml"

@@ -203,14 +203,15 @@ class NerfstudioTraining:
     uses_gpu: ClassVar[bool] = True  # nerfstudio trains on CUDA where it has a device
 
     def __call__(self, case: Case, options: dict) -> MethodResult:
-        from nerfstudio.scripts.train import main as nerfstudio_train
         from nerfstudio.utils.eval_utils import eval_setup
+
+        from atomsplat.training import run_trainer
 
         options = dict(options)
         config = nerfstudio_config(self.method, case, options.pop("steps", None), **options)
         start = time.perf_counter()
         try:
-            nerfstudio_train(config)
+            run_trainer(config)
         except Exception as err:
             blocked = download_failure(err)
             if blocked is None:
