@@ -154,6 +154,11 @@ def memory(row) -> str:
     return f"{row['peak_rss_mb']:.0f} ({row['peak_rss_mb'] - row['rss_before_mb']:.0f} above start)"
 
 
+def milliseconds(value: float) -> str:
+    """A time in ms with three decimals, or three significant digits below 0.01 ms (GPU floors)."""
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.3g}"
+
+
 def table(rows, with_memory: bool = False) -> str:
     """Markdown table of measurements."""
     head = (
@@ -167,7 +172,7 @@ def table(rows, with_memory: bool = False) -> str:
             f"| {r['device']} | {r['backend']} | {r['atoms']:,} | {r['pixels']}^2 "
             f"| {r['footprint_values_per_view']:,} | {r['ms_per_view']:.2f} "
             f"| {r['multiply_adds_per_s'] / 1e9:.0f} | {r['bytes_per_s'] / 1e9:.0f} "
-            f"| {r['floor_ms_per_view']:.3f} ({r['floor_bound']}) | {r['ratio']:.0f} |"
+            f"| {milliseconds(r['floor_ms_per_view'])} ({r['floor_bound']}) | {r['ratio']:.0f} |"
         )
         lines.append(line + (f" {memory(r)} |" if with_memory else ""))
     return "\n".join(lines)

@@ -15,6 +15,12 @@ Measures, each case in a fresh Python process (so that its peak resident memory 
 
 On a machine with CUDA every projector case runs on the GPU as well. The tables replace the part
 of docs/performance.md between its two ``run_all`` markers; the rest of the page is left alone.
+
+    python benchmarks/run_all.py --cuda
+
+measures the projector on the GPU alone (the Au particle with the Triton and reference kernels, the
+scaling grid and a million atoms with the Triton kernels) into the page's ``run_all cuda`` part and
+``docs/benchmarks/scaling_cuda.png``, leaving the CPU part as it is.
 About 6 minutes on the 2-core development machine (the projector cases measure the machine's
 peak rates for their floors). The end-to-end Au training benchmark is
 ``benchmarks/au_particle.py`` (minutes per tilt scheme), not part of this suite.
@@ -41,7 +47,7 @@ import projector  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
-BEGIN, END = "<!-- run_all: begin -->", "<!-- run_all: end -->"
+MARKERS = {"all": "run_all", "cuda": "run_all cuda"}  # each between <!-- NAME: begin --> and <!-- NAME: end -->
 ATOMS = [1_000, 10_000, 100_000]
 PIXELS = [128, 256, 512]
 GAUSSIANS = [10_000, 100_000, 1_000_000]
@@ -62,8 +68,9 @@ def run(script: str, *args) -> list:
 
 
 def plot(grid, dense, path: Path):
-    """Time per view against atoms and against pixels (floors dashed), and the density pass."""
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    """Time per view against atoms and against pixels (floors dashed), and the density pass
+    (left out when ``dense`` is empty)."""
+    figure, axes = plt.subplots(1, 3 if dense else 2, figsize=(15 if dense else 10, 4.4))
     for device in sorted({r["device"] for r in grid}):
         rows = [r for r in grid if r["device"] == device]
         for axis, (along, across) in zip(axes[:2], [("atoms", "pixels"), ("pixels", "atoms")]):
@@ -88,10 +95,11 @@ def plot(grid, dense, path: Path):
         title="projector against pixels (dashed: floor)",
     )
     axes[1].set_xticks(PIXELS, [str(p) for p in PIXELS])
-    x = [r["gaussians"] for r in dense]
-    axes[2].plot(x, [r["seconds"] for r in dense], "o-", label="merge + prune + split + duplicate")
-    axes[2].plot(x, [r["floor_seconds"] for r in dense], "--", label="floor: KD-tree build")
-    axes[2].set(xlabel="Gaussians", ylabel="seconds", xscale="log", yscale="log", title="one density-control pass")
+    if dense:
+        x = [r["gaussians"] for r in dense]
+        axes[2].plot(x, [r["seconds"] for r in dense], "o-", label="merge + prune + split + duplicate")
+        axes[2].plot(x, [r["floor_seconds"] for r in dense], "--", label="floor: KD-tree build")
+        axes[2].set(xlabel="Gaussians", ylabel="seconds", xscale="log", yscale="log", title="one density-control pass")
     for axis in axes:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
@@ -100,22 +108,68 @@ def plot(grid, dense, path: Path):
     plt.close(figure)
 
 
-def write(section: str, page: Path):
-    """Replace the part of ``page`` between the markers by ``section`` (append it if there are none)."""
+def write(section: str, page: Path, name: str):
+    """Replace the part of ``page`` between the markers ``name`` by ``section`` (append it if there
+    are none)."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     text = page.read_text() if page.exists() else "# Performance\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     page.write_text(text)
 
 
+def cuda_section(page: Path, plot_path: Path) -> str:
+    """The projector on the GPU alone: the Au particle (Triton and reference kernels), the scaling
+    grid and a million atoms (Triton)."""
+    start = time.perf_counter()
+    au = run("projector.py", "--device", "cuda", "--backends", "triton", "reference")
+    grid = [
+        row
+        for atoms in ATOMS + [1_000_000]
+        for pixels in PIXELS
+        for row in run("projector.py", "--device", "cuda", "--atoms", atoms, "--pixels", pixels, "--backends", "triton")
+    ]
+    minutes = (time.perf_counter() - start) / 60
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    plot(grid, [], plot_path)
+    machines = sorted({r["machine"] for r in au + grid})
+    figure = plot_path.relative_to(page.parent).as_posix()
+    return f"""## Measured by `python benchmarks/run_all.py --cuda`
+
+{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes. Device: {"; ".join(machines)}.
+The cases and the floor as in the CPU tables above, on the GPU: the peak multiply-add rate is that
+of an 8192 x 8192 float32 matrix product with TF32 off, the bandwidth that of a device-to-device
+copy; every time is the best of several runs, each run synchronised.
+
+### Projector at the Au particle's size
+
+{projector.table(au)}
+
+### Projector scaling
+
+Peak memory: CUDA's peak allocation.
+
+{projector.table(grid, with_memory=True)}
+
+![scaling on the GPU: projector time per view against atoms and pixels]({figure})
+"""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--page", type=Path, default=DOCS / "performance.md")
-    parser.add_argument("--plot", type=Path, default=DOCS / "benchmarks" / "scaling.png")
+    parser.add_argument("--plot", type=Path, help="default: docs/benchmarks/scaling.png (scaling_cuda.png with --cuda)")
+    parser.add_argument("--cuda", action="store_true", help="the projector on the GPU alone, into its own part")
     args = parser.parse_args()
+    if args.cuda:
+        plot_path = args.plot or DOCS / "benchmarks" / "scaling_cuda.png"
+        write(cuda_section(args.page, plot_path), args.page, MARKERS["cuda"])
+        print(f"wrote {args.page} and {plot_path}")
+        return
+    args.plot = args.plot or DOCS / "benchmarks" / "scaling.png"
     start, load_before = time.perf_counter(), os.getloadavg()
     au = run("projector.py", "--backends", "auto", "reference")
     grid = [
@@ -180,7 +234,7 @@ bare gathers of one view's pixel values at the grid points (`benchmarks/births.p
 
 ![scaling: projector time per view against atoms and pixels, density pass against Gaussians]({figure})
 """
-    write(section, args.page)
+    write(section, args.page, MARKERS["all"])
     print(f"wrote {args.page} and {args.plot} in {minutes:.1f} minutes")
 
 
