@@ -44,7 +44,7 @@ def measure(radius: float, seed: int = 0) -> dict:
     def search():
         shape, points = density.grid_points(atoms.min(0) - MERGE, atoms.max(0) + MERGE, SPACING)
         score = backproject_points(images, rotations, offsets, PIXEL, torch.from_numpy(points)).numpy().reshape(shape)
-        return density.residual_peaks(score, points, 3.0, MERGE, SPACING, atoms), len(points)
+        return density.residual_peaks(score, 3.0, MERGE, SPACING, atoms, atoms.min(0) - MERGE), len(points)
 
     _, points = search()
     seconds = best_time(search, "cpu", min_repeats=2, max_repeats=3, budget=0.0)

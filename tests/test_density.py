@@ -15,6 +15,7 @@ from atomsplat.model.density import (
     cluster_labels,
     duplicate,
     grid_points,
+    grid_positions,
     matched_filter,
     merge,
     prune,
@@ -249,10 +250,15 @@ def test_grid_points_cover_the_box_in_c_order():
     np.testing.assert_allclose(points[0], [-1.0, 0.0, 2.0])
     np.testing.assert_allclose(points[1], [-1.0, 0.5, 2.0])  # the last axis runs fastest
     np.testing.assert_allclose(points[-1], [1.0, 0.5, 2.0])
+    some = np.array([0, 1, 7, 9])
+    np.testing.assert_array_equal(grid_positions(some, shape, np.array([-1.0, 0.0, 2.0]), 0.5), points[some])
+
+
+LOW = np.full(3, -8.0)  # the blob grid's first point, A
 
 
 def _blob_grid(centres, heights, spacing=0.5, sigma=0.7):
-    shape, points = grid_points(np.full(3, -8.0), np.full(3, 8.0), spacing)
+    shape, points = grid_points(LOW, np.full(3, 8.0), spacing)
     score = np.zeros(len(points))
     for centre, height in zip(centres, heights):
         score += height * np.exp(-np.sum((points - centre) ** 2, axis=1) / (2 * sigma**2))
@@ -263,18 +269,18 @@ def test_residual_peaks_finds_the_missing_atoms_only():
     centres = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [-4.0, 2.5, 1.0], [0.0, -5.0, 3.5]])
     score, points = _blob_grid(centres, [1.0, 0.6, 0.2, 1.0])
     existing = np.array([[0.3, -5.2, 3.4], [6.0, 6.0, 6.0]])  # the fourth blob is an existing atom's misfit
-    found = residual_peaks(score, points, 0.3, 1.6, 0.5, existing)
+    found = residual_peaks(score, 0.3, 1.6, 0.5, existing, LOW)
     np.testing.assert_allclose(points[found], centres[:2], atol=1e-9)  # the third is below the threshold
     # with nothing existing, the fourth is found too; with a high threshold, only the strong ones
-    assert len(residual_peaks(score, points, 0.3, 1.6, 0.5, np.zeros((0, 3)))) == 3
-    np.testing.assert_allclose(points[residual_peaks(score, points, 0.8, 1.6, 0.5, existing)], centres[:1])
+    assert len(residual_peaks(score, 0.3, 1.6, 0.5, np.zeros((0, 3)), LOW)) == 3
+    np.testing.assert_allclose(points[residual_peaks(score, 0.8, 1.6, 0.5, existing, LOW)], centres[:1])
 
 
 def test_residual_peaks_keeps_one_maximum_per_blob():
     rng = np.random.default_rng(0)
     score, points = _blob_grid([[1.1, -0.4, 0.7]], [1.0])
     score += 1e-3 * rng.normal(size=score.shape)  # noise makes shallow maxima in the tails, all far below
-    found = residual_peaks(score, points, 0.3, 1.6, 0.5, np.zeros((0, 3)))
+    found = residual_peaks(score, 0.3, 1.6, 0.5, np.zeros((0, 3)), LOW)
     assert len(found) == 1
     assert np.linalg.norm(points[found[0]] - [1.1, -0.4, 0.7]) <= 0.5 * math.sqrt(3) / 2 + 1e-9
 
@@ -292,9 +298,10 @@ def test_append_adds_gaussians_of_median_width_with_fresh_state():
     assert source.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
 
 
-def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, **options):
-    """A model whose Gaussians are the true atoms of a noise-free series but ``missing`` of them;
-    the atoms ``light`` weigh ``light_weight`` where the others weigh 100; ``options``: of the model config."""
+def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, counts=False, **options):
+    """A model whose Gaussians are the true atoms of a noise-free series (with ``counts``, Poisson
+    counts of it over a pedestal of 1) but ``missing`` of them; the atoms ``light`` weigh
+    ``light_weight`` where the others weigh 100; ``options``: of the model config."""
     from ase import Atoms
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
@@ -322,6 +329,8 @@ def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, **optio
         64,
         64,
     )
+    if counts:
+        stack = torch.poisson(stack + 1.0, generator=torch.Generator().manual_seed(0))
     series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25)
     write_tilt_series(tmp_path / "series", series, ground_truth=Atoms(["Pt"] * len(truth), positions=truth.numpy()))
     outputs = TomographyDataParserConfig(data=tmp_path / "series").setup().get_dataparser_outputs("train")
@@ -339,9 +348,13 @@ def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, **optio
     return model, truth.numpy()
 
 
-def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path):
+@pytest.mark.parametrize("counts, method", [(False, "residual"), (True, "reconstruction")])
+def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, counts, method):
+    """Training's births, by each selection's search: noise-free float data (weight selection) the
+    back-projected residual, Poisson counts (evidence selection) the residual's reconstruction."""
     missing = [2, 7, 11]
-    model, truth = _model_missing_atoms(tmp_path, missing)
+    model, truth = _model_missing_atoms(tmp_path, missing, counts=counts)
+    assert model.strategy.birth_method(final=False) == method
     count = model.num_points
 
     def birth_pass():
@@ -447,8 +460,12 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
     from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE
 
     model, truth = _model_missing_atoms(tmp_path, [7], light=[7], light_weight=light_weight, loss="poisson")
-    if not kept:  # training's threshold does not see it
-        assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
+    if not kept:  # the score test at training's threshold does not see it
+        significance = model.strategy.options.birth_significance
+        done = model.strategy.refine(
+            model.cloud, {}, 300, residuals=model._residuals, final=True, significance=significance
+        )
+        assert done.born == 0
     count = model.num_points
     records = []
     model.report = records.append

@@ -135,30 +135,39 @@ def duplicate(
 
 def grid_points(low: np.ndarray, high: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
     """A cubic grid over the box [low, high] (3,) A: its shape (3,) and float32 points
-    (prod(shape), 3), ``low + spacing * index`` in C order of the shape."""
+    (prod(shape), 3), ``low + spacing * index`` in C order of the shape (:func:`grid_positions`)."""
     shape = np.floor((np.asarray(high) - np.asarray(low)) / spacing).astype(int) + 1
     axes = [np.float32(low[d]) + np.float32(spacing) * np.arange(shape[d], dtype=np.float32) for d in range(3)]
     return shape, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-def residual_peaks(
-    score: np.ndarray, points: np.ndarray, threshold: float, min_distance: float, spacing: float, existing: np.ndarray
-) -> np.ndarray:
-    """Indices of the grid points where atoms are missing: local maxima of a back-projected
-    residual ``score`` (nx, ny, nz) above ``threshold`` that lie at least ``min_distance`` A from
-    every ``existing`` Gaussian (K, 3).
+def grid_positions(indices: np.ndarray, shape, origin: np.ndarray, spacing: float) -> np.ndarray:
+    """(M, 3) float32 positions, A, of the grid points of flat C-order ``indices`` (M,) of a grid of
+    ``shape`` (3,) whose point (0, 0, 0) lies at ``origin`` (3,) A, ``spacing`` A apart (the points
+    of :func:`grid_points` with ``origin = low``)."""
+    index = np.stack(np.unravel_index(np.asarray(indices, dtype=np.int64), tuple(shape)), axis=-1)
+    return np.asarray(origin, dtype=np.float32) + np.float32(spacing) * index.astype(np.float32)
 
-    ``points`` (nx * ny * nz, 3) are the grid's positions (:func:`grid_points`, ``spacing`` A).
-    A maximum is a point that no other grid point within ``min_distance`` along every axis
-    exceeds (a separable cubic maximum filter), so two maxima are about ``min_distance`` apart or
-    more. A maximum near an existing Gaussian is that Gaussian's own misfit, which the optimizer
-    corrects; only the others are new atoms.
+
+def residual_peaks(
+    score: np.ndarray, threshold: float, min_distance: float, spacing: float, existing: np.ndarray, origin: np.ndarray
+) -> np.ndarray:
+    """Flat C-order indices of the grid points where atoms are missing: local maxima of a search's
+    ``score`` (nx, ny, nz) above ``threshold`` that lie at least ``min_distance`` A from every
+    ``existing`` Gaussian (K, 3).
+
+    The grid's point (0, 0, 0) lies at ``origin`` (3,) A, its points ``spacing`` A apart
+    (:func:`grid_positions`). A maximum is a point that no other grid point within
+    ``min_distance`` along every axis exceeds (a separable cubic maximum filter), so two maxima
+    are about ``min_distance`` apart or more. A maximum near an existing Gaussian is that
+    Gaussian's own misfit, which the optimizer corrects; only the others are new atoms.
     """
     size = 2 * max(1, int(min_distance / spacing)) + 1
     peak = (score == maximum_filter(score, size=size, mode="constant", cval=-np.inf)) & (score > threshold)
     index = np.flatnonzero(peak.reshape(-1))
     if len(index) and len(existing):
-        distance, _ = cKDTree(existing).query(points[index], distance_upper_bound=min_distance)
+        points = grid_positions(index, score.shape, origin, spacing)
+        distance, _ = cKDTree(existing).query(points, distance_upper_bound=min_distance)
         index = index[~np.isfinite(distance)]
     return index
 
