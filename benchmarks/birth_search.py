@@ -1,4 +1,4 @@
-"""Where a fit misses atoms, which search finds them: the birth searches of training, or a SIRT of the residual?
+"""Where a fit misses atoms, which search finds them: the three birth searches of ``DensityStrategy.birth_map``.
 
     python benchmarks/birth_search.py DATA [--missing 20] [--steps 300] [--born 1000 2500 4000]
         [--name si9nm_d8000]
@@ -6,23 +6,23 @@
 DATA: a count dataset with ground_truth.xyz. Training starts at the true atoms with ``--missing``
 % of them left out (``start_basin.disturbed``) and runs ``--steps`` steps (weight selection, no
 duplication, positions' rate 0.01, no final refinement). Then, on its residual (every training
-projection, measured less modelled), two searches rank the points at least the minimum distance
+projection, measured less modelled), each search ranks its maxima at least the minimum distance
 from every Gaussian:
 
-- "back-projected residual": the birth search of weight selection (the residual back-projected
-  unfiltered, data units);
-- "score test": the birth search of evidence selection (the default for counts): the score test of
-  one more atom, its per-view score back-projected (standard scores);
-- "residual SIRT": the maxima of a SIRT of the residual (20 iterations, 6 subsets, signed),
-  smoothed over one voxel, taken strongest first at least the minimum distance apart.
+- "back-projected residual": weight selection's (the residual back-projected unfiltered, data units);
+- "score test": evidence selection's after the final refinement (the score test of one more atom,
+  its per-view score back-projected; standard scores);
+- "residual reconstruction": evidence selection's in training (a 5-pass SIRT of the residual,
+  smoothed by the atoms' width; standard scores of its robust noise).
 
-Reported per search: of its K strongest points, the share within 0.75 A of a true atom that no
-Gaussian matches, and how many such atoms they reach. Then, for each ``--born`` K, the fitted
-atoms plus Gaussians at the K strongest residual-SIRT maxima (median weight and width) train
-``--steps`` more steps, splitting off, and TPR / FPR are reported.
+Reported per search: its strongest value, how many maxima pass its threshold (and how many of those
+lie at a missing atom), and, of its K strongest points, the share within 0.75 A of a true atom that
+no Gaussian matches and how many such atoms they reach. Then, for each ``--born`` K, the fitted
+atoms plus Gaussians at the K strongest maxima of the residual reconstruction (median weight and
+width) train ``--steps`` more steps, splitting off, and TPR / FPR are reported.
 
 Writes docs/benchmarks/birth_search_<name>.json and docs/figures/birth_search_<name>.png (share at
-missing atoms against K, both searches).
+missing atoms against K, every search).
 """
 
 from __future__ import annotations
@@ -40,20 +40,19 @@ import ase
 import ase.io
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from start_basin import disturbed
 
-from atomsplat.analysis.baselines import sirt
 from atomsplat.analysis.matching import PAPER_MAX_DISTANCE, evaluate
-from atomsplat.analysis.tracing import local_maxima, select_separated
 from atomsplat.export import atoms_from_model, load_model
-from atomsplat.geometry import pixel_centers
 from atomsplat.model import density
 from atomsplat.model.strategy import DensityStrategy, Evidence
 from atomsplat.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
+
+SEARCHES = {"back-projected residual": "residual", "score test": "score", "residual reconstruction": "reconstruction"}
+"""The searches compared: label, and :meth:`DensityStrategy.birth_map`'s method."""
 
 RANKS = (25, 50, 100, 250, 500, 1000, 2000, 3000, 5000)
 """How many of each search's strongest points are scored."""
@@ -75,43 +74,18 @@ def fit(data: Path, start: ase.Atoms, steps: int, work: Path, **options):
         return load_model(config)[0]
 
 
-def birth_search_points(model, residual, selection: str) -> tuple:
-    """(points (M, 3) A, scores (M,), the search's threshold) of the birth search of ``selection``
-    ("weight": the back-projected residual; "evidence": the score test's standard scores) on
-    ``residual`` (images, views, variance of all training projections) for the model's Gaussians,
-    at the maxima of the score at least the minimum distance from every Gaussian."""
-    options = replace(model.strategy.options, selection=selection)
-    strategy = DensityStrategy(options, evidence=Evidence(model.removal_evidence))
-    score, points, threshold, _ = strategy._birth_search(
-        model.cloud, lambda count: residual, options.birth_significance
-    )
+def birth_search_points(model, residual, method: str) -> tuple:
+    """(points (M, 3) A, scores (M,), the search's threshold) of the birth search ``method`` of
+    :meth:`atomsplat.model.strategy.DensityStrategy.birth_map` ("residual", "score" or
+    "reconstruction") on ``residual`` (images, views, variance of all training projections) for the
+    model's Gaussians: every maximum of its score at least the minimum distance from every Gaussian."""
+    options = replace(model.strategy.options, selection="weight" if method == "residual" else "evidence")
+    strategy = DensityStrategy(options, evidence=Evidence(model.removal_evidence), reconstruct=model.residual_volume)
+    found = strategy.birth_map(model.cloud, lambda count: residual, method, options.birth_significance)
     gaussians = model.cloud.positions.detach().cpu().numpy()
-    found = density.residual_peaks(
-        score, points, -np.inf, options.merge_distance, options.birth_spacing, gaussians
-    )  # fmt: skip
-    return points[found], score.reshape(-1)[found], float(threshold)
-
-
-def residual_sirt_points(model, residual) -> tuple:
-    """(points (M, 3) A, values (M,), None: no threshold): maxima of the SIRT of the residual smoothed
-    over one voxel, at least the minimum distance from every Gaussian and from each other, strongest
-    first."""
-    images, views, _ = residual
-    series = model.series
-    volume = sirt(
-        images.cpu().numpy(), series.tilt_angles[views.indices.cpu().numpy()], series.pixel_size, iterations=20,
-        subsets=6, nonnegative=False, tilt_axis_angle=series.tilt_axis_angle,
-    )  # fmt: skip
-    volume = gaussian_filter(volume, 1.0)
-    index = local_maxima(volume)
-    values = volume[tuple(index.T)]
-    origin = np.array([pixel_centers(n, series.pixel_size)[0] for n in volume.shape])
-    points = origin + index * series.pixel_size
-    distance = model.strategy.options.merge_distance
-    far = cKDTree(model.cloud.positions.detach().cpu().numpy()).query(points)[0] >= distance
-    points, values = points[far], values[far]
-    keep = select_separated(points, values, distance)
-    return points[keep], values[keep], None
+    index = density.residual_peaks(found.score, -np.inf, options.merge_distance, found.spacing, gaussians, found.origin)
+    points = density.grid_positions(index, found.score.shape, found.origin, found.spacing)
+    return points, found.score.reshape(-1)[index], float(found.threshold)
 
 
 def precision(points: np.ndarray, values: np.ndarray, threshold, missing: np.ndarray) -> dict:
@@ -121,7 +95,7 @@ def precision(points: np.ndarray, values: np.ndarray, threshold, missing: np.nda
     order = np.argsort(-values, kind="stable")
     distance, nearest = cKDTree(missing).query(points[order])
     hit = distance < PAPER_MAX_DISTANCE
-    passing = values[order] > threshold if threshold is not None else np.zeros(len(order), bool)
+    passing = values[order] > threshold
     return {
         "strongest": float(values.max()),
         "threshold": threshold,
@@ -185,17 +159,12 @@ def main() -> None:
         report["missing_atoms"] = len(missing)
         with torch.no_grad():
             residual = model._residuals(len(model.train_indices))
-        searches = {}
-        began = time.perf_counter()
-        searches["back-projected residual"] = precision(*birth_search_points(model, residual, "weight"), missing)
-        report["back_projection_seconds"] = round(time.perf_counter() - began, 1)
-        began = time.perf_counter()
-        searches["score test"] = precision(*birth_search_points(model, residual, "evidence"), missing)
-        report["score_test_seconds"] = round(time.perf_counter() - began, 1)
-        began = time.perf_counter()
-        sirt_points, sirt_values, _ = residual_sirt_points(model, residual)
-        searches["residual SIRT"] = precision(sirt_points, sirt_values, None, missing)
-        report["residual_sirt_seconds"] = round(time.perf_counter() - began, 1)
+        searches, found = {}, {}
+        for label, method in SEARCHES.items():
+            began = time.perf_counter()
+            found[method] = birth_search_points(model, residual, method)
+            searches[label] = precision(*found[method], missing)
+            report[f"{method}_seconds"] = round(time.perf_counter() - began, 1)
         report["searches"] = searches
         print(
             f"fitted from the truth less {args.missing:g} %: {len(atoms)} Gaussians, TPR {first.tpr:.3f} FPR "
@@ -203,14 +172,13 @@ def main() -> None:
             flush=True,
         )
         for label, rows in searches.items():
-            passing = ""
-            if rows["threshold"] is not None:
-                passing = (
-                    f"; {rows['above_threshold']} above its threshold {rows['threshold']:.3g} "
-                    f"({rows['above_threshold_at_missing_atoms']} at missing atoms)"
-                )
+            passing = (
+                f"; {rows['above_threshold']} above its threshold {rows['threshold']:.3g} "
+                f"({rows['above_threshold_at_missing_atoms']} at missing atoms)"
+            )
             ranks = ", ".join(f"top {r['k']} {r['at_missing_atoms']:.2f}" for r in rows["ranks"])
             print(f"  {label}: strongest {rows['strongest']:.3g}{passing}; at missing atoms: {ranks}", flush=True)
+        sirt_points, sirt_values, _ = found["reconstruction"]
         order = np.argsort(-sirt_values, kind="stable")
         weight, width = float(np.median(atoms.arrays["weight"])), float(np.median(atoms.arrays["sigma"]))
         report["born"] = []
@@ -234,7 +202,8 @@ def main() -> None:
             }
             report["born"].append(row)
             print(
-                f"  {k} born at the residual SIRT's maxima: start {at_start.tpr:.3f} / {at_start.fpr:.3f}, after "
+                f"  {k} born at the residual reconstruction's maxima: start {at_start.tpr:.3f} / {at_start.fpr:.3f}, "
+                f"after "
                 f"{args.steps} steps without splits {scores.tpr:.3f} / {scores.fpr:.3f} ({len(after)} atoms)",
                 flush=True,
             )
