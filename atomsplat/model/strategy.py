@@ -34,8 +34,8 @@ The schedule (steps counted from the start of training, of ``total_steps`` in al
   the misfit of thousands of fitted atoms streaks every back-projection, its strongest points are
   mostly elsewhere. Fitted from the truth less 20 % (``benchmarks/birth_search.py``), at 5 standard
   scores: 2 nm Si at 8e3 e/A^2 (38 missing), the score test 19 pass, 18 at missing atoms; the
-  reconstruction 36, 30. 9 nm Si (4,333 missing), the score test 96, 82; the reconstruction
-  1,868, 1,509. Under weight selection the measured minus modelled projections are back-projected
+  reconstruction 31, all 31. 9 nm Si (4,333 missing), the score test 96, 82; the reconstruction
+  1,479, 1,286. Under weight selection the measured minus modelled projections are back-projected
   pixel by pixel on a grid of ``birth_spacing`` and a maximum must exceed five times the score's
   robust noise and ``birth_threshold`` x the median Gaussian's peak value. Reading single pixels
   with one noise level for the whole grid, that search is blind to a light atom beside heavy ones
