@@ -10,10 +10,10 @@ projection, measured less modelled), each search ranks its maxima at least the m
 from every Gaussian:
 
 - "back-projected residual": weight selection's (the residual back-projected unfiltered, data units);
-- "score test": evidence selection's after the final refinement (the score test of one more atom,
-  its per-view score back-projected; standard scores);
-- "residual reconstruction": evidence selection's in training (a 5-pass SIRT of the residual,
-  smoothed by the atoms' width; standard scores of its robust noise).
+- "score test": evidence selection's (the score test of one more atom, its per-view score
+  back-projected; standard scores);
+- "residual reconstruction": evidence selection's with ``birth_search="reconstruction"`` (a 5-pass
+  SIRT of the residual, smoothed by the atoms' width; standard scores of its robust noise).
 
 Reported per search: its strongest value, how many maxima pass its threshold (and how many of those
 lie at a missing atom), and, of its K strongest points, the share within 0.75 A of a true atom that

@@ -350,11 +350,13 @@ def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, counts=
 
 @pytest.mark.parametrize("counts, method", [(False, "residual"), (True, "reconstruction")])
 def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, counts, method):
-    """Training's births, by each selection's search: noise-free float data (weight selection) the
-    back-projected residual, Poisson counts (evidence selection) the residual's reconstruction."""
+    """Training's births, by two searches: noise-free float data (weight selection) the
+    back-projected residual, whatever ``birth_search`` says; Poisson counts over a pedestal
+    (evidence selection) the residual's reconstruction (``birth_search="reconstruction"``)."""
     missing = [2, 7, 11]
-    model, truth = _model_missing_atoms(tmp_path, missing, counts=counts)
+    model, truth = _model_missing_atoms(tmp_path, missing, counts=counts, birth_search="reconstruction")
     assert model.strategy.birth_method(final=False) == method
+    assert model.strategy.birth_method(final=True) == ("residual" if method == "residual" else "score")
     count = model.num_points
 
     def birth_pass():
@@ -369,6 +371,11 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, c
     weights = model.cloud.weights[count:].detach().numpy()
     assert np.all((weights > 50) & (weights < 150)), weights
     assert birth_pass().born == 0  # nothing is missing any more
+
+
+def test_births_for_counts_are_by_the_score_test_unless_asked_otherwise(tmp_path):
+    model, _ = _model_missing_atoms(tmp_path, [2], counts=True)
+    assert model.strategy.birth_method(final=False) == model.strategy.birth_method(final=True) == "score"
 
 
 @pytest.mark.parametrize("birth_every", [300, 0])
@@ -460,12 +467,8 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
     from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE
 
     model, truth = _model_missing_atoms(tmp_path, [7], light=[7], light_weight=light_weight, loss="poisson")
-    if not kept:  # the score test at training's threshold does not see it
-        significance = model.strategy.options.birth_significance
-        done = model.strategy.refine(
-            model.cloud, {}, 300, residuals=model._residuals, final=True, significance=significance
-        )
-        assert done.born == 0
+    if not kept:  # training's threshold does not see it
+        assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
     count = model.num_points
     records = []
     model.report = records.append
