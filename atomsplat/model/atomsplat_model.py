@@ -94,6 +94,9 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     # how many neighbours merging searches in large clouds: fixed here
     merge_neighbours: tyro.conf.Suppress[int] = 20
     merge_neighbours_above: tyro.conf.Suppress[int] = 10000
+    # an experiment's choice, not a user's (README, "Not yet at scale"): set in a benchmark preset's
+    # options or through atomsplat.training.train, hidden from the CLI
+    birth_search: tyro.conf.Suppress[Literal["score", "reconstruction"]] = "score"
 
     isotropic: bool = True
     """One width per atom (the paper's isotropy prior); False: full covariance (ablation)."""
