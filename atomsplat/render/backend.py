@@ -7,7 +7,7 @@ The environment variable ``ATOMSPLAT_PROJECTOR`` chooses for every call of
   imports, ``numba`` for CPU tensors when numba imports, else ``reference``;
 * ``numba``: compiled CPU kernels; CPU tensors only;
 * ``triton``: Triton kernels, for CUDA tensors (and for CPU tensors under Triton's interpreter,
-  ``TRITON_INTERPRET=1``, which is how the tests check them);
+  ``TRITON_INTERPRET=1``, which is how the tests check them without a GPU);
 * ``reference``: torch index ops, on any device.
 
 All compute the same pixels and gradients within float rounding. An unknown name, ``numba`` for
