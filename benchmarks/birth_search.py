@@ -33,7 +33,6 @@ import io
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import ase
@@ -46,7 +45,6 @@ from start_basin import disturbed
 from atomsplat.analysis.matching import PAPER_MAX_DISTANCE, evaluate
 from atomsplat.export import atoms_from_model, load_model
 from atomsplat.model import density
-from atomsplat.model.strategy import DensityStrategy, Evidence
 from atomsplat.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +77,7 @@ def birth_search_points(model, residual, method: str) -> tuple:
     :meth:`atomsplat.model.strategy.DensityStrategy.birth_map` ("residual", "score" or
     "reconstruction") on ``residual`` (images, views, variance of all training projections) for the
     model's Gaussians: every maximum of its score at least the minimum distance from every Gaussian."""
-    options = replace(model.strategy.options, selection="weight" if method == "residual" else "evidence")
-    strategy = DensityStrategy(options, evidence=Evidence(model.removal_evidence), reconstruct=model.residual_volume)
+    strategy, options = model.strategy, model.strategy.options  # birth_map's method, not the selection, decides
     found = strategy.birth_map(model.cloud, lambda count: residual, method, options.birth_significance)
     gaussians = model.cloud.positions.detach().cpu().numpy()
     index = density.residual_peaks(found.score, -np.inf, options.merge_distance, found.spacing, gaussians, found.origin)

@@ -74,11 +74,10 @@ final refinement, births search the converged residual by the score test at
 :data:`FINAL_BIRTH_SIGNIFICANCE` standard deviations, not ``birth_significance``: during training a
 lower threshold would chase noise, but now each newborn is refined with all the atoms and must then
 pay its price in the next pass's evidence test like every other Gaussian, so the data, not the
-threshold, decide. An atom
-whose neighbours took part of its signal scores low at fixed neighbours (2 nm Si at 8e3 e/A^2: one
-missing atom was the score's global maximum, 3.8, against 5) but pays its price several times over
-once they give it back. But at 1.6e4 e/A^2 the converged residual of the same particle shows
-the abTEM atoms' shape beside some atoms, and a Gaussian born there makes a pair with the atom's
+threshold, decide. An atom whose neighbours took part of its signal scores low at fixed neighbours
+(2 nm Si at 8e3 e/A^2: one missing atom was the score's global maximum, 3.8, against 5) but pays
+its price several times over once they give it back. But at 1.6e4 e/A^2 the converged residual of
+the same particle shows the abTEM atoms' shape beside some atoms, and a Gaussian born there makes a pair with the atom's
 own (1.26-1.47 A apart, each of 0.75 x the median weight) that fits the shape better than one
 Gaussian, so the evidence test keeps it (FPR 0 -> 0.019, RMSE 13.4 -> 15.7 pm): a newborn that
 ends closer than :data:`FINAL_BIRTH_SEPARATION` x ``merge_distance`` to another Gaussian is removed
@@ -461,22 +460,21 @@ class DensityStrategy:
         params = {name: values[chosen] for name, values in params.items()}
         return params, kept[chosen], merged, before - merged - len(chosen)
 
-    def birth_map(self, cloud, residuals: Residuals, method: str, significance: float) -> "BirthMap":
+    def birth_map(self, cloud, residuals: Residuals, method: str, significance: float) -> BirthMap:
         """Where atoms are missing, from ``birth_views`` residual projections of ``cloud``, by one of
         three searches (``method``):
 
         - "reconstruction" (training's births under evidence selection with ``birth_search``
-          "reconstruction"): a signed reconstruction of
-          the residual (``reconstruct``, the model's), smoothed by a Gaussian of the median width
-          (the matched filter in the volume), over the Gaussians' bounding box (padded by
-          ``merge_distance``; beyond it lie the reconstruction's edge artefacts), in standard scores
-          of its robust noise (1.4826 x the median absolute deviation over that box); threshold
-          ``significance``; a newborn gets the weight the score test below estimates at its place
-          (a light atom is born light);
+          "reconstruction"): a signed reconstruction of the residual (``reconstruct``, the
+          model's), smoothed by a Gaussian of the median width (the matched filter in the volume),
+          over the Gaussians' bounding box (padded by ``merge_distance``; beyond it lie the
+          reconstruction's edge artefacts), in standard scores of its robust noise (1.4826 x the
+          median absolute deviation over that box); threshold ``significance``; a newborn gets the
+          weight the score test below estimates at its place (a light atom is born light);
         - "score" (evidence selection: training's births by default, and after the final
-          refinement): the score test of one more atom
-          of the median width on a grid of ``birth_spacing`` A over the Gaussians' bounding box
-          (padded by ``merge_distance``): the per-view score of the matched filter
+          refinement): the score test of one more atom of the median width on a grid of
+          ``birth_spacing`` A over the Gaussians' bounding box (padded by ``merge_distance``): the
+          per-view score of the matched filter
           (:func:`atomsplat.model.density.matched_filter`) back-projected, over the square root of
           its information; threshold ``significance``; a newborn gets the weight the test estimates;
         - "residual" (weight selection): the residual back-projected unfiltered on the same grid
@@ -513,7 +511,7 @@ class DensityStrategy:
             last = np.clip(np.floor((high - origin) / spacing).astype(int), first, np.array(volume.shape) - 1)
             volume = volume[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1]
             origin = origin + spacing * first
-            noise = max(1.4826 * float(np.median(np.abs(volume - np.median(volume)))), 1e-30)
+            noise = max(_robust_sigma(volume), 1e-30)
 
             def estimated(indices: np.ndarray, params: density.Params) -> np.ndarray:
                 score, information = score_test(density.grid_positions(indices, volume.shape, origin, spacing))
@@ -528,7 +526,7 @@ class DensityStrategy:
             return BirthMap(standard, low, o.birth_spacing, significance, lambda indices, params: estimates[indices])
         score = back(images, points).cpu().numpy().reshape(shape)
         peaks = cloud.weights.detach() * density.peak_density(cloud.sigmas.detach(), halo)
-        noise = 1.4826 * float(np.median(np.abs(score - np.median(score))))
+        noise = _robust_sigma(score)
 
         def explaining(indices: np.ndarray, params: density.Params) -> np.ndarray:
             area = 1.0 / float(density.peak_density(density.width_of(params).median(), halo))
@@ -585,6 +583,12 @@ def rebind(optimizers: Dict[str, torch.optim.Optimizer], params: Dict[str, Param
         fits = all(v.shape == param.shape for k, v in state.items() if k in ("exp_avg", "exp_avg_sq"))
         optimizer.param_groups[0]["params"] = [param]
         optimizer.state[param] = state if fits else {}
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    """The standard deviation of ``values``' noise, robust to the few strong values (missing atoms):
+    1.4826 x their median absolute deviation from the median."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:
