@@ -145,7 +145,7 @@ def reconstruction(series, signal: np.ndarray, voxel: float, iterations: int = 2
     return volume / size, size
 
 
-def _support(volume: np.ndarray, size: float, config) -> np.ndarray:
+def particle_support(volume: np.ndarray, size: float, config) -> np.ndarray:
     """The support (bool, like ``volume``): where the reconstruction smoothed over ``init_smoothing``
     A exceeds ``support_threshold`` of its robust peak (the 99.99th percentile)."""
     smooth = gaussian_filter(volume, config.init_smoothing / size, mode="constant")
@@ -164,7 +164,7 @@ def _voxel_centres(index: np.ndarray, shape, size: float) -> np.ndarray:
 
 def _from_reconstruction(series, signal: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
     volume, size = reconstruction(series, signal.cpu().numpy(), config.init_voxel)
-    support = _support(volume, size, config)
+    support = particle_support(volume, size, config)
     numpy_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
     if config.init_support == "peaks":
         sharp = gaussian_filter(volume, config.init_peak_smoothing / size, mode="constant") * support
