@@ -41,6 +41,7 @@ from atomsplat.model.strategy import DensityStrategy
 
 
 def scores(model, truth: np.ndarray) -> str:
+    """The model's Gaussians and its atoms' TPR / FPR / RMSE against ``truth`` (K, 3) A, as a line."""
     params = model.cloud.detached()
     atoms = model.atom_mask(params)
     report = evaluate(params["positions"][atoms].cpu().numpy(), truth)
