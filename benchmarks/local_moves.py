@@ -59,7 +59,6 @@ def keep(model, indices: np.ndarray) -> None:
 def births(model, count: int) -> np.ndarray:
     """Add the ``count`` strongest maxima of the residual's reconstruction as Gaussians; their positions."""
     strategy = model.strategy
-    strategy.reconstruct = model.residual_volume  # training sets it only under evidence selection
     found = strategy.birth_map(model.cloud, model._residuals, "reconstruction", strategy.options.birth_significance)
     params = model.cloud.detached()
     peaks = density.residual_peaks(
