@@ -14,7 +14,8 @@ import numpy as np
 UNLABELLED = (0.55, 0.55, 0.55)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are written to files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,11 +24,13 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path) -> Path:
-    """Write ``fig`` to ``path`` (format by its suffix, PNG at 80 dpi), close it, and return the path."""
+def save_figure(fig, path, dpi: int = 80) -> Path:
+    """Write ``fig`` to ``path`` (format by its suffix; raster formats at ``dpi``), its folder made
+    if missing, close it, and return the path."""
     path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -61,7 +64,7 @@ def species_boundaries(weights: np.ndarray, symbols: np.ndarray) -> list:
 
 def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: float = 1.5) -> Path:
     """Write :func:`report_figure` to ``path`` (PNG, or PDF / SVG by its suffix) and return the path."""
-    return _save(_pyplot(), report_figure(model, atoms, truth_path, slab), path)
+    return save_figure(report_figure(model, atoms, truth_path, slab), path)
 
 
 def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float = 1.5):
@@ -77,7 +80,7 @@ def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float =
     """
     import ase.io
 
-    plt = _pyplot()
+    plt = pyplot()
     series = model.series
     k = int(np.argmin(np.abs(series.tilt_angles)))
     _, height, width = series.shape

@@ -111,10 +111,9 @@ def precision(points: np.ndarray, values: np.ndarray, threshold, missing: np.nda
 
 
 def plot(report: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from atomsplat.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for k, (label, rows) in enumerate(report["searches"].items()):
@@ -128,9 +127,7 @@ def plot(report: dict, path: Path, title: str) -> None:
     ax.legend()
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -55,10 +55,9 @@ def calibration(found: ase.Atoms, truth: ase.Atoms) -> dict:
 
 def plot(result: dict, title: str, path: Path) -> None:
     """Predicted against actual error per axis, and the histogram of the ratios."""
-    import matplotlib
+    from atomsplat.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     errors, predicted, ratios = result["errors"], result["predicted"], result["ratios"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -88,9 +87,7 @@ def plot(result: dict, title: str, path: Path) -> None:
         f"Cramer-Rao {result['crb_3d'] * 100:.2f} pm (3D)"
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -188,10 +188,9 @@ def by_species(values: dict) -> dict:
 
 
 def plot(values: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from atomsplat.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     kinds = ((TRUE, "true atoms", "C0"), (INSIDE, "false, inside", "C1"), (OUTSIDE, "false, outside", "C2"))
@@ -210,9 +209,7 @@ def plot(values: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", markerscale=4)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -244,11 +244,9 @@ def spot_ratios(images, width, count):
 def figure(particle_images, result, path: Path):
     """The particle at tilt 0 (brute force, each renderer's difference), and the column and
     brightness ratios."""
-    import matplotlib
+    from atomsplat.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(particle_images)
     fig = plt.figure(figsize=(16, 8.4), constrained_layout=True)
     grid = fig.add_gridspec(2, 4)
@@ -283,8 +281,7 @@ def figure(particle_images, result, path: Path):
         if x.dtype.kind == "f":
             ax.set_xscale("log")
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def markdown(result) -> str:
@@ -329,7 +326,6 @@ def main(argv=None) -> dict:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     args.output.with_suffix(".md").write_text(markdown(result))
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(first, result, args.figure)
     print(markdown(result))
     return result

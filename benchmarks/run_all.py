@@ -37,13 +37,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+import births  # benchmarks/, the script's folder
+import density
+import projector
 
-matplotlib.use("Agg")
-import births  # noqa: E402  (benchmarks/, the script's folder)
-import density  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import projector  # noqa: E402
+from atomsplat.report import pyplot, save_figure
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
@@ -70,7 +68,7 @@ def run(script: str, *args) -> list:
 def plot(grid, dense, path: Path):
     """Time per view against atoms and against pixels (floors dashed), and the density pass
     (left out when ``dense`` is empty)."""
-    figure, axes = plt.subplots(1, 3 if dense else 2, figsize=(15 if dense else 10, 4.4))
+    figure, axes = pyplot().subplots(1, 3 if dense else 2, figsize=(15 if dense else 10, 4.4))
     for device in sorted({r["device"] for r in grid}):
         rows = [r for r in grid if r["device"] == device]
         for axis, (along, across) in zip(axes[:2], [("atoms", "pixels"), ("pixels", "atoms")]):
@@ -104,8 +102,7 @@ def plot(grid, dense, path: Path):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def write(section: str, page: Path, name: str):

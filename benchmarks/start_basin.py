@@ -185,10 +185,9 @@ def run_case(data: Path, name: str, steps: int, position_lr) -> dict:
 
 
 def plot(results: list, path: Path, title: str) -> None:
-    import matplotlib
+    from atomsplat.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8), sharex=True)
     for k, result in enumerate(results):
@@ -205,9 +204,7 @@ def plot(results: list, path: Path, title: str) -> None:
     right.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

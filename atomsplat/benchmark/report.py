@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from atomsplat.benchmark.results import Results, Row
-from atomsplat.report import _pyplot, _save
+from atomsplat.report import pyplot, save_figure
 
 SLAB = 1.0  # A: half-thickness of the central slabs the slice figures show
 
@@ -138,7 +138,7 @@ def plot_slices(
     """
     from atomsplat.analysis.matching import match_atoms
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("truth", truth.positions, truth_slab, None)]
     for name, result in found.items():
         pred, _, _ = match_atoms(result.positions, truth.positions)
@@ -160,14 +160,14 @@ def plot_slices(
             ax.scatter(positions[bad, 0], positions[bad, 1], s=20, marker="s", facecolors="none", edgecolors="r")
         ax.set(title=name, xlabel="x (A)", ylabel="y (A)")
     fig.suptitle(f"{title}: mean over |z| < {slab:g} A, atoms in that slab (red squares: false)")
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(rows: List[Row], path: Path) -> Path:
     """Bar charts of TPR, FPR and SSIM (and, with a hold-out, the held-out projections' PSNR and
     SSIM) per particle and method, one row of panels per tilt scheme (the paper's Figure 4); a
     method without a score has no bar."""
-    plt = _pyplot()
+    plt = pyplot()
     schemes = list(dict.fromkeys(r.scheme for r in rows))
     particles = list(dict.fromkeys(r.particle for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
@@ -201,7 +201,7 @@ def plot_bars(rows: List[Row], path: Path) -> Path:
             ax.set_xticks(np.arange(len(particles)), particles)
             ax.set(title=f"{label}, {scheme}", ylim=(0, 1.02) if key in ("tpr", "ssim", "projection_ssim") else None)
     axes[0, 0].legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_projections(measured: np.ndarray, modelled: Dict, pixel_size: float, path: Path, title: str = "") -> Path:
@@ -213,7 +213,7 @@ def plot_projections(measured: np.ndarray, modelled: Dict, pixel_size: float, pa
         modelled: method name -> (H, W) its model of it, data units.
         pixel_size: A.
     """
-    plt = _pyplot()
+    plt = pyplot()
     columns = 1 + len(modelled)
     fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.4), squeeze=False, constrained_layout=True)
     height, width = measured.shape
@@ -232,7 +232,7 @@ def plot_projections(measured: np.ndarray, modelled: Dict, pixel_size: float, pa
         axes[1, column].set(title=f"{name} - measured", xlabel="x (A)")
     fig.colorbar(shown, ax=axes[1, 1:], shrink=0.8, label="data units")
     fig.suptitle(title)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scores(rows: List[Row], figures: Path) -> Path:
@@ -247,7 +247,7 @@ def plot_dose(rows: List[Row], path: Path) -> Path:
     """TPR, FPR and RMSE against dose (log axis), one colour per method, one row of panels per
     particle (and tilt scheme, when there are several); the RMSE panel shows the case's
     Cramer-Rao bound as a dashed black line. Rows without a dose are left out."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in rows if r.dose is not None]
     schemes = list(dict.fromkeys(r.scheme for r in rows))
     panels = [(p, s) for p in dict.fromkeys(r.particle for r in rows) for s in schemes]
@@ -273,14 +273,14 @@ def plot_dose(rows: List[Row], path: Path) -> Path:
             ax.set_xscale("log")
             ax.set(title=f"{label}, {name}", xlabel="dose (e/A^2)")
         axes[i, 2].legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
     """Histograms of the learned log-weights of matched atoms by their true species, one panel per
     method (the ablation's species separation). ``weights_by_method``: name -> (weights (M,),
     species (M,))."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(weights_by_method), figsize=(5 * len(weights_by_method), 3.6), squeeze=False, constrained_layout=True
     )
@@ -291,4 +291,4 @@ def plot_weight_histograms(weights_by_method: Dict, path: Path) -> Path:
             ax.hist(logs[species == symbol], bins=bins, alpha=0.6, label=f"{symbol} ({int(np.sum(species == symbol))})")
         ax.set(title=name, xlabel="log10 weight", ylabel="matched atoms")
         ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
