@@ -152,7 +152,7 @@ def main() -> None:
         missing = truth.positions[cKDTree(gaussians).query(truth.positions)[0] >= PAPER_MAX_DISTANCE]
         report["missing_atoms"] = len(missing)
         with torch.no_grad():
-            residual = model._residuals(len(model.train_indices))
+            residual = model.residuals(len(model.train_indices))
         searches, found = {}, {}
         for label, method in SEARCHES.items():
             began = time.perf_counter()

@@ -59,7 +59,7 @@ def keep(model, indices: np.ndarray) -> None:
 def births(model, count: int) -> np.ndarray:
     """Add the ``count`` strongest maxima of the residual's reconstruction as Gaussians; their positions."""
     strategy = model.strategy
-    found = strategy.birth_map(model.cloud, model._residuals, "reconstruction", strategy.options.birth_significance)
+    found = strategy.birth_map(model.cloud, model.residuals, "reconstruction", strategy.options.birth_significance)
     params = model.cloud.detached()
     peaks = density.residual_peaks(
         found.score, found.threshold, strategy.options.merge_distance, found.spacing,
@@ -104,7 +104,7 @@ def main() -> None:
     if truth_file is None:
         raise SystemExit(f"{args.config}: its dataset ({model.series.source}) has no ground_truth.xyz")
     truth = ase.io.read(truth_file).positions
-    refining = model._refinement_args()
+    refining = model.refinement_args()
 
     def refined(what: str) -> None:
         began = time.perf_counter()

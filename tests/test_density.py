@@ -360,7 +360,7 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, c
     count = model.num_points
 
     def birth_pass():
-        return model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals)
+        return model.strategy.refine(model.cloud, {}, 300, residuals=model.residuals)
 
     record = birth_pass()
     assert record.born == 3 and model.num_points == count + 3
@@ -396,7 +396,7 @@ def test_atoms_a_diffuse_gaussian_stood_for_are_born_after_its_removal(tmp_path,
         "log_weights": torch.tensor([math.log(200.0)]),
     }
     model.cloud.install({name: torch.cat([values, wide[name]]) for name, values in params.items()})
-    model._take_back_diffuse(model._refinement_args(), None)
+    model._take_back_diffuse(model.refinement_args(), None)
     scores = evaluate(model.atoms()["positions"], truth, max_distance=0.3)
     if birth_every:
         assert (scores.tpr, scores.fpr) == (1.0, 0.0) and model.num_points == len(truth)
@@ -412,12 +412,12 @@ def test_a_light_atom_beside_heavy_ones_is_born_when_the_data_decide(tmp_path):
     the light atom is born and stays, anything else born is removed."""
     model, truth = _model_missing_atoms(tmp_path / "l2", [7], light=[7], loss="l2")
     assert model.strategy.evidence is None
-    assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
+    assert model.strategy.refine(model.cloud, {}, 300, residuals=model.residuals).born == 0
 
     model, truth = _model_missing_atoms(tmp_path / "poisson", [7], light=[7], loss="poisson")
     assert model.strategy.evidence is not None
     count = model.num_points
-    assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born >= 1
+    assert model.strategy.refine(model.cloud, {}, 300, residuals=model.residuals).born >= 1
     # the score test's weight is the light atom's (15), not a multiple of it (a newborn too heavy
     # widens to shed its excess and ends as diffuse signal)
     newborn = np.linalg.norm(model.cloud.positions[count:].detach().numpy() - truth[7], axis=1).argmin()
@@ -468,11 +468,11 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
 
     model, truth = _model_missing_atoms(tmp_path, [7], light=[7], light_weight=light_weight, loss="poisson")
     if not kept:  # training's threshold does not see it
-        assert model.strategy.refine(model.cloud, {}, 300, residuals=model._residuals).born == 0
+        assert model.strategy.refine(model.cloud, {}, 300, residuals=model.residuals).born == 0
     count = model.num_points
     records = []
     model.report = records.append
-    model._final_births(model._refinement_args(), None, FINAL_BIRTH_SIGNIFICANCE)
+    model._final_births(model.refinement_args(), None, FINAL_BIRTH_SIGNIFICANCE)
     assert records[0].born >= 1  # found at 3 sigma
     assert model.num_points == count + kept
     assert (records[1].newborn_kept > 0) == kept

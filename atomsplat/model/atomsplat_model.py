@@ -476,7 +476,7 @@ class AtomSplatModel(SplatfactoModel):
 
     @torch.no_grad()
     def _after_step(self, step: int):
-        record = self.strategy.step_post_backward(self.cloud, self.optimizers, step, self._residuals)
+        record = self.strategy.step_post_backward(self.cloud, self.optimizers, step, self.residuals)
         self.cloud.clamp_widths()
         self.corrections.after_step()
         if record is not None:
@@ -509,7 +509,7 @@ class AtomSplatModel(SplatfactoModel):
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
-        args = self._refinement_args()
+        args = self.refinement_args()
         if self.config.final_refinement and self.cloud.count > 0:
             done = refine(*args, prior=prior)
             _print_refinement(f"final refinement on all {len(args[3])} training projections", done)
@@ -529,7 +529,7 @@ class AtomSplatModel(SplatfactoModel):
         self.finished.fill_(True)
         return record
 
-    def _refinement_args(self) -> tuple:
+    def refinement_args(self) -> tuple:
         """The first six arguments of :func:`atomsplat.model.refinement.refine` (and of the
         uncertainties): the cloud, corrections, measured projections, training views, noise, step."""
         views = self.series_views(self.train_indices)
@@ -540,7 +540,7 @@ class AtomSplatModel(SplatfactoModel):
         diffuse and refine the rest, the background held (the atoms, not the background, take back
         the diffuse signal); then :meth:`_final_births`, the background still held (atoms missing
         that only a diffuse Gaussian stood for, or that turned diffuse taking its signal).
-        ``args``: :meth:`_refinement_args`; returns the species prior as it is at the end."""
+        ``args``: :meth:`refinement_args`; returns the species prior as it is at the end."""
         removed = self.strategy.remove_diffuse(self.cloud, self.optimizers)
         if not removed or self.cloud.count == 0:
             return prior
@@ -555,9 +555,9 @@ class AtomSplatModel(SplatfactoModel):
         evidence selection at ``significance`` standard deviations) and refine all, at most
         :data:`FINAL_BIRTH_ROUNDS` times, and no more once the next pass has removed all of a round's
         newborns; a last pass merges and prunes what the births left (under evidence selection: each
-        newborn that does not pay its price). ``args``: :meth:`_refinement_args`; returns the
+        newborn that does not pay its price). ``args``: :meth:`refinement_args`; returns the
         species prior as it is at the end."""
-        search = self._residuals if self.strategy.options.birth_every > 0 else None
+        search = self.residuals if self.strategy.options.birth_every > 0 else None
         newborn = 0  # the last round's births still in the cloud (appended last)
         for k in range(FINAL_BIRTH_ROUNDS + 1):
             record = self.strategy.refine(
@@ -584,7 +584,7 @@ class AtomSplatModel(SplatfactoModel):
                     _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
         return prior
 
-    def _residuals(self, count: int):
+    def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
         spread evenly over the series, their views (with learned shifts), and the variance of every
         pixel (V, H, W) where the data term is a likelihood, else None: for births."""
