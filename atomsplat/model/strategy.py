@@ -20,36 +20,35 @@ The schedule (steps counted from the start of training, of ``total_steps`` in al
 - until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
   position gradient (the paper's densification), the two copies 1.1 x ``merge_distance`` apart so
   that they survive the next merge unless they come back to one atom;
-- every ``birth_every`` steps until ``split_until`` x total: add Gaussians where the residual
-  shows atoms that no Gaussian explains: every local maximum of a search's score (:meth:`DensityStrategy.birth_map`)
-  above its threshold that is ``merge_distance`` from all Gaussians becomes one. Under evidence
-  selection (a known likelihood) the search is by default the score test of one more Gaussian of
-  the median width at each point of a grid of ``birth_spacing``
+- every ``birth_every`` steps until ``split_until`` x total: add Gaussians where the residual shows
+  atoms that no Gaussian explains: every local maximum of a search's score
+  (:meth:`DensityStrategy.birth_map`) above its threshold that is ``merge_distance`` from all
+  Gaussians becomes one. Under evidence selection (a known likelihood) the search is by default the
+  score test of one more Gaussian of the median width at each point of a grid of ``birth_spacing``
   (:func:`atomsplat.model.density.matched_filter`: the residual weighted by each pixel's inverse
   variance and filtered by the footprint, back-projected, over the square root of its information),
   at least ``birth_significance`` standard deviations; the newborn gets the weight the test
-  estimates, and the next pass decides whether it stays. The score test holds the other atoms
-  fixed: in a thick particle, where neighbours have taken part of a missing atom's signal and the
-  misfit of thousands of fitted atoms streaks every back-projection, its strongest points are
-  mostly elsewhere. ``birth_search="reconstruction"`` searches instead the maxima of a
-  reconstruction of the residual (a 5-pass SIRT, the model's), smoothed by a Gaussian of the
-  median width, at least ``birth_significance`` standard scores of its robust noise, each newborn
-  with the score test's weight. Fitted from the truth less 20 % (``benchmarks/birth_search.py``),
-  at 5 standard scores: 2 nm Si at 8e3 e/A^2 (38 missing), the score test 19 pass, 18 at missing
-  atoms; the reconstruction 31, all 31. 9 nm Si (4,333 missing), the score test 96, 82; the
-  reconstruction 1,479, 1,286. But as training's births on the 2 nm low-dose preset (2026-12-04,
-  TPR / FPR) it lost light atoms in SiGeSn at 8e3 (seed 0: 0.948 / 0.006 against the score
-  test's 0.983 / 0 the same day; seed 1: 0.913 / 0.013 against 0.942 / 0.018) and left a false atom
-  at 1.6e4 (FPR 0.006), while FePt at 8e3 gained its last Fe atoms (1.000 against 0.979) and Si
-  did not move: so it is not the default. Under weight selection the measured minus modelled
-  projections are back-projected pixel by pixel on the same grid and a maximum must exceed five
-  times the score's robust noise and ``birth_threshold`` x the median Gaussian's peak value.
-  Reading single pixels with one noise level for the whole grid, that search is blind to a light
-  atom beside heavy ones in counts: the Poisson noise of the heavy columns sets the level, and
-  their misfit reads as high as the light atom (2 nm FePt at 8e3 e/A^2: 114 of the 143 Fe atoms
-  were never born, scoring 0.99 at the median against a threshold of 1.75, the fitted Pt atoms
-  0.57, while every Fe atom pays its price: fitted from the truth, a median 171 nats, none below
-  its price of about 26; ``benchmarks/evidence_depth.py``).
+  estimates, and the next pass decides whether it stays. The score test holds the other atoms fixed:
+  in a thick particle, where neighbours have taken part of a missing atom's signal and the misfit of
+  thousands of fitted atoms streaks every back-projection, its strongest points are mostly
+  elsewhere. ``birth_search="reconstruction"`` searches instead the maxima of a reconstruction of
+  the residual (a 5-pass SIRT, the model's), smoothed by a Gaussian of the median width, at least
+  ``birth_significance`` standard scores of its robust noise, each newborn with the score test's
+  weight. Fitted from the truth less 20 % (``benchmarks/birth_search.py``), at 5 standard scores: 2
+  nm Si at 8e3 e/A^2 (38 missing), the score test 19 pass, 18 at missing atoms; the reconstruction
+  31, all 31. 9 nm Si (4,333 missing), the score test 96, 82; the reconstruction 1,479, 1,286. But
+  as training's births on the 2 nm low-dose preset (2026-12-04, TPR / FPR) it lost light atoms in
+  SiGeSn at 8e3 (seed 0: 0.948 / 0.006 against the score test's 0.983 / 0 the same day; seed 1:
+  0.913 / 0.013 against 0.942 / 0.018) and left a false atom at 1.6e4 (FPR 0.006), while FePt at 8e3
+  gained its last Fe atoms (1.000 against 0.979) and Si did not move: so it is not the default.
+  Under weight selection the measured minus modelled projections are back-projected pixel by pixel
+  on the same grid and a maximum must exceed five times the score's robust noise and
+  ``birth_threshold`` x the median Gaussian's peak value. Reading single pixels with one noise level
+  for the whole grid, that search is blind to a light atom beside heavy ones in counts: the Poisson
+  noise of the heavy columns sets the level, and their misfit reads as high as the light atom (2 nm
+  FePt at 8e3 e/A^2: 114 of the 143 Fe atoms were never born, scoring 0.99 at the median against a
+  threshold of 1.75, the fitted Pt atoms 0.57, while every Fe atom pays its price: fitted from the
+  truth, a median 171 nats, none below its price of about 26; ``benchmarks/evidence_depth.py``).
 
 Gaussians wider than ``diffuse_width`` x the median width are diffuse signal (the atoms' long
 tails), not atoms: they stay in the model, unmerged and unsplit, and are not reported as atoms.
