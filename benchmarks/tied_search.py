@@ -1,0 +1,236 @@
+"""Which basin does a fit of the right count reach? Positions alone, the atoms' weight tied, from a start.
+
+    python benchmarks/tied_search.py DATA [--name si9nm_d8000] [--steps 1600] [--blur 1.0]
+        [--blur-steps 1200] [--cases sirt sirt-blur jitter0.5]
+
+DATA: a count series with ground_truth.xyz. Every case fits as many Gaussians as its start has (no
+birth, split, merge or removal) to the training projections (every 10th held out) by their Poisson
+likelihood, each view's pedestal solved at every step: the positions free (Adam, 6 views per step,
+0.02 A per step falling to a tenth over the last 400 steps), every Gaussian with one weight (the
+mean signal of a training projection over the start's count: with as many Gaussians as atoms, each
+carries one atom's counts, so a double makes a surplus and a hole a deficit that the positions
+must resolve), one width and one halo (:class:`atomsplat.model.cloud.AtomShape`) shared and
+fitted. It asks whether the likelihood, with the topology's freedom taken away, leads a start to
+the atoms:
+
+- ``sirt``: the classical start at the atoms' count (``start_basin.sirt_start``);
+- ``jitter<S>``: the true atoms moved by normal steps of S A per axis (the truth's basin);
+- a ``-blur`` suffix: a continuation, data and model blurred alike by a Gaussian of ``--blur`` A
+  (on the detector) that falls linearly to 0 over ``--blur-steps``: a blurred Gaussian atom is a
+  wider one (width ``sqrt(sigma^2 + b^2)``, exact), and the wider basins let a Gaussian reach an
+  atom farther away.
+
+Records TPR / FPR every 100 steps, and at the end the matched atoms' distances, where the false
+Gaussians and the missed atoms lie (:func:`misses`), and the negative
+log-likelihood of all training projections (nats, each view's pedestal solved): a lower value at
+the same count is the better fit, so two cases' ends say whether the likelihood or the search
+separates them. Writes docs/benchmarks/tied_search_<name>.json and docs/figures/tied_search_<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from start_basin import disturbed, sirt_start
+
+from atomsplat.analysis.matching import evaluate, match_atoms
+from atomsplat.data.dataparser import split_indices
+from atomsplat.data.formats import read_tilt_series
+from atomsplat.model.cloud import AtomShape, series_views
+from atomsplat.model.losses import NoiseModel
+from atomsplat.render.projector import project_isotropic
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = re.compile(r"^(sirt|jitter([0-9.]+))(-blur)?$")
+POSITION_RATE = 0.02  # A per step; over the last COOLING steps it falls exponentially to a tenth
+COOLING = 400
+SHARED_RATE = 0.01  # log units per step: the shared width and halo
+VIEWS_PER_STEP = 6
+START_WIDTH = 0.45  # A
+
+
+def parse_case(name: str) -> dict:
+    """A case name's start ("sirt" or the jitter in A per axis) and whether it blurs."""
+    match = CASE.match(name)
+    if match is None:
+        raise ValueError(f"case {name!r}: expected sirt or jitter<A>, optionally with -blur")
+    return {"sirt": match.group(1) == "sirt", "jitter": float(match.group(2) or 0.0), "blur": bool(match.group(3))}
+
+
+class TiedFit:
+    """K Gaussians of one weight, width and halo fitted by their positions to count projections."""
+
+    def __init__(self, series, train: np.ndarray, start: np.ndarray):
+        self.series, self.train = series, train
+        self.measured = torch.from_numpy(series.projections.astype(np.float32))
+        self.noise = NoiseModel("poisson")
+        height, width = self.measured.shape[1:]
+        self.ones = torch.ones(1, height, width)
+        border = np.concatenate([series.projections[train, :, :8].ravel(), series.projections[train, :, -8:].ravel()])
+        self.pedestal = float(np.median(border))
+        signal = (series.projections[train].sum(axis=(1, 2)) - self.pedestal * height * width).mean()
+        self.weight = float(signal) * series.pixel_size**2 / len(start)  # counts x A^2 per Gaussian
+        self.positions = torch.nn.Parameter(torch.from_numpy(start).float())
+        self.log_sigma = torch.nn.Parameter(torch.tensor(math.log(START_WIDTH)))
+        self.shape = AtomShape()
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": [self.positions], "lr": POSITION_RATE},
+                {"params": [self.log_sigma, *self.shape.params.values()], "lr": SHARED_RATE},
+            ]
+        )
+
+    def project(self, views, blur: float) -> torch.Tensor:
+        """(V, H, W) the Gaussians' projections, blurred by a Gaussian of ``blur`` A."""
+        count, sigma = len(self.positions), self.log_sigma.exp()
+        fraction, ratio = self.shape.fraction(), self.shape.ratio()
+        core, halo = torch.sqrt(sigma**2 + blur**2), torch.sqrt((ratio * sigma) ** 2 + blur**2)
+        return project_isotropic(
+            torch.cat([self.positions, self.positions]),
+            torch.cat([core.expand(count), halo.expand(count)]),
+            torch.cat([((1 - fraction) * self.weight).expand(count), (fraction * self.weight).expand(count)]),
+            views.rotations, views.offsets, views.pixel_size, views.height, views.width,
+        )  # fmt: skip
+
+    def measured_of(self, indices: np.ndarray, blur: float) -> torch.Tensor:
+        images = self.measured[indices]
+        if blur <= 0:
+            return images
+        spread = blur / self.series.pixel_size
+        return torch.from_numpy(np.stack([gaussian_filter(image, spread, mode="nearest") for image in images.numpy()]))
+
+    def data_term(self, indices: np.ndarray, blur: float) -> torch.Tensor:
+        """The summed Poisson data term (nats) of projections ``indices``, each view's pedestal solved."""
+        model = self.project(series_views(self.series, indices), blur)
+        measured = self.measured_of(indices, blur)
+        start = torch.full((len(indices), 1), self.pedestal)
+        pedestal = self.noise.fit_linear(model.detach(), measured, self.ones, start)
+        return self.noise.pixels(model + pedestal[:, :, None], measured).sum(dtype=torch.float64)
+
+    def step(self, indices: np.ndarray, blur: float) -> None:
+        self.optimizer.zero_grad()
+        (self.data_term(indices, blur) / len(indices)).backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def negative_log_likelihood(self) -> float:
+        """Nats over all training projections, unblurred (up to a constant of the data)."""
+        return sum(float(self.data_term(self.train[k : k + 9], 0.0)) for k in range(0, len(self.train), 9))
+
+
+def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
+    """Where a fit's false Gaussians and missed atoms (A, unmatched within 0.75 A) lie: medians of the
+    false ones' distances to the nearest atom and to the nearest other Gaussian, the share of them
+    whose nearest atom is a missed one, and the missed atoms' median distance to the nearest Gaussian."""
+    from scipy.spatial import cKDTree
+
+    found, matched, _ = match_atoms(positions, truth, 0.75)
+    false = np.setdiff1d(np.arange(len(positions)), found)
+    missed = np.setdiff1d(np.arange(len(truth)), matched)
+    to_atom, nearest = cKDTree(truth).query(positions[false])
+    to_other = cKDTree(positions).query(positions[false], k=2)[0][:, 1]
+    return {
+        "false_to_atom_median": round(float(np.median(to_atom)), 3),
+        "false_to_other_gaussian_median": round(float(np.median(to_other)), 3),
+        "false_nearest_atom_missed": round(float(np.isin(nearest, missed).mean()), 3),
+        "missed_to_gaussian_median": round(float(np.median(cKDTree(positions).query(truth[missed])[0])), 3),
+    }
+
+
+def run_case(data: Path, name: str, steps: int, blur: float, blur_steps: int) -> dict:
+    case = parse_case(name)
+    series = read_tilt_series(data)
+    truth = ase.io.read(data / "ground_truth.xyz")
+    start = sirt_start(data, truth) if case["sirt"] else disturbed(truth, case["jitter"], 0.0, 0.0)
+    train = split_indices(len(series.projections), "train", 10)
+    fit = TiedFit(series, train, start.positions)
+    order = np.random.default_rng(0).permutation(len(train))
+    first = evaluate(start.positions, truth.positions)
+    rows = [{"step": 0, "tpr": round(first.tpr, 4), "fpr": round(first.fpr, 4)}]
+    began = time.perf_counter()
+    for step in range(steps):
+        now = blur * max(0.0, 1.0 - step / blur_steps) if case["blur"] else 0.0
+        cooled = min(1.0, max(0.0, (step - (steps - COOLING)) / COOLING))
+        fit.optimizer.param_groups[0]["lr"] = POSITION_RATE * 0.1**cooled
+        picks = order[(step * VIEWS_PER_STEP + np.arange(VIEWS_PER_STEP)) % len(train)]
+        fit.step(train[picks], now)
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            score = evaluate(fit.positions.detach().numpy(), truth.positions)
+            tpr, fpr = round(score.tpr, 4), round(score.fpr, 4)
+            rows.append({"step": step + 1, "tpr": tpr, "fpr": fpr, "blur": round(now, 3)})
+            print(f"  {name} step {step + 1}: {score.tpr:.3f} / {score.fpr:.3f} (blur {now:.2f} A)", flush=True)
+    seconds = time.perf_counter() - began
+    positions = fit.positions.detach().numpy()
+    _, _, distances = match_atoms(positions, truth.positions, 0.75)
+    return {
+        "case": name,
+        **case,
+        "gaussians": len(start),
+        "weight": fit.weight,
+        "passes": rows,
+        "matched_distance_median": round(float(np.median(distances)), 4),
+        "matched_distance_rms": round(float(np.sqrt(np.mean(distances**2))), 4),
+        **misses(positions, truth.positions),
+        "width": round(float(fit.log_sigma.exp()), 4),
+        "halo": [round(float(fit.shape.fraction()), 4), round(float(fit.shape.ratio()), 4)],
+        "negative_log_likelihood": round(fit.negative_log_likelihood(), 1),
+        "seconds": round(seconds, 1),
+    }
+
+
+def plot(results: list, path: Path, title: str) -> None:
+    from atomsplat.report import pyplot, save_figure
+
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
+    for k, result in enumerate(results):
+        steps = [row["step"] for row in result["passes"]]
+        ax.plot(steps, [row["tpr"] for row in result["passes"]], "-", color=f"C{k}", label=f"{result['case']} TPR")
+        ax.plot(steps, [row["fpr"] for row in result["passes"]], "--", color=f"C{k}", label="FPR")
+    ax.set(xlabel="step", ylim=(0.0, 1.0), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--blur", type=float, default=1.0, help="A: the -blur cases' starting blur")
+    parser.add_argument("--blur-steps", type=int, default=1200, help="steps over which the blur falls to 0")
+    parser.add_argument("--cases", nargs="+", default=["sirt", "sirt-blur", "jitter0.5"])
+    args = parser.parse_args()
+    for case in args.cases:
+        parse_case(case)
+    name = args.name or args.data.name
+    results = []
+    for case in args.cases:
+        result = run_case(args.data, case, args.steps, args.blur, args.blur_steps)
+        results.append(result)
+        last = result["passes"][-1]
+        print(
+            f"{case:>12}: {result['passes'][0]['tpr']:.3f} -> {last['tpr']:.3f} / {last['fpr']:.3f}, matched "
+            f"{result['matched_distance_median']:.2f} A median off, -log L {result['negative_log_likelihood']:.1f} "
+            f"nats, {result['seconds'] / 60:.1f} min",
+            flush=True,
+        )
+    report = {"data": str(args.data), "steps": args.steps, "blur": args.blur, "blur_steps": args.blur_steps}
+    out = ROOT / "docs" / "benchmarks" / f"tied_search_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**report, "cases": results}, indent=1) + "\n")
+    plot(results, ROOT / "docs" / "figures" / f"tied_search_{name}.png", f"{name}: positions only, weight tied")
+
+
+if __name__ == "__main__":
+    main()
