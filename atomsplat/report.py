@@ -200,9 +200,11 @@ def _plot_uncertainty(ax, atoms) -> None:
         )
         ax.set(title="positional uncertainty (Cramer-Rao)", xticks=[], yticks=[])
         return
-    bins = np.linspace(0.0, float(uncertainty.max()) * 1.05, 41)
+    finite = np.isfinite(uncertainty).all(axis=1)  # an atom no view sees has infinite deviations
+    top = float(uncertainty[finite].max()) if finite.any() else 1.0
+    bins = np.linspace(0.0, top * 1.05, 41)
     for axis, name, colour in zip(range(3), "xyz", ("tab:blue", "tab:orange", "tab:green")):
-        values = uncertainty[:, axis]
+        values = uncertainty[finite, axis]
         ax.hist(
             values,
             bins=bins,
@@ -211,5 +213,6 @@ def _plot_uncertainty(ax, atoms) -> None:
             color=colour,
             label=f"{name}: median {np.median(values):.3f} A",
         )
-    ax.set(title="positional uncertainty (Cramer-Rao)", xlabel="standard deviation (A)", ylabel="atoms")
+    unbounded = f", {int((~finite).sum())} unbounded" if not finite.all() else ""
+    ax.set(title=f"positional uncertainty (Cramer-Rao{unbounded})", xlabel="standard deviation (A)", ylabel="atoms")
     ax.legend(loc="upper right", fontsize=8)

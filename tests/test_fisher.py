@@ -99,6 +99,40 @@ def test_fisher_matrix_with_a_pedestal_per_view():
     assert np.all(block <= variances * (1 + 1e-6))
 
 
+def test_an_atom_outside_every_view_has_infinite_deviations_and_leaves_the_others():
+    """A Gaussian that no view sees (its Fisher block all zero) has infinite position variances, by
+    the blocks and by the whole matrix, the other atoms' the same as without it; and the
+    uncertainties at the end of training do not stop on it (a 9 nm run that left one Gaussian
+    outside the field of view raised linalg.inv's singular-matrix error after training)."""
+    positions, sigmas, weights, rotations, offsets = _case()
+    outside = (torch.cat([positions, positions.new_tensor([[40.0, 40.0, 0.0]])]), torch.cat([sigmas, sigmas[:1]]),
+               torch.cat([weights, weights[:1]]), rotations, offsets)  # fmt: skip
+    inverse_variance = torch.full((3, H, W), 2.0, dtype=torch.float64)
+    blocks = fisher_blocks(*outside, P, inverse_variance)
+    assert float(blocks[4].abs().max()) == 0.0
+    with_it = position_covariances(blocks).diagonal(dim1=1, dim2=2)
+    without = position_covariances(fisher_blocks(*_case(), P, inverse_variance)).diagonal(dim1=1, dim2=2)
+    assert torch.isinf(with_it[4]).all()
+    torch.testing.assert_close(with_it[:4], without)
+    variances = marginal_position_variances(fisher_matrix(*outside, P, inverse_variance), 5)
+    assert np.isinf(variances[4]).all()
+    np.testing.assert_allclose(
+        variances[:4], marginal_position_variances(fisher_matrix(*_case(), P, inverse_variance), 4)
+    )
+    views = Views(rotations.float(), offsets.float(), P, H, W, torch.arange(3))
+    cloud = AtomCloud(outside[0].float(), 0.5, 30.0)
+    with torch.no_grad():
+        cloud.params["log_sigmas"].copy_(outside[1].log())
+        cloud.params["log_weights"].copy_(outside[2].log())
+    noise = NoiseModel("poisson", 1e-3)
+    counts = cloud.project(views).detach() + 1.0
+    corrections = ViewCorrections(rotations.float(), views.indices, counts, background_degree=0, noise=noise)
+    for limit in (1000, 0):  # the whole matrix, then the blocks
+        deviations, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0, full_limit=limit)
+        assert how == ("full" if limit else "blocks")
+        assert torch.isinf(deviations[4]).all() and torch.isfinite(deviations[:4]).all()
+
+
 @pytest.mark.parametrize("halo", [None, (0.3, 1.7)])
 def test_removal_gains_equal_the_data_term_without_each_atom(halo):
     positions, sigmas, weights, rotations, offsets = _case()

@@ -183,7 +183,9 @@ def position_uncertainties(
     """(K, 3) the Cramer-Rao standard deviations (A) of every atom's x, y, z at the cloud's parameters,
     and how they were computed ("full": the whole Fisher matrix with the background's parameters;
     "blocks": each atom's own block). A species ``prior`` adds its curvature to the log-weights'
-    and log-widths' information. Isotropic Gaussians only."""
+    and log-widths' information. Isotropic Gaussians only. An atom the data say nothing about (a
+    Gaussian outside every view) gets infinite deviations; where the whole matrix is singular
+    otherwise, the blocks stand in for it."""
     views = _views_of(views, corrections, step)
     params = {name: p.detach().double() for name, p in cloud.params.items()}
     models = []
@@ -205,8 +207,11 @@ def position_uncertainties(
         diagonal = np.zeros(matrix.shape[0])
         diagonal[: 5 * cloud.count] = np.pad(curvature.double().numpy(), ((0, 0), (3, 0))).reshape(-1)
         matrix[np.diag_indices_from(matrix)] += diagonal
-        variances = marginal_position_variances(matrix, cloud.count)
-        return torch.from_numpy(np.sqrt(np.clip(variances, 0.0, None))).float(), "full"
+        try:
+            variances = marginal_position_variances(matrix, cloud.count)
+            return torch.from_numpy(np.sqrt(np.clip(variances, 0.0, None))).float(), "full"
+        except np.linalg.LinAlgError:  # parameters the data cannot tell apart: each atom's own block
+            pass
     blocks = fisher_blocks(*args, window=cloud.window, halo=cloud.halo())
     blocks[:, 3:, 3:] += torch.diag_embed(curvature.to(blocks))
     covariance = position_covariances(blocks)

@@ -22,6 +22,7 @@ Pure functions of tensors; lengths in A.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -203,13 +204,23 @@ def _add_tile_products(derivatives, start, size, inverse_variance, linear, terms
 
 def position_covariances(blocks: torch.Tensor) -> torch.Tensor:
     """(K, 3, 3) covariance bounds of the positions (A^2) from per-atom blocks (K, 5, 5): the
-    position part of each block's inverse (the width and weight unknown too)."""
-    return torch.linalg.inv(blocks.double())[:, :3, :3].to(blocks.dtype)
+    position part of each block's inverse (the width and weight unknown too). A singular block (an
+    atom the data say nothing about, e.g. a Gaussian outside every view) gives infinite variances."""
+    inverse, info = torch.linalg.inv_ex(blocks.double())
+    covariance = inverse[:, :3, :3]
+    singular = info != 0
+    covariance[singular] = torch.diag(covariance.new_full((3,), math.inf))
+    return covariance.to(blocks.dtype)
 
 
 def marginal_position_variances(matrix: np.ndarray, count: int) -> np.ndarray:
     """(K, 3) the Cramer-Rao variances (A^2) of every atom's x, y and z: the diagonal of the inverse
-    of the whole Fisher matrix (:func:`fisher_matrix`) at the position parameters."""
-    inverse = np.linalg.inv(np.asarray(matrix))
+    of the whole Fisher matrix (:func:`fisher_matrix`) at the position parameters. Parameters of no
+    information (a zero diagonal: a Gaussian outside every view) are left out of the inverse, their
+    variances infinite; a matrix still singular raises numpy's ``LinAlgError``."""
+    matrix = np.asarray(matrix)
+    informed = np.diag(matrix) > 0
+    variances = np.full(len(matrix), np.inf)
+    variances[informed] = np.diag(np.linalg.inv(matrix[np.ix_(informed, informed)]))
     index = (5 * np.arange(count)[:, None] + np.arange(3)[None, :]).reshape(-1)
-    return inverse[index, index].reshape(count, 3)
+    return variances[index].reshape(count, 3)
