@@ -180,8 +180,8 @@ def run_case(data: Path, name: str, steps: int, blur: float, blur_steps: int) ->
         "matched_distance_median": round(float(np.median(distances)), 4),
         "matched_distance_rms": round(float(np.sqrt(np.mean(distances**2))), 4),
         **misses(positions, truth.positions),
-        "width": round(float(fit.log_sigma.exp()), 4),
-        "halo": [round(float(fit.shape.fraction()), 4), round(float(fit.shape.ratio()), 4)],
+        "width": round(float(fit.log_sigma.detach().exp()), 4),
+        "halo": [round(float(fit.shape.fraction().detach()), 4), round(float(fit.shape.ratio().detach()), 4)],
         "negative_log_likelihood": round(fit.negative_log_likelihood(), 1),
         "seconds": round(seconds, 1),
     }
