@@ -183,7 +183,7 @@ def position_uncertainties(
     """(K, 3) the Cramer-Rao standard deviations (A) of every atom's x, y, z at the cloud's parameters,
     and how they were computed ("full": the whole Fisher matrix with the background's parameters;
     "blocks": each atom's own block). A species ``prior`` adds its curvature to the log-weights'
-    and log-widths' information. Isotropic Gaussians only. An atom the data say nothing about (a
+    and log-widths' information. Isotropic Gaussians only. An atom the data say nothing about (e.g. a
     Gaussian outside every view) gets infinite deviations; where the whole matrix is singular
     otherwise, the blocks stand in for it."""
     views = _views_of(views, corrections, step)
