@@ -20,6 +20,7 @@ from atomsplat.model.density import (
     merge,
     prune,
     residual_peaks,
+    strongest,
     width_of,
 )
 
@@ -285,6 +286,12 @@ def test_residual_peaks_keeps_one_maximum_per_blob():
     assert np.linalg.norm(points[found[0]] - [1.1, -0.4, 0.7]) <= 0.5 * math.sqrt(3) / 2 + 1e-9
 
 
+def test_strongest_keeps_the_highest_scores_in_their_order():
+    score = np.array([[0.5, 3.0], [2.0, 1.0]])
+    np.testing.assert_array_equal(strongest(np.array([3, 0, 1, 2]), score, 2), [1, 2])
+    np.testing.assert_array_equal(strongest(np.array([3, 0]), score, 2), [3, 0])  # fewer than the count: all
+
+
 def test_append_adds_gaussians_of_median_width_with_fresh_state():
     params = make_params()
     positions = torch.tensor([[2.0, 2.0, 2.0], [-3.0, 0.0, 1.0]], dtype=torch.float64)
@@ -371,6 +378,24 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, c
     weights = model.cloud.weights[count:].detach().numpy()
     assert np.all((weights > 50) & (weights < 150)), weights
     assert birth_pass().born == 0  # nothing is missing any more
+
+
+def test_weight_selection_births_at_most_half_the_gaussians_per_pass(tmp_path):
+    """Under weight selection nothing but :data:`WEIGHT_BIRTH_GROWTH` bounds a pass's births: with
+    most atoms missing, a pass gives birth to that share of the Gaussians, the strongest maxima, each
+    at a missing atom; the next passes give birth to the rest and then to none."""
+    from atomsplat.model.strategy import WEIGHT_BIRTH_GROWTH
+
+    missing = list(range(0, 30, 2))
+    model, truth = _model_missing_atoms(tmp_path, missing)
+    for _ in range(5):
+        count = model.num_points
+        record = model.strategy.refine(model.cloud, {}, 300, residuals=model.residuals)
+        assert record.born == min(math.ceil(WEIGHT_BIRTH_GROWTH * count), len(truth) - count)
+        born = model.cloud.positions[count:].detach().numpy()
+        # near a missing atom: the grid's half-diagonal plus a missing neighbour's pull (0.55 A measured)
+        assert np.all(np.linalg.norm(born[:, None] - truth[missing][None], axis=2).min(axis=1) < 0.75)
+    assert model.num_points == len(truth)
 
 
 def test_births_for_counts_are_by_the_score_test_unless_asked_otherwise(tmp_path):

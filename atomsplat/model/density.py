@@ -172,6 +172,15 @@ def residual_peaks(
     return index
 
 
+def strongest(indices: np.ndarray, score: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` of the flat ``indices`` (M,) into ``score`` where it is highest (all when M <=
+    ``count``), in their given order."""
+    if len(indices) <= count:
+        return indices
+    keep = np.argsort(-score.reshape(-1)[indices], kind="stable")[:count]
+    return indices[np.sort(keep)]
+
+
 def matched_filter(
     residual: torch.Tensor,
     variance: torch.Tensor,
