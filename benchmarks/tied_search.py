@@ -1,7 +1,7 @@
 """Which basin does a fit of the right count reach? Positions alone, the atoms' weight tied, from a start.
 
     python benchmarks/tied_search.py DATA [--name si9nm_d8000] [--steps 1600] [--blur 1.0]
-        [--blur-steps 1200] [--cases sirt sirt-blur jitter0.5]
+        [--blur-steps 1200] [--cases sirt sirt-blur jitter0.5] [--repel 0 --stiffness 200]
 
 DATA: a count series with ground_truth.xyz. Every case fits as many Gaussians as its start has (no
 birth, split, merge or removal) to the training projections (every 10th held out) by their Poisson
@@ -14,17 +14,23 @@ fitted. It asks whether the likelihood, with the topology's freedom taken away, 
 the atoms:
 
 - ``sirt``: the classical start at the atoms' count (``start_basin.sirt_start``);
-- ``jitter<S>``: the true atoms moved by normal steps of S A per axis (the truth's basin);
+- ``jitter<S>``: the true atoms moved by normal steps of S A per axis (the truth's basin;
+  ``jitter0``: the true atoms);
 - a ``-blur`` suffix: a continuation, data and model blurred alike by a Gaussian of ``--blur`` A
   (on the detector) that falls linearly to 0 over ``--blur-steps``: a blurred Gaussian atom is a
   wider one (width ``sqrt(sigma^2 + b^2)``, exact), and the wider basins let a Gaussian reach an
   atom farther away.
 
+``--repel R`` adds a soft minimum distance to every case: ``--stiffness`` x (R - d)^2 nats per view
+for each pair of Gaussians closer than R A (the bonds of amorphous Si start at 2.2 A).
+
 Records TPR / FPR every 100 steps, and at the end the matched atoms' distances, where the false
 Gaussians and the missed atoms lie (:func:`misses`), and the negative
 log-likelihood of all training projections (nats, each view's pedestal solved): a lower value at
 the same count is the better fit, so two cases' ends say whether the likelihood or the search
-separates them. Writes docs/benchmarks/tied_search_<name>.json and docs/figures/tied_search_<name>.png.
+separates them. Writes docs/benchmarks/tied_search_<name>.json and docs/figures/tied_search_<name>.png,
+and each case's end as results/tied_search/<name>_<case>.xyz (a start for ``atomsplat.training.train``'s
+``init_atoms``).
 """
 
 from __future__ import annotations
@@ -69,8 +75,9 @@ def parse_case(name: str) -> dict:
 class TiedFit:
     """K Gaussians of one weight, width and halo fitted by their positions to count projections."""
 
-    def __init__(self, series, train: np.ndarray, start: np.ndarray):
+    def __init__(self, series, train: np.ndarray, start: np.ndarray, repel: float = 0.0, stiffness: float = 0.0):
         self.series, self.train = series, train
+        self.repel, self.stiffness = repel, stiffness
         self.measured = torch.from_numpy(series.projections.astype(np.float32))
         self.noise = NoiseModel("poisson")
         height, width = self.measured.shape[1:]
@@ -116,9 +123,23 @@ class TiedFit:
         pedestal = self.noise.fit_linear(model.detach(), measured, self.ones, start)
         return self.noise.pixels(model + pedestal[:, :, None], measured).sum(dtype=torch.float64)
 
+    def overlap(self) -> torch.Tensor:
+        """The soft minimum distance: ``stiffness`` x the sum over pairs closer than ``repel`` A of
+        (``repel`` - distance)^2 (nats per view, A^-2); 0 when ``repel`` is 0."""
+        if self.repel <= 0:
+            return self.positions.new_zeros(())
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(self.positions.detach().numpy())
+        pairs = torch.from_numpy(tree.query_pairs(self.repel, output_type="ndarray"))
+        if len(pairs) == 0:
+            return self.positions.new_zeros(())
+        gaps = (self.positions[pairs[:, 0]] - self.positions[pairs[:, 1]]).norm(dim=1)
+        return self.stiffness * ((self.repel - gaps).clamp_min(0) ** 2).sum()
+
     def step(self, indices: np.ndarray, blur: float) -> None:
         self.optimizer.zero_grad()
-        (self.data_term(indices, blur) / len(indices)).backward()
+        (self.data_term(indices, blur) / len(indices) + self.overlap()).backward()
         self.optimizer.step()
 
     @torch.no_grad()
@@ -146,13 +167,15 @@ def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def run_case(data: Path, name: str, steps: int, blur: float, blur_steps: int) -> dict:
+def run_case(
+    data: Path, label: str, name: str, steps: int, blur: float, blur_steps: int, repel: float, stiffness: float
+) -> dict:
     case = parse_case(name)
     series = read_tilt_series(data)
     truth = ase.io.read(data / "ground_truth.xyz")
     start = sirt_start(data, truth) if case["sirt"] else disturbed(truth, case["jitter"], 0.0, 0.0)
     train = split_indices(len(series.projections), "train", 10)
-    fit = TiedFit(series, train, start.positions)
+    fit = TiedFit(series, train, start.positions, repel, stiffness)
     order = np.random.default_rng(0).permutation(len(train))
     first = evaluate(start.positions, truth.positions)
     rows = [{"step": 0, "tpr": round(first.tpr, 4), "fpr": round(first.fpr, 4)}]
@@ -170,6 +193,9 @@ def run_case(data: Path, name: str, steps: int, blur: float, blur_steps: int) ->
             print(f"  {name} step {step + 1}: {score.tpr:.3f} / {score.fpr:.3f} (blur {now:.2f} A)", flush=True)
     seconds = time.perf_counter() - began
     positions = fit.positions.detach().numpy()
+    end = ROOT / "results" / "tied_search" / f"{label}_{name}.xyz"
+    end.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(end, ase.Atoms(truth.get_chemical_symbols(), positions))
     _, _, distances = match_atoms(positions, truth.positions, 0.75)
     return {
         "case": name,
@@ -210,13 +236,15 @@ def main() -> None:
     parser.add_argument("--blur", type=float, default=1.0, help="A: the -blur cases' starting blur")
     parser.add_argument("--blur-steps", type=int, default=1200, help="steps over which the blur falls to 0")
     parser.add_argument("--cases", nargs="+", default=["sirt", "sirt-blur", "jitter0.5"])
+    parser.add_argument("--repel", type=float, default=0.0, help="A: soft minimum distance of the Gaussians (0: none)")
+    parser.add_argument("--stiffness", type=float, default=200.0, help="nats per view per A^2 of the overlap")
     args = parser.parse_args()
     for case in args.cases:
         parse_case(case)
     name = args.name or args.data.name
     results = []
     for case in args.cases:
-        result = run_case(args.data, case, args.steps, args.blur, args.blur_steps)
+        result = run_case(args.data, name, case, args.steps, args.blur, args.blur_steps, args.repel, args.stiffness)
         results.append(result)
         last = result["passes"][-1]
         print(
@@ -226,6 +254,7 @@ def main() -> None:
             flush=True,
         )
     report = {"data": str(args.data), "steps": args.steps, "blur": args.blur, "blur_steps": args.blur_steps}
+    report.update({"repel": args.repel, "stiffness": args.stiffness} if args.repel > 0 else {})
     out = ROOT / "docs" / "benchmarks" / f"tied_search_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**report, "cases": results}, indent=1) + "\n")
