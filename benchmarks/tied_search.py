@@ -124,8 +124,8 @@ class TiedFit:
         return self.noise.pixels(model + pedestal[:, :, None], measured).sum(dtype=torch.float64)
 
     def overlap(self) -> torch.Tensor:
-        """The soft minimum distance: ``stiffness`` x the sum over pairs closer than ``repel`` A of
-        (``repel`` - distance)^2 (nats per view, A^-2); 0 when ``repel`` is 0."""
+        """The soft minimum distance, nats per view: ``stiffness`` (nats per view per A^2) x the sum
+        over pairs closer than ``repel`` A of (``repel`` - distance)^2; 0 when ``repel`` is 0."""
         if self.repel <= 0:
             return self.positions.new_zeros(())
         from scipy.spatial import cKDTree

@@ -382,7 +382,7 @@ def test_refine_gives_birth_where_atoms_are_missing_and_nowhere_else(tmp_path, c
 
 def test_weight_selection_births_at_most_half_the_gaussians_per_pass(tmp_path):
     """Under weight selection nothing but :data:`WEIGHT_BIRTH_GROWTH` bounds a pass's births: with
-    most atoms missing, a pass gives birth to that share of the Gaussians, the strongest maxima, each
+    15 of 35 atoms missing, a pass gives birth to that share of the Gaussians, the strongest maxima, each
     at a missing atom; the next passes give birth to the rest and then to none."""
     from atomsplat.model.strategy import WEIGHT_BIRTH_GROWTH
 

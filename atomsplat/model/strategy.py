@@ -128,7 +128,7 @@ strongest maxima first. Its threshold follows the median Gaussian's peak and no 
 it, so a misfit of the whole model reads as atoms missing everywhere: handed a tied fit's end at
 9 nm (19,133 atoms, 2026-12-05), one pass gave birth to 53,363 Gaussians. The largest share a
 healthy run gave birth to was 57 for 216 (0.26), the quick preset's FePt in the wedge at step 300,
-whose start had found 60 % of the atoms (``atomsplat-benchmark --preset quick``)."""
+216 narrow Gaussians for 287 atoms (``atomsplat-benchmark --preset quick``)."""
 
 FINAL_BIRTH_SEPARATION = 1.3
 """Evidence selection: a Gaussian born after the final refinement that ends closer than this x
