@@ -46,6 +46,7 @@ import ase.io
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
+from scipy.spatial import cKDTree
 from start_basin import disturbed, sirt_start
 
 from atomsplat.analysis.matching import evaluate, match_atoms
@@ -128,8 +129,6 @@ class TiedFit:
         over pairs closer than ``repel`` A of (``repel`` - distance)^2; 0 when ``repel`` is 0."""
         if self.repel <= 0:
             return self.positions.new_zeros(())
-        from scipy.spatial import cKDTree
-
         tree = cKDTree(self.positions.detach().numpy())
         pairs = torch.from_numpy(tree.query_pairs(self.repel, output_type="ndarray"))
         if len(pairs) == 0:
@@ -151,19 +150,22 @@ class TiedFit:
 def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
     """Where a fit's false Gaussians and missed atoms (A, unmatched within 0.75 A) lie: medians of the
     false ones' distances to the nearest atom and to the nearest other Gaussian, the share of them
-    whose nearest atom is a missed one, and the missed atoms' median distance to the nearest Gaussian."""
-    from scipy.spatial import cKDTree
-
+    whose nearest atom is a missed one, and the missed atoms' median distance to the nearest Gaussian
+    (None where there are no false Gaussians or no missed atoms)."""
     found, matched, _ = match_atoms(positions, truth, 0.75)
     false = np.setdiff1d(np.arange(len(positions)), found)
     missed = np.setdiff1d(np.arange(len(truth)), matched)
+
+    def rounded(values: np.ndarray):
+        return round(float(np.mean(values) if values.dtype == bool else np.median(values)), 3) if len(values) else None
+
     to_atom, nearest = cKDTree(truth).query(positions[false])
     to_other = cKDTree(positions).query(positions[false], k=2)[0][:, 1]
     return {
-        "false_to_atom_median": round(float(np.median(to_atom)), 3),
-        "false_to_other_gaussian_median": round(float(np.median(to_other)), 3),
-        "false_nearest_atom_missed": round(float(np.isin(nearest, missed).mean()), 3),
-        "missed_to_gaussian_median": round(float(np.median(cKDTree(positions).query(truth[missed])[0])), 3),
+        "false_to_atom_median": rounded(to_atom),
+        "false_to_other_gaussian_median": rounded(to_other),
+        "false_nearest_atom_missed": rounded(np.isin(nearest, missed)),
+        "missed_to_gaussian_median": rounded(cKDTree(positions).query(truth[missed])[0]),
     }
 
 
