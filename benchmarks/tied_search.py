@@ -156,16 +156,16 @@ def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
     false = np.setdiff1d(np.arange(len(positions)), found)
     missed = np.setdiff1d(np.arange(len(truth)), matched)
 
-    def rounded(values: np.ndarray):
-        return round(float(np.mean(values) if values.dtype == bool else np.median(values)), 3) if len(values) else None
+    def median(values: np.ndarray):
+        return round(float(np.median(values)), 3) if len(values) else None
 
     to_atom, nearest = cKDTree(truth).query(positions[false])
     to_other = cKDTree(positions).query(positions[false], k=2)[0][:, 1]
     return {
-        "false_to_atom_median": rounded(to_atom),
-        "false_to_other_gaussian_median": rounded(to_other),
-        "false_nearest_atom_missed": rounded(np.isin(nearest, missed)),
-        "missed_to_gaussian_median": rounded(cKDTree(positions).query(truth[missed])[0]),
+        "false_to_atom_median": median(to_atom),
+        "false_to_other_gaussian_median": median(to_other),
+        "false_nearest_atom_missed": round(float(np.isin(nearest, missed).mean()), 3) if len(false) else None,
+        "missed_to_gaussian_median": median(cKDTree(positions).query(truth[missed])[0]),
     }
 
 
