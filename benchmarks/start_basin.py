@@ -99,8 +99,9 @@ def disturbed(truth: ase.Atoms, jitter: float, missing: float, false: float, see
     return start
 
 
-def sirt_start(data: Path, truth: ase.Atoms) -> ase.Atoms:
-    """The strongest local maxima (A, sample frame), as many as ``truth`` has atoms, of a
+def sirt_start(data: Path, truth: ase.Atoms, count: int = None) -> ase.Atoms:
+    """The strongest local maxima (A, sample frame), ``count`` of them (None: as many as ``truth``
+    has atoms; fewer where the reconstruction has fewer), of a
     :data:`SIRT_ITERATIONS`-pass SIRT of the training projections of ``data`` (every 10th held out,
     as training holds it out) less their border pedestal (:func:`atomsplat.model.init.reconstruction`),
     smoothed over :data:`SIRT_SMOOTHING` A inside the initialisation's support
@@ -130,7 +131,7 @@ def sirt_start(data: Path, truth: ase.Atoms) -> ase.Atoms:
     volume, size = reconstruction(training, training.projections, config.init_voxel, SIRT_ITERATIONS)
     sharp = gaussian_filter(volume, SIRT_SMOOTHING / size, mode="constant") * particle_support(volume, size, config)
     traced = trace_atoms(sharp, size, min_distance=minimum_distance(series, config), threshold=0.0)
-    positions = traced.positions[: len(truth)]
+    positions = traced.positions[: len(truth) if count is None else count]
     return ase.Atoms([truth.get_chemical_symbols()[0]] * len(positions), positions)
 
 

@@ -1,7 +1,7 @@
 """Which basin does a fit of the right count reach? Positions alone, the atoms' weight tied, from a start.
 
     python benchmarks/tied_search.py DATA [--name si9nm_d8000] [--steps 1600] [--blur 1.0]
-        [--blur-steps 1200] [--cases sirt sirt-blur jitter0.5] [--repel 0 --stiffness 200]
+        [--blur-steps 1200] [--cases sirt sirt-blur jitter0.5] [--repel 0 --stiffness 200] [--count 1]
 
 DATA: a count series with ground_truth.xyz. Every case fits as many Gaussians as its start has (no
 birth, split, merge or removal) to the training projections (every 10th held out) by their Poisson
@@ -13,7 +13,8 @@ must resolve), one width and one halo (:class:`atomsplat.model.cloud.AtomShape`)
 fitted. It asks whether the likelihood, with the topology's freedom taken away, leads a start to
 the atoms:
 
-- ``sirt``: the classical start at the atoms' count (``start_basin.sirt_start``);
+- ``sirt``: the classical start at the atoms' count (``start_basin.sirt_start``), or at ``--count``
+  times it (how well must the count be known?);
 - ``jitter<S>``: the true atoms moved by normal steps of S A per axis (the truth's basin;
   ``jitter0``: the true atoms);
 - a ``-blur`` suffix: a continuation, data and model blurred alike by a Gaussian of ``--blur`` A
@@ -170,12 +171,23 @@ def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def run_case(
-    data: Path, label: str, name: str, steps: int, blur: float, blur_steps: int, repel: float, stiffness: float
+    data: Path,
+    label: str,
+    name: str,
+    steps: int,
+    blur: float,
+    blur_steps: int,
+    repel: float,
+    stiffness: float,
+    count: float = 1.0,
 ) -> dict:
     case = parse_case(name)
     series = read_tilt_series(data)
     truth = ase.io.read(data / "ground_truth.xyz")
-    start = sirt_start(data, truth) if case["sirt"] else disturbed(truth, case["jitter"], 0.0, 0.0)
+    if case["sirt"]:
+        start = sirt_start(data, truth, int(round(count * len(truth))))
+    else:
+        start = disturbed(truth, case["jitter"], 0.0, 0.0)
     train = split_indices(len(series.projections), "train", 10)
     fit = TiedFit(series, train, start.positions, repel, stiffness)
     order = np.random.default_rng(0).permutation(len(train))
@@ -197,7 +209,7 @@ def run_case(
     positions = fit.positions.detach().numpy()
     end = ROOT / "results" / "tied_search" / f"{label}_{name}.xyz"
     end.parent.mkdir(parents=True, exist_ok=True)
-    ase.io.write(end, ase.Atoms(truth.get_chemical_symbols(), positions))
+    ase.io.write(end, ase.Atoms(start.get_chemical_symbols(), positions))
     _, _, distances = match_atoms(positions, truth.positions, 0.75)
     return {
         "case": name,
@@ -240,13 +252,16 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["sirt", "sirt-blur", "jitter0.5"])
     parser.add_argument("--repel", type=float, default=0.0, help="A: soft minimum distance of the Gaussians (0: none)")
     parser.add_argument("--stiffness", type=float, default=200.0, help="nats per view per A^2 of the overlap")
+    parser.add_argument("--count", type=float, default=1.0, help="sirt cases: Gaussians per true atom")
     args = parser.parse_args()
     for case in args.cases:
         parse_case(case)
     name = args.name or args.data.name
     results = []
     for case in args.cases:
-        result = run_case(args.data, name, case, args.steps, args.blur, args.blur_steps, args.repel, args.stiffness)
+        result = run_case(
+            args.data, name, case, args.steps, args.blur, args.blur_steps, args.repel, args.stiffness, args.count
+        )
         results.append(result)
         last = result["passes"][-1]
         print(
@@ -257,6 +272,7 @@ def main() -> None:
         )
     report = {"data": str(args.data), "steps": args.steps, "blur": args.blur, "blur_steps": args.blur_steps}
     report.update({"repel": args.repel, "stiffness": args.stiffness} if args.repel > 0 else {})
+    report.update({"count": args.count} if args.count != 1.0 else {})
     out = ROOT / "docs" / "benchmarks" / f"tied_search_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**report, "cases": results}, indent=1) + "\n")
