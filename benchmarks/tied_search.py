@@ -179,7 +179,7 @@ def run_case(
     blur_steps: int,
     repel: float,
     stiffness: float,
-    count: float = 1.0,
+    count: float,
 ) -> dict:
     case = parse_case(name)
     series = read_tilt_series(data)
