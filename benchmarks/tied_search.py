@@ -74,20 +74,45 @@ def parse_case(name: str) -> dict:
     return {"sirt": match.group(1) == "sirt", "jitter": float(match.group(2) or 0.0), "blur": bool(match.group(3))}
 
 
-class TiedFit:
-    """K Gaussians of one weight, width and halo fitted by their positions to count projections."""
+def border_pedestal(series, train: np.ndarray) -> float:
+    """The pedestal (counts per pixel): the median of the outer 8 columns of projections ``train``."""
+    projections = series.projections[train]
+    return float(np.median(np.concatenate([projections[:, :, :8].ravel(), projections[:, :, -8:].ravel()])))
 
-    def __init__(self, series, train: np.ndarray, start: np.ndarray, repel: float = 0.0, stiffness: float = 0.0):
+
+def mean_signal(series, train: np.ndarray, pedestal: float) -> float:
+    """The mean signal of projections ``train`` above ``pedestal`` (counts per pixel): counts x A^2."""
+    height, width = series.projections.shape[1:]
+    counts = series.projections[train].sum(axis=(1, 2)) - pedestal * height * width
+    return float(counts.mean()) * series.pixel_size**2
+
+
+class TiedFit:
+    """K Gaussians of one weight, width and halo fitted by their positions to count projections.
+
+    ``pedestal`` (counts per pixel) defaults to :func:`border_pedestal`, ``weight`` (counts x A^2 per
+    Gaussian) to the mean signal (:func:`mean_signal`) over the start's count."""
+
+    def __init__(
+        self,
+        series,
+        train: np.ndarray,
+        start: np.ndarray,
+        repel: float = 0.0,
+        stiffness: float = 0.0,
+        pedestal: float | None = None,
+        weight: float | None = None,
+    ):
         self.series, self.train = series, train
         self.repel, self.stiffness = repel, stiffness
         self.measured = torch.from_numpy(series.projections.astype(np.float32))
         self.noise = NoiseModel("poisson")
         height, width = self.measured.shape[1:]
         self.ones = torch.ones(1, height, width)
-        border = np.concatenate([series.projections[train, :, :8].ravel(), series.projections[train, :, -8:].ravel()])
-        self.pedestal = float(np.median(border))
-        signal = (series.projections[train].sum(axis=(1, 2)) - self.pedestal * height * width).mean()
-        self.weight = float(signal) * series.pixel_size**2 / len(start)  # counts x A^2 per Gaussian
+        self.pedestal = border_pedestal(series, train) if pedestal is None else pedestal
+        if weight is None:  # counts x A^2 per Gaussian
+            weight = mean_signal(series, train, self.pedestal) / len(start)
+        self.weight = weight
         self.positions = torch.nn.Parameter(torch.from_numpy(start).float())
         self.log_sigma = torch.nn.Parameter(torch.tensor(math.log(START_WIDTH)))
         self.shape = AtomShape()
@@ -148,6 +173,23 @@ class TiedFit:
         return sum(float(self.data_term(self.train[k : k + 9], 0.0)) for k in range(0, len(self.train), 9))
 
 
+def search(fit: TiedFit, steps: int, blur: float, blur_steps: int, record=None) -> None:
+    """``steps`` Adam steps of ``fit`` over its training views (:data:`VIEWS_PER_STEP` a step, in one
+    fixed random order), data and model blurred by ``blur`` A falling linearly to 0 over
+    ``blur_steps`` (0: no blur), the positions' rate cooled over the last :data:`COOLING` steps;
+    ``record(step, blur)`` is called every 100 steps and at the end."""
+    train = fit.train
+    order = np.random.default_rng(0).permutation(len(train))
+    for step in range(steps):
+        now = blur * max(0.0, 1.0 - step / blur_steps)
+        cooled = min(1.0, max(0.0, (step - (steps - COOLING)) / COOLING))
+        fit.optimizer.param_groups[0]["lr"] = POSITION_RATE * 0.1**cooled
+        picks = order[(step * VIEWS_PER_STEP + np.arange(VIEWS_PER_STEP)) % len(train)]
+        fit.step(train[picks], now)
+        if record is not None and ((step + 1) % 100 == 0 or step + 1 == steps):
+            record(step + 1, now)
+
+
 def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
     """Where a fit's false Gaussians and missed atoms (A, unmatched within 0.75 A) lie: medians of the
     false ones' distances to the nearest atom and to the nearest other Gaussian, the share of them
@@ -190,21 +232,16 @@ def run_case(
         start = disturbed(truth, case["jitter"], 0.0, 0.0)
     train = split_indices(len(series.projections), "train", 10)
     fit = TiedFit(series, train, start.positions, repel, stiffness)
-    order = np.random.default_rng(0).permutation(len(train))
     first = evaluate(start.positions, truth.positions)
     rows = [{"step": 0, "tpr": round(first.tpr, 4), "fpr": round(first.fpr, 4)}]
+
+    def record(step: int, now: float) -> None:
+        score = evaluate(fit.positions.detach().numpy(), truth.positions)
+        rows.append({"step": step, "tpr": round(score.tpr, 4), "fpr": round(score.fpr, 4), "blur": round(now, 3)})
+        print(f"  {name} step {step}: {score.tpr:.3f} / {score.fpr:.3f} (blur {now:.2f} A)", flush=True)
+
     began = time.perf_counter()
-    for step in range(steps):
-        now = blur * max(0.0, 1.0 - step / blur_steps) if case["blur"] else 0.0
-        cooled = min(1.0, max(0.0, (step - (steps - COOLING)) / COOLING))
-        fit.optimizer.param_groups[0]["lr"] = POSITION_RATE * 0.1**cooled
-        picks = order[(step * VIEWS_PER_STEP + np.arange(VIEWS_PER_STEP)) % len(train)]
-        fit.step(train[picks], now)
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            score = evaluate(fit.positions.detach().numpy(), truth.positions)
-            tpr, fpr = round(score.tpr, 4), round(score.fpr, 4)
-            rows.append({"step": step + 1, "tpr": tpr, "fpr": fpr, "blur": round(now, 3)})
-            print(f"  {name} step {step + 1}: {score.tpr:.3f} / {score.fpr:.3f} (blur {now:.2f} A)", flush=True)
+    search(fit, steps, blur if case["blur"] else 0.0, blur_steps, record)
     seconds = time.perf_counter() - began
     positions = fit.positions.detach().numpy()
     end = ROOT / "results" / "tied_search" / f"{label}_{name}.xyz"
