@@ -176,7 +176,7 @@ class TiedFit:
 def search(fit: TiedFit, steps: int, blur: float, blur_steps: int, record=None) -> None:
     """``steps`` Adam steps of ``fit`` over its training views (:data:`VIEWS_PER_STEP` a step, in one
     fixed random order), data and model blurred by ``blur`` A falling linearly to 0 over
-    ``blur_steps`` (0: no blur), the positions' rate cooled over the last :data:`COOLING` steps;
+    ``blur_steps`` (``blur`` 0: none), the positions' rate cooled over the last :data:`COOLING` steps;
     ``record(step, blur)`` is called every 100 steps and at the end."""
     train = fit.train
     order = np.random.default_rng(0).permutation(len(train))
