@@ -36,6 +36,8 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
+import torch
+from scipy.spatial import cKDTree
 from start_basin import sirt_start
 from tied_search import TiedFit, border_pedestal, mean_signal, search
 
@@ -47,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FACE_MARGIN = 1.5  # A: atoms this far outside a slab's faces reach into it (their halo: about 1 A wide)
 MAXIMA_REACH = 0.5  # A: maxima this far beyond that band may start a Gaussian
 SCORE_INSET = 2.0  # A: TPR / FPR are scored within the slab less this, away from its cut faces
+GROWTH_GAP = 1.0  # A: a sequential scan's new Gaussians start at maxima this far from the fitted ones
 
 
 def central_slab(series, half: float):
@@ -84,8 +87,22 @@ def kink(counts: np.ndarray, values: np.ndarray) -> dict:
     }
 
 
-def run_factor(series, train, maxima, truth, signal: float, atoms: int, factor: float, args, half) -> dict:
-    """One tied search at the weight of ``factor`` x ``atoms`` atoms carrying ``signal``."""
+def grown(previous: np.ndarray, maxima: np.ndarray, count: int) -> np.ndarray:
+    """(count, 3) A: ``previous`` Gaussians and, after them, the strongest ``maxima`` at least
+    :data:`GROWTH_GAP` A from every one of them (a sequential scan's next start)."""
+    far = cKDTree(previous).query(maxima)[0] >= GROWTH_GAP
+    added = maxima[far][: count - len(previous)]
+    if len(previous) + len(added) < count:
+        raise ValueError(f"{count} Gaussians, but only {len(added)} SIRT maxima clear of the {len(previous)} fitted")
+    return np.concatenate([previous, added])
+
+
+def run_factor(
+    series, train, maxima, truth, signal: float, atoms: int, factor: float, args, half, previous=None
+) -> tuple:
+    """One tied search at the weight of ``factor`` x ``atoms`` atoms carrying ``signal``: from the
+    strongest ``maxima``, or (``previous``: an earlier factor's fit) from its end grown by
+    :func:`grown`, with its width and halo, over ``args.next_steps`` steps. Returns (row, fit)."""
     weight = signal / (factor * atoms)
     fitted, band, pedestal = series, series, border_pedestal(series, train)
     inner = np.ones(len(truth), bool)
@@ -98,9 +115,20 @@ def run_factor(series, train, maxima, truth, signal: float, atoms: int, factor: 
     count = int(round(band_signal / weight))
     if count > len(maxima):
         raise ValueError(f"factor {factor}: {count} Gaussians, but only {len(maxima)} SIRT maxima")
-    fit = TiedFit(fitted, train, maxima[:count], pedestal=pedestal, weight=band_signal / count)
+    steps, blur, blur_steps = args.steps, args.blur, args.blur_steps
+    if previous is None:
+        start = maxima[:count]
+    else:
+        start = grown(previous.positions.detach().numpy(), maxima, count)
+        steps, blur, blur_steps = args.next_steps, args.next_blur, args.next_blur_steps
+    fit = TiedFit(fitted, train, start, pedestal=pedestal, weight=band_signal / count)
+    if previous is not None:
+        with torch.no_grad():
+            fit.log_sigma.copy_(previous.log_sigma)
+            for key, value in previous.shape.params.items():
+                fit.shape.params[key].copy_(value)
     began = time.perf_counter()
-    search(fit, args.steps, args.blur, args.blur_steps)
+    search(fit, steps, blur, blur_steps)
     positions = fit.positions.detach().numpy()
     keep = np.ones(len(positions), bool) if half is None else np.abs(positions[:, 0]) < half - SCORE_INSET
     score = evaluate(positions[keep], truth[inner])
@@ -116,7 +144,7 @@ def run_factor(series, train, maxima, truth, signal: float, atoms: int, factor: 
     }
     print(f"  factor {factor}: {count} Gaussians, -log L {row['negative_log_likelihood']:.1f}, "
           f"{score.tpr:.3f} / {score.fpr:.3f}, {row['seconds'] / 60:.1f} min", flush=True)  # fmt: skip
-    return row
+    return row, fit
 
 
 def plot(rows: list, fitted: dict, atoms_scale: float, path: Path, title: str) -> None:
@@ -149,6 +177,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2800)
     parser.add_argument("--blur", type=float, default=1.0, help="A: the starting blur")
     parser.add_argument("--blur-steps", type=int, default=2400, help="steps over which the blur falls to 0")
+    parser.add_argument("--sequential", action="store_true", help="each factor from the last one's end, ascending")
+    parser.add_argument("--next-steps", type=int, default=800, help="--sequential: steps after the first factor")
+    parser.add_argument("--next-blur", type=float, default=0.5, help="A: --sequential: blur after the first factor")
+    parser.add_argument("--next-blur-steps", type=int, default=600)
     args = parser.parse_args()
     name = args.name or args.data.name
     series = read_tilt_series(args.data)
@@ -157,14 +189,17 @@ def main() -> None:
     signal = mean_signal(series, train, border_pedestal(series, train))
     keep = ROOT / "results" / "count_scan" / name
     keep.mkdir(parents=True, exist_ok=True)
-    maxima = None
-    for factor in args.factors:
+    maxima, fit = None, None
+    for factor in sorted(args.factors) if args.sequential else args.factors:
         row_path = keep / f"factor{factor:g}.json"
         if row_path.exists():
+            if args.sequential:
+                raise SystemExit(f"{row_path} exists: a sequential scan runs whole, under a new --name")
             continue
         if maxima is None:  # every SIRT maximum, strongest first
             maxima = sirt_start(args.data, truth, 3 * len(truth)).positions
-        row = run_factor(series, train, maxima, truth.positions, signal, len(truth), factor, args, args.slab)
+        row, end = run_factor(series, train, maxima, truth.positions, signal, len(truth), factor, args, args.slab, fit)
+        fit = end if args.sequential else None
         row_path.write_text(json.dumps(row) + "\n")
     rows = sorted((json.loads(path.read_text()) for path in keep.glob("factor*.json")), key=lambda row: row["factor"])
     counts = np.array([row["gaussians"] for row in rows], float)
@@ -183,6 +218,11 @@ def main() -> None:
         "steps": args.steps,
         "blur": args.blur,
         "blur_steps": args.blur_steps,
+        **(
+            {"sequential": {"steps": args.next_steps, "blur": args.next_blur, "blur_steps": args.next_blur_steps}}
+            if args.sequential
+            else {}
+        ),
         "atoms": len(truth),
         "signal": round(signal, 1),
         "kink": {**{key: round(value, 4) for key, value in fitted.items()}, "factor": round(estimate, 4)},
