@@ -526,6 +526,12 @@ class AtomSplatModel(SplatfactoModel):
                 f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'full' else 'per atom'}): median "
                 f"{median:.2f} pm per axis ({time.perf_counter() - start:.0f} s)"
             )
+            if how == "blocks":
+                CONSOLE.print(
+                    f"  per atom: each atom's own Fisher block, with its neighbours held known (more than "
+                    f"full_uncertainty_limit = {self.config.full_uncertainty_limit} atoms): a lower bound, which "
+                    "in a thick particle lies far below the real errors (README, \"Not yet at scale\")"
+                )
         self.finished.fill_(True)
         return record
 
