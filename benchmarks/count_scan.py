@@ -202,16 +202,6 @@ def main() -> None:
         fit = end if args.sequential else None
         row_path.write_text(json.dumps(row) + "\n")
     rows = sorted((json.loads(path.read_text()) for path in keep.glob("factor*.json")), key=lambda row: row["factor"])
-    counts = np.array([row["gaussians"] for row in rows], float)
-    fitted = kink(counts, [row["negative_log_likelihood"] for row in rows])
-    # the Gaussians' count at the kink, as a factor of the atoms' (the grid's scale: K = F x atoms' share)
-    scale = float(np.mean(counts / [row["factor"] for row in rows]))
-    estimate = fitted["breakpoint"] / scale
-    print(
-        f"{name}: kink at {estimate:.3f} x the atoms' count ({estimate * len(truth):.0f} for {len(truth)}); "
-        f"{-fitted['slope_below']:.2f} nats per Gaussian below, {-fitted['slope_above']:.2f} above",
-        flush=True,
-    )
     report = {
         "data": str(args.data),
         "slab_half_width": args.slab,
@@ -225,12 +215,25 @@ def main() -> None:
         ),
         "atoms": len(truth),
         "signal": round(signal, 1),
-        "kink": {**{key: round(value, 4) for key, value in fitted.items()}, "factor": round(estimate, 4)},
-        "count_estimate": round(estimate * len(truth)),
-        "rows": rows,
     }
     out = ROOT / "docs" / "benchmarks" / f"count_scan_{name}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    if len(rows) < 3:  # two lines need three counts at least: the searches alone
+        print(f"{name}: {len(rows)} factor(s), no kink fitted (it needs three)", flush=True)
+        out.write_text(json.dumps({**report, "rows": rows}, indent=1) + "\n")
+        return
+    counts = np.array([row["gaussians"] for row in rows], float)
+    fitted = kink(counts, [row["negative_log_likelihood"] for row in rows])
+    # the Gaussians' count at the kink, as a factor of the atoms' (the grid's scale: K = F x atoms' share)
+    scale = float(np.mean(counts / [row["factor"] for row in rows]))
+    estimate = fitted["breakpoint"] / scale
+    print(
+        f"{name}: kink at {estimate:.3f} x the atoms' count ({estimate * len(truth):.0f} for {len(truth)}); "
+        f"{-fitted['slope_below']:.2f} nats per Gaussian below, {-fitted['slope_above']:.2f} above",
+        flush=True,
+    )
+    report["kink"] = {**{key: round(value, 4) for key, value in fitted.items()}, "factor": round(estimate, 4)}
+    report["count_estimate"] = round(estimate * len(truth))
+    out.write_text(json.dumps({**report, "rows": rows}, indent=1) + "\n")
     plot(
         rows,
         fitted,
