@@ -76,6 +76,11 @@ def tied_at(
     return fit
 
 
+def rms_error(error: np.ndarray, rows: np.ndarray) -> list:
+    """[x, y, z] the RMS of ``error`` (K, 3) A over the boolean ``rows``, A."""
+    return [round(float(v), 4) for v in np.sqrt(np.mean(error[rows] ** 2, axis=0))]
+
+
 def redraw(data: Path, out: Path, width: float, halo) -> None:
     """Write to ``out`` the series of ``data`` drawn anew from the tied model at its true atoms
     (module docstring); refuses to write into an existing folder."""
@@ -150,7 +155,6 @@ def main() -> None:
         keep = np.abs(positions[:, 0]) < half - SCORE_INSET
         score = evaluate(positions[keep], start[inner])
         moved = np.linalg.norm(positions - first, axis=1)[scored]
-        error = (positions - start)[inner] if args.start is None else np.full((1, 3), np.nan)
         nearest = cKDTree(positions).query(positions[scored], k=2)[0][:, 1]
         result = {
             "round": round_,
@@ -160,7 +164,7 @@ def main() -> None:
             "negative_log_likelihood": round(fit.negative_log_likelihood(), 1),
             "moved_median": round(float(np.median(moved)), 4),
             "moved_p95": round(float(np.percentile(moved, 95)), 4),
-            "rms_xyz": [round(float(v), 4) for v in np.sqrt(np.mean(error**2, axis=0))],
+            "rms_xyz": None if args.start is not None else rms_error(positions - start, inner),
             "nearest_below_2A": round(float(np.mean(nearest < 2.0)), 4),
             "seconds": round(seconds, 1),
         }
