@@ -63,11 +63,13 @@ REDRAW_PEDESTAL = 1.0  # counts per pixel
 
 
 def tied_at(
-    series, train, positions: np.ndarray, weight: float, width: float, halo, repel: float = 0.0, stiffness: float = 0.0
-) -> TiedFit:
-    """The tied model at ``positions`` (K, 3) A, each Gaussian of ``weight``, width and halo held
-    (``repel``, ``stiffness``: the soft minimum distance of :class:`tied_search.TiedFit`)."""
-    fit = TiedFit(series, train, positions, repel, stiffness, weight=weight)
+    series, train, positions: np.ndarray, weight: float, width: float, halo, pedestal: float, repel: float = 0.0,
+    stiffness: float = 0.0,
+) -> TiedFit:  # fmt: skip
+    """The tied model at ``positions`` (K, 3) A, each Gaussian of ``weight``, width and halo held, the
+    views' pedestals solved from ``pedestal`` (the whole series', as a slab's outer columns lie in
+    the particle; ``repel``, ``stiffness``: the soft minimum distance of :class:`tied_search.TiedFit`)."""
+    fit = TiedFit(series, train, positions, repel, stiffness, pedestal=pedestal, weight=weight)
     fraction, ratio = halo
     with torch.no_grad():
         fit.log_sigma.fill_(math.log(width))
@@ -89,8 +91,9 @@ def redraw(data: Path, out: Path, width: float, halo) -> None:
     series = read_tilt_series(data)
     truth = ase.io.read(data / "ground_truth.xyz").positions
     train = split_indices(len(series.projections), "train", 10)
-    weight = mean_signal(series, train, border_pedestal(series, train)) / len(truth)
-    fit = tied_at(series, train, truth, weight, width, halo)
+    pedestal = border_pedestal(series, train)
+    weight = mean_signal(series, train, pedestal) / len(truth)
+    fit = tied_at(series, train, truth, weight, width, halo, pedestal)
     with torch.no_grad():
         images = [
             fit.project(series_views(series, np.arange(k, min(k + 6, len(series.projections)))), 0.0).numpy()
@@ -127,7 +130,8 @@ def main() -> None:
     series = read_tilt_series(data)
     truth = ase.io.read(data / "ground_truth.xyz").positions
     train = split_indices(len(series.projections), "train", 10)
-    weight = mean_signal(series, train, border_pedestal(series, train)) / len(truth)
+    pedestal = border_pedestal(series, train)
+    weight = mean_signal(series, train, pedestal) / len(truth)
     fitted, half, reach = series, math.inf, math.inf
     if args.slab is not None:
         fitted, half = central_slab(series, args.slab)
@@ -136,7 +140,7 @@ def main() -> None:
     first = start if args.start is None else ase.io.read(args.start).positions
     if args.start is not None and args.slab is None:  # the tied weight of its own count, as its search had
         weight *= len(truth) / len(first)
-    fit = tied_at(fitted, train, first, weight, args.width, args.halo, args.repel, args.stiffness)
+    fit = tied_at(fitted, train, first, weight, args.width, args.halo, pedestal, args.repel, args.stiffness)
     inner = np.abs(start[:, 0]) < half - SCORE_INSET
     scored = np.abs(first[:, 0]) < half - SCORE_INSET  # the Gaussians whose moves are recorded
     optimizer = torch.optim.LBFGS(
