@@ -14,6 +14,11 @@ continuous two-line fit of -log L against the Gaussians' count (:func:`kink`), a
 ``S / w`` at the kink uses the data alone; the truth only places the grid of factors and scores
 the estimate.
 
+``--hardcore D`` starts from the strongest maxima at least D A apart (the greedy rule of
+:func:`atomsplat.analysis.tracing.select_separated`), ``--repel R`` adds the soft minimum distance of
+``tied_search.TiedFit`` (``--stiffness`` x (R - d)^2 nats per view for each pair closer than R A)
+to the search: the prior that atoms keep their distance.
+
 ``--slab H`` fits only the columns within H A of the tilt axis (x = 0): a single-axis series is a
 stack of independent slices, so those columns are the exact projections of the slab ``|x| < H``,
 at a fraction of the cost. Atoms just outside its faces send their tails (core and halo) into it,
@@ -42,6 +47,7 @@ from start_basin import sirt_start
 from tied_search import TiedFit, border_pedestal, mean_signal, search
 
 from atomsplat.analysis.matching import evaluate
+from atomsplat.analysis.tracing import select_separated
 from atomsplat.data.dataparser import split_indices
 from atomsplat.data.formats import read_tilt_series
 
@@ -111,6 +117,8 @@ def run_factor(
         band, reach = central_slab(series, half + FACE_MARGIN)
         maxima = maxima[np.abs(maxima[:, 0]) < reach + MAXIMA_REACH]
         inner = np.abs(truth[:, 0]) < half - SCORE_INSET
+    if args.hardcore > 0:  # the strongest maxima at least that far apart, as atoms are
+        maxima = maxima[select_separated(maxima, -np.arange(len(maxima)), args.hardcore)]
     band_signal = mean_signal(band, train, pedestal)
     count = int(round(band_signal / weight))
     if count > len(maxima):
@@ -121,7 +129,7 @@ def run_factor(
     else:
         start = grown(previous.positions.detach().numpy(), maxima, count)
         steps, blur, blur_steps = args.next_steps, args.next_blur, args.next_blur_steps
-    fit = TiedFit(fitted, train, start, pedestal=pedestal, weight=band_signal / count)
+    fit = TiedFit(fitted, train, start, args.repel, args.stiffness, pedestal=pedestal, weight=band_signal / count)
     if previous is not None:
         with torch.no_grad():
             fit.log_sigma.copy_(previous.log_sigma)
@@ -177,6 +185,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2800)
     parser.add_argument("--blur", type=float, default=1.0, help="A: the starting blur")
     parser.add_argument("--blur-steps", type=int, default=2400, help="steps over which the blur falls to 0")
+    parser.add_argument("--hardcore", type=float, default=0.0, help="A: start maxima at least this far apart")
+    parser.add_argument("--repel", type=float, default=0.0, help="A: soft minimum distance of the Gaussians (0: none)")
+    parser.add_argument("--stiffness", type=float, default=200.0, help="nats per view per A^2 of the overlap")
     parser.add_argument("--sequential", action="store_true", help="each factor from the last one's end, ascending")
     parser.add_argument("--next-steps", type=int, default=800, help="--sequential: steps after the first factor")
     parser.add_argument("--next-blur", type=float, default=0.5, help="A: --sequential: blur after the first factor")
@@ -208,6 +219,8 @@ def main() -> None:
         "steps": args.steps,
         "blur": args.blur,
         "blur_steps": args.blur_steps,
+        **({"hardcore": args.hardcore} if args.hardcore > 0 else {}),
+        **({"repel": args.repel, "stiffness": args.stiffness} if args.repel > 0 else {}),
         **(
             {"sequential": {"steps": args.next_steps, "blur": args.next_blur, "blur_steps": args.next_blur_steps}}
             if args.sequential
