@@ -530,7 +530,7 @@ class AtomSplatModel(SplatfactoModel):
                 CONSOLE.print(
                     f"  per atom: each atom's own Fisher block, with its neighbours held known (more than "
                     f"full_uncertainty_limit = {self.config.full_uncertainty_limit} atoms): a lower bound, which "
-                    "in a thick particle lies far below the real errors (README, \"Not yet at scale\")"
+                    'in a thick particle lies far below the real errors (README, "Not yet at scale")'
                 )
         self.finished.fill_(True)
         return record
