@@ -149,8 +149,7 @@ def main() -> None:
 
     def closure():
         optimizer.zero_grad()
-        total = sum(fit.data_term(train[k : k + 9], 0.0) for k in range(0, len(train), 9))
-        total = total + len(train) * fit.overlap()  # the penalty is in nats per view
+        total = fit.training_data_term() + len(train) * fit.overlap()  # the penalty is in nats per view
         total.backward()
         return total
 

@@ -167,10 +167,14 @@ class TiedFit:
         (self.data_term(indices, blur) / len(indices) + self.overlap()).backward()
         self.optimizer.step()
 
+    def training_data_term(self) -> torch.Tensor:
+        """The summed data term (nats) of all training projections, unblurred, 9 views at a time."""
+        return sum(self.data_term(self.train[k : k + 9], 0.0) for k in range(0, len(self.train), 9))
+
     @torch.no_grad()
     def negative_log_likelihood(self) -> float:
         """Nats over all training projections, unblurred (up to a constant of the data)."""
-        return sum(float(self.data_term(self.train[k : k + 9], 0.0)) for k in range(0, len(self.train), 9))
+        return float(self.training_data_term())
 
 
 def search(fit: TiedFit, steps: int, blur: float, blur_steps: int, record=None) -> None:
