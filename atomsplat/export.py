@@ -88,8 +88,10 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
     Returns:
         ase.Atoms with positions in A (sample frame) and per-atom arrays "weight" (integrated
         weight, data units x A^2), "sigma" (A) and, when training ran its final pass,
-        "uncertainty" (K, 3): the Cramer-Rao standard deviations of x, y, z (A). ``info`` holds
-        "weight_unit" (:func:`weight_unit`), "pixel_size" (A) and, for atoms fitted as a core and
+        "uncertainty" (K, 3): the Cramer-Rao standard deviations of x, y, z (A), with ``info``
+        "uncertainty_kind" saying how they were computed
+        (:data:`atomsplat.model.refinement.UNCERTAINTY_KINDS`: "own block" is a lower bound). ``info``
+        holds "weight_unit" (:func:`weight_unit`), "pixel_size" (A) and, for atoms fitted as a core and
         a halo, "halo_fraction" (of the weight in the halo) and "halo_ratio" (halo width / sigma,
         sigma then being the core's width): extended XYZ writes them.
     """
@@ -102,6 +104,9 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
     atoms.set_array("sigma", found["sigmas"])
     if "uncertainty" in found:
         atoms.set_array("uncertainty", found["uncertainty"])
+        from atomsplat.model.refinement import UNCERTAINTY_KINDS
+
+        atoms.info["uncertainty_kind"] = UNCERTAINTY_KINDS[int(model.uncertainty_kind)]
     atoms.info["weight_unit"] = weight_unit(model.series)
     atoms.info["pixel_size"] = float(model.series.pixel_size)
     halo = model.cloud.halo()  # (fraction, ratio) of counting data, None otherwise
@@ -162,11 +167,12 @@ def write_atoms(atoms: ase.Atoms, path) -> str:
     kind = atom_format(path)
     if kind == "csv":
         write_csv(atoms, path)
-        return "CSV: species, x, y, z, weight, sigma" + (", uncertainty" if "uncertainty" in atoms.arrays else "")
+        uncertainty = f", uncertainty{_kind_note(atoms)}" if "uncertainty" in atoms.arrays else ""
+        return f"CSV: species, x, y, z, weight, sigma{uncertainty}"
     if kind == "extxyz":
         ase.io.write(path, atoms, format="extxyz")
         arrays = [name for name in atoms.arrays if name not in ("numbers", "positions")]
-        return f"extended XYZ: positions, {', '.join(arrays)}"
+        return f"extended XYZ: positions, {', '.join(arrays)}{_kind_note(atoms)}"
     if kind in CELL_FORMATS:
         boxed, shift = in_box(atoms)
         note = (
@@ -186,6 +192,11 @@ def write_atoms(atoms: ase.Atoms, path) -> str:
         return f"{kind.upper()}: positions and species in a {' x '.join(f'{v:g}' for v in boxed.cell.lengths())} A box"
     ase.io.write(path, atoms, format=kind)
     return f"{'PDB' if kind == 'proteindatabank' else kind.upper()}: positions and species"
+
+
+def _kind_note(atoms: ase.Atoms) -> str:
+    """The note " (KIND)" of how the uncertainties were computed, from ``atoms.info``; "" if it does not say."""
+    return f" ({atoms.info['uncertainty_kind']})" if "uncertainty_kind" in atoms.info else ""
 
 
 def in_box(atoms: ase.Atoms, margin: float = CELL_MARGIN):
@@ -211,16 +222,17 @@ def csv_header(atoms: ase.Atoms) -> list:
         columns += ["core sigma (A)", "halo sigma (A)", "halo fraction"]
     else:
         columns += ["sigma (A)"]
-    if "uncertainty" in atoms.arrays:
-        columns += [f"uncertainty {axis} (A)" for axis in "xyz"]
+    if "uncertainty" in atoms.arrays:  # a lower bound is named as one: it is not the same quantity
+        lower = ", own block: lower bound" if atoms.info.get("uncertainty_kind") == "own block" else ""
+        columns += [f"uncertainty {axis} (A{lower})" for axis in "xyz"]
     return columns
 
 
 def write_csv(atoms: ase.Atoms, path) -> None:
     """One row per atom: species, x, y, z (A, sample frame), weight (its unit in the header),
     sigma (A; for atoms fitted as core and halo the core's and the halo's sigma and the halo's
-    fraction of the weight) and, when present, the Cramer-Rao standard deviations of x, y, z (A);
-    values with nine significant digits."""
+    fraction of the weight) and, when present, the Cramer-Rao standard deviations of x, y, z (A;
+    named as lower bounds when each is its atom's own block); values with nine significant digits."""
     uncertainty = atoms.arrays.get("uncertainty")
     sigmas = atoms.arrays["sigma"][:, None]
     if "halo_fraction" in atoms.info:

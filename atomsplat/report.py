@@ -214,5 +214,8 @@ def _plot_uncertainty(ax, atoms) -> None:
             label=f"{name}: median {np.median(values):.3f} A",
         )
     unbounded = f", {int((~finite).sum())} unbounded" if not finite.all() else ""
-    ax.set(title=f"positional uncertainty (Cramer-Rao{unbounded})", xlabel="standard deviation (A)", ylabel="atoms")
+    lower = ", own blocks: lower bounds" if atoms.info.get("uncertainty_kind") == "own block" else ""
+    ax.set(
+        title=f"positional uncertainty (Cramer-Rao{lower}{unbounded})", xlabel="standard deviation (A)", ylabel="atoms"
+    )
     ax.legend(loc="upper right", fontsize=8)

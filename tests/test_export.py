@@ -46,6 +46,34 @@ def test_atoms_carry_their_units(run):
     assert atoms.info["weight_unit"] == "data units A^2"  # the bundled series is not counts
     assert atoms.info["pixel_size"] == model.series.pixel_size
     assert atoms.arrays["uncertainty"].shape == (len(atoms), 3)  # the run reached its final pass
+    assert atoms.info["uncertainty_kind"] == "marginal"  # fewer atoms than full_uncertainty_limit
+
+
+def test_a_run_saved_before_the_kind_was_kept_says_not_recorded(run):
+    _, model, _ = run
+    state = {key: value.clone() for key, value in model.state_dict().items()}  # not views of the buffers
+    try:
+        model.load_state_dict({key: value for key, value in state.items() if key != "uncertainty_kind"})
+        assert atoms_from_model(model).info["uncertainty_kind"] == "not recorded"
+    finally:
+        model.load_state_dict(state)
+    assert atoms_from_model(model).info["uncertainty_kind"] == "marginal"
+
+
+def test_lower_bounds_are_named_as_such(tmp_path):
+    """Each atom's own Fisher block (above full_uncertainty_limit atoms) is a lower bound, not the
+    Cramer-Rao deviation: the CSV's columns, the description and the extended XYZ say so."""
+    atoms = ase.Atoms("Si2", positions=[[0.0, 0.0, 0.0], [2.3, 0.0, 0.0]])
+    atoms.set_array("weight", np.array([1.0, 2.0]))
+    atoms.set_array("sigma", np.array([0.5, 0.5]))
+    atoms.set_array("uncertainty", np.full((2, 3), 0.02))
+    atoms.info["uncertainty_kind"] = "own block"
+    assert write_atoms(atoms, tmp_path / "atoms.csv").endswith("uncertainty (own block)")
+    with open(tmp_path / "atoms.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header[-3:] == [f"uncertainty {axis} (A, own block: lower bound)" for axis in "xyz"]
+    assert write_atoms(atoms, tmp_path / "atoms.xyz").endswith("(own block)")
+    assert ase.io.read(tmp_path / "atoms.xyz").info["uncertainty_kind"] == "own block"
 
 
 def test_weight_unit_follows_the_data():

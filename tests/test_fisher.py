@@ -129,7 +129,7 @@ def test_an_atom_outside_every_view_has_infinite_deviations_and_leaves_the_other
     corrections = ViewCorrections(rotations.float(), views.indices, counts, background_degree=0, noise=noise)
     for limit in (1000, 0):  # the whole matrix, then the blocks
         deviations, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0, full_limit=limit)
-        assert how == ("full" if limit else "blocks")
+        assert how == ("marginal" if limit else "own block")
         assert torch.isinf(deviations[4]).all() and torch.isfinite(deviations[:4]).all()
 
 
@@ -179,7 +179,7 @@ def test_cramer_rao_bound_matches_the_spread_of_maximum_likelihood_fits():
         fitted.append(cloud.positions.detach().clone())
         if bounds is None:
             bounds, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0)
-            assert how == "full"
+            assert how == "marginal"
     errors = torch.stack(fitted) - truth  # (40, 3 atoms, 3 axes)
     assert float(errors.mean(dim=0).abs().max()) < 0.5 * float(bounds.max())  # no bias beyond noise
     per_axis = (errors / bounds).square().mean(dim=(0, 1)).sqrt()

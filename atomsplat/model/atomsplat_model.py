@@ -47,7 +47,7 @@ from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
-from atomsplat.model.refinement import position_uncertainties, refine
+from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
     DEFAULT_MERGE_DISTANCE,
@@ -226,6 +226,8 @@ class AtomSplatModel(SplatfactoModel):
         """True once training ran its final pass (:meth:`finish`): the atoms are final."""
         self.register_buffer("uncertainty", torch.zeros(0, 3))
         """(K, 3) Cramer-Rao standard deviations of the final atoms' x, y, z, A (empty before)."""
+        self.register_buffer("uncertainty_kind", torch.zeros((), dtype=torch.int8))
+        """How ``uncertainty`` was computed: its index in :data:`UNCERTAINTY_KINDS`."""
         self.step = 0
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         truth = metadata.get("ground_truth")
@@ -238,6 +240,8 @@ class AtomSplatModel(SplatfactoModel):
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
         self.cloud.resize(state_dict["cloud.params.positions"].shape[0])
         self.uncertainty = self.uncertainty.new_zeros(state_dict["uncertainty"].shape)
+        if "uncertainty_kind" not in state_dict:  # saved before the kind was kept
+            state_dict = {**state_dict, "uncertainty_kind": torch.zeros((), dtype=torch.int8)}
         return torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -521,12 +525,13 @@ class AtomSplatModel(SplatfactoModel):
             self.uncertainty, how = position_uncertainties(
                 *args, full_limit=self.config.full_uncertainty_limit, prior=prior
             )
+            self.uncertainty_kind.fill_(UNCERTAINTY_KINDS.index(how))
             median = float(self.uncertainty.median()) * 100.0
             CONSOLE.print(
-                f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'full' else 'per atom'}): median "
+                f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'marginal' else 'per atom'}): median "
                 f"{median:.2f} pm per axis ({time.perf_counter() - start:.0f} s)"
             )
-            if how == "blocks":
+            if how == "own block":
                 CONSOLE.print(
                     f"  per atom: each atom's own Fisher block, with its neighbours held known (more than "
                     f"full_uncertainty_limit = {self.config.full_uncertainty_limit} atoms): a lower bound, which "
