@@ -26,8 +26,9 @@ and each needs a Gaussian of its own: the fit holds ``S_band / w`` Gaussians, S_
 the columns within H + :data:`FACE_MARGIN` A, the strongest maxima within 0.5 A more; the pedestal
 is the whole series' (the slab's outer columns lie in the particle).
 
-Every factor's row is kept in results/count_scan/<name>/ (two processes may share a name and split
-the factors; a rerun skips the rows it has); writes docs/benchmarks/count_scan_<name>.json and
+Every factor's row and end (the fitted positions, XYZ of element X: a ``--start`` for
+``information_limit.py``) are kept in results/count_scan/<name>/ (two processes may share a name and
+split the factors; a rerun skips the rows it has); writes docs/benchmarks/count_scan_<name>.json and
 docs/figures/count_scan_<name>.png from all rows of the name.
 """
 
@@ -211,6 +212,8 @@ def main() -> None:
             maxima = sirt_start(args.data, truth, 3 * len(truth)).positions
         row, end = run_factor(series, train, maxima, truth.positions, signal, len(truth), factor, args, args.slab, fit)
         fit = end if args.sequential else None
+        positions = end.positions.detach().numpy()
+        ase.io.write(keep / f"factor{factor:g}.xyz", ase.Atoms(["X"] * len(positions), positions))  # no species
         row_path.write_text(json.dumps(row) + "\n")
     rows = sorted((json.loads(path.read_text()) for path in keep.glob("factor*.json")), key=lambda row: row["factor"])
     report = {
