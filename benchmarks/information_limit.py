@@ -30,8 +30,10 @@ each Gaussian then carrying the mean signal over their count (whole particle) as
 the true atoms up to :data:`count_scan.FACE_MARGIN` A outside its faces, scored 2 A inside them.
 
 Writes docs/benchmarks/information_limit_<name>.json: per round TPR / FPR, -log L (the data term
-alone), the median and 95th percentile of the distance moved, the RMS error per axis of the atoms
-scored (from the truth only) and the share of them with another Gaussian closer than 2 A.
+alone) and, with ``--repel``, the prior's nats (the penalty over all training views: the MAP's
+objective is their sum), the median and 95th percentile of the distance moved, the RMS error per
+axis of the atoms scored (from the truth only) and the share of them with another Gaussian closer
+than 2 A; and the end's positions as results/information_limit/<name>.xyz (element X).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def main() -> None:
             "tpr": round(score.tpr, 4),
             "fpr": round(score.fpr, 4),
             "negative_log_likelihood": round(fit.negative_log_likelihood(), 1),
+            **({"prior": round(float(len(train) * fit.overlap().detach()), 1)} if args.repel > 0 else {}),
             "moved_median": round(float(np.median(moved)), 4),
             "moved_p95": round(float(np.percentile(moved, 95)), 4),
             "rms_xyz": None if args.start is not None else rms_error(positions - start, inner),
@@ -195,6 +198,10 @@ def main() -> None:
     out = ROOT / "docs" / "benchmarks" / f"information_limit_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
+    end = ROOT / "results" / "information_limit" / f"{name}.xyz"
+    end.parent.mkdir(parents=True, exist_ok=True)
+    positions = fit.positions.detach().numpy()
+    ase.io.write(end, ase.Atoms(["X"] * len(positions), positions))  # no species
 
 
 if __name__ == "__main__":
