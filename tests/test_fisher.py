@@ -133,6 +133,17 @@ def test_an_atom_outside_every_view_has_infinite_deviations_and_leaves_the_other
         assert torch.isinf(deviations[4]).all() and torch.isfinite(deviations[:4]).all()
 
 
+def test_each_atoms_own_block_bounds_its_marginal_deviations_from_below():
+    """What the export calls "own block" is a lower bound: inverting one atom's block holds its
+    neighbours known, and ((F_ii)^-1)_jj <= ((F^-1)_ii)_jj for a positive definite F; the atoms of
+    the case overlap in projection, so the marginals are larger, not equal."""
+    inverse_variance = torch.full((3, H, W), 2.0, dtype=torch.float64)
+    own = position_covariances(fisher_blocks(*_case(), P, inverse_variance)).diagonal(dim1=1, dim2=2).numpy()
+    marginal = marginal_position_variances(fisher_matrix(*_case(), P, inverse_variance), 4)
+    assert np.all(own <= marginal * (1 + 1e-9))
+    assert np.max(marginal / own) > 1.01
+
+
 @pytest.mark.parametrize("halo", [None, (0.3, 1.7)])
 def test_removal_gains_equal_the_data_term_without_each_atom(halo):
     positions, sigmas, weights, rotations, offsets = _case()
