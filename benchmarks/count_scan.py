@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from start_basin import sirt_start
-from tied_search import TiedFit, border_pedestal, mean_signal, search
+from tied_search import TiedFit, border_pedestal, mean_signal, search, write_positions
 
 from atomsplat.analysis.matching import evaluate
 from atomsplat.analysis.tracing import select_separated
@@ -212,8 +212,7 @@ def main() -> None:
             maxima = sirt_start(args.data, truth, 3 * len(truth)).positions
         row, end = run_factor(series, train, maxima, truth.positions, signal, len(truth), factor, args, args.slab, fit)
         fit = end if args.sequential else None
-        positions = end.positions.detach().numpy()
-        ase.io.write(keep / f"factor{factor:g}.xyz", ase.Atoms(["X"] * len(positions), positions))  # no species
+        write_positions(keep / f"factor{factor:g}.xyz", end.positions.detach().numpy())
         row_path.write_text(json.dumps(row) + "\n")
     rows = sorted((json.loads(path.read_text()) for path in keep.glob("factor*.json")), key=lambda row: row["factor"])
     report = {

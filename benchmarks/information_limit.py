@@ -51,7 +51,7 @@ import tifffile
 import torch
 from count_scan import FACE_MARGIN, SCORE_INSET, central_slab
 from scipy.spatial import cKDTree
-from tied_search import TiedFit, border_pedestal, mean_signal
+from tied_search import TiedFit, border_pedestal, mean_signal, write_positions
 
 from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataparser import split_indices
@@ -198,10 +198,7 @@ def main() -> None:
     out = ROOT / "docs" / "benchmarks" / f"information_limit_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    end = ROOT / "results" / "information_limit" / f"{name}.xyz"
-    end.parent.mkdir(parents=True, exist_ok=True)
-    positions = fit.positions.detach().numpy()
-    ase.io.write(end, ase.Atoms(["X"] * len(positions), positions))  # no species
+    write_positions(ROOT / "results" / "information_limit" / f"{name}.xyz", fit.positions.detach().numpy())
 
 
 if __name__ == "__main__":

@@ -194,6 +194,13 @@ def search(fit: TiedFit, steps: int, blur: float, blur_steps: int, record=None) 
             record(step + 1, now)
 
 
+def write_positions(path: Path, positions: np.ndarray) -> None:
+    """Write a fit's Gaussians (K, 3) A to ``path`` as XYZ of element X: positions with no species
+    (a start for another fit)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(path, ase.Atoms(["X"] * len(positions), positions))
+
+
 def misses(positions: np.ndarray, truth: np.ndarray) -> dict:
     """Where a fit's false Gaussians and missed atoms (A, unmatched within 0.75 A) lie: medians of the
     false ones' distances to the nearest atom and to the nearest other Gaussian, the share of them
