@@ -90,7 +90,8 @@ def atoms_from_model(model, elements: Optional[Sequence[str]] = None) -> ase.Ato
         weight, data units x A^2), "sigma" (A) and, when training ran its final pass,
         "uncertainty" (K, 3): the Cramer-Rao standard deviations of x, y, z (A), with ``info``
         "uncertainty_kind" saying how they were computed
-        (:data:`atomsplat.model.refinement.UNCERTAINTY_KINDS`: "own block" is a lower bound). ``info``
+        (:data:`atomsplat.model.refinement.UNCERTAINTY_KINDS`: "own block" is a lower bound,
+        "scaled own block" an estimate of the marginal). ``info``
         holds "weight_unit" (:func:`weight_unit`), "pixel_size" (A) and, for atoms fitted as a core and
         a halo, "halo_fraction" (of the weight in the halo) and "halo_ratio" (halo width / sigma,
         sigma then being the core's width): extended XYZ writes them.

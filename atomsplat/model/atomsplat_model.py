@@ -156,8 +156,8 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """After the last density pass, fit the atoms to every training projection at once to
     convergence (L-BFGS on the smooth likelihood, :mod:`atomsplat.model.refinement`)."""
     full_uncertainty_limit: int = 1000
-    """Up to this many atoms the positional uncertainties include the correlations of all atoms
-    (the whole Fisher matrix); above it, each atom's own Fisher block (a lower bound)."""
+    """Up to this many atoms the positional uncertainties include all atoms' correlations (the whole
+    Fisher matrix); above it, each atom's own block scaled by a band's (README, export)."""
     seed: int = 0
     """Seed of the initial positions and of duplication."""
 
@@ -528,14 +528,19 @@ class AtomSplatModel(SplatfactoModel):
             self.uncertainty_kind.fill_(UNCERTAINTY_KINDS.index(how))
             median = float(self.uncertainty.median()) * 100.0
             CONSOLE.print(
-                f"positional uncertainty (Cramer-Rao, {'all atoms' if how == 'marginal' else 'per atom'}): median "
-                f"{median:.2f} pm per axis ({time.perf_counter() - start:.0f} s)"
+                f"positional uncertainty (Cramer-Rao, {how}): median {median:.2f} pm per axis "
+                f"({time.perf_counter() - start:.0f} s)"
             )
-            if how == "own block":
+            if how != "marginal":
                 CONSOLE.print(
-                    f"  per atom: each atom's own Fisher block, with its neighbours held known (more than "
-                    f"full_uncertainty_limit = {self.config.full_uncertainty_limit} atoms): a lower bound, which "
-                    'in a thick particle lies far below the real errors (README, "Not yet at scale")'
+                    f"  more than full_uncertainty_limit = {self.config.full_uncertainty_limit} atoms: each atom's "
+                    "own Fisher block, its neighbours held known"
+                    + (
+                        ", scaled by what the neighbours add in a band across the tilt axis (an estimate)"
+                        if how == "scaled own block"
+                        else ": a lower bound, by about a third in a thick particle"
+                    )
+                    + ' (README, "Not yet at scale")'
                 )
         self.finished.fill_(True)
         return record
