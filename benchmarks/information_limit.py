@@ -1,7 +1,7 @@
 """Where is the likelihood's own maximum? The tied model fitted from the true atoms, and a series drawn from it.
 
     python benchmarks/information_limit.py DATA [--name NAME] [--slab 8] [--redraw DIR] [--start XYZ]
-        [--repel 2.1 --stiffness 200] [--iterations 25] [--rounds 4]
+        [--repel 2.1 --stiffness 200] [--iterations 25] [--rounds 4] [--uncertainties]
 
 DATA: a count series with ground_truth.xyz. The tied model (``tied_search.TiedFit``: every Gaussian
 of one weight, the mean signal of a training projection over the atoms' count, one width and halo,
@@ -28,6 +28,12 @@ each Gaussian then carrying the mean signal over their count (whole particle) as
 
 ``--slab H`` fits only the columns within H A of the tilt axis (``count_scan.central_slab``), with
 the true atoms up to :data:`count_scan.FACE_MARGIN` A outside its faces, scored 2 A inside them.
+
+``--uncertainties`` (from the truth, whole particle) then computes the positional deviations that
+the method would export at the end (:func:`atomsplat.model.refinement.position_uncertainties` with
+the model's default ``full_uncertainty_limit``: above it each atom's own block scaled by a band's
+marginal ratio) and, for comparison, the own blocks alone, and records per axis the standard
+deviation of the errors over each (the issue's calibration criterion: 0.8-1.25).
 
 Writes docs/benchmarks/information_limit_<name>.json: per round TPR / FPR, -log L (the data term
 alone) and, with ``--repel``, the prior's nats (the penalty over all training views: the MAP's
@@ -56,7 +62,12 @@ from tied_search import TiedFit, border_pedestal, mean_signal, write_positions
 from atomsplat.analysis.matching import evaluate
 from atomsplat.data.dataparser import split_indices
 from atomsplat.data.formats import read_tilt_series
-from atomsplat.model.cloud import series_views
+from atomsplat.geometry import view_rotations
+from atomsplat.model.atomsplat_model import AtomSplatModelConfig
+from atomsplat.model.cloud import AtomCloud, AtomShape, series_views
+from atomsplat.model.corrections import ViewCorrections
+from atomsplat.model.losses import NoiseModel
+from atomsplat.model.refinement import position_uncertainties
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HALO = 0.5706, (0.4105, 1.824)  # A; fraction, ratio: fitted from the 9 nm atoms at 8e3
@@ -110,6 +121,37 @@ def redraw(data: Path, out: Path, width: float, halo) -> None:
     tifffile.imwrite(out / "projections.tif", counts.astype(np.float32))
 
 
+def calibration(series, train, positions: np.ndarray, truth: np.ndarray, weight: float, width: float, halo,
+                pedestal: float) -> dict:  # fmt: skip
+    """Per axis, the standard deviation of ``positions - truth`` (K, 3) A over the deviations that
+    the method exports for atoms of ``weight``, ``width`` and ``halo`` at ``positions`` (and over
+    their own blocks alone), the pixels' variances the model's expectation over ``pedestal``."""
+    fraction, ratio = halo
+    cloud = AtomCloud(torch.from_numpy(positions).float(), width, weight, shape=AtomShape(fraction, ratio))
+    measured = torch.from_numpy(series.projections.astype(np.float32))
+    noise = NoiseModel("poisson")
+    corrections = ViewCorrections(
+        torch.from_numpy(view_rotations(series.tilt_angles, series.tilt_axis_angle)).float(),
+        torch.from_numpy(train), measured, background_degree=0, noise=noise,
+    )  # fmt: skip
+    corrections.background.fill_(pedestal)
+    limit = AtomSplatModelConfig().full_uncertainty_limit
+    result = {}
+    for key, full_limit, band_limit in (("exported", limit, None), ("own_block", 0, 0)):
+        began = time.perf_counter()
+        args = (cloud, corrections, measured, series_views(series, train), noise)
+        deviations, how = position_uncertainties(*args, step=0, full_limit=full_limit, band_limit=band_limit)
+        z = (positions - truth) / deviations.numpy()
+        result[key] = {
+            "kind": how,
+            "rms_deviation": rms_error(deviations.numpy(), np.ones(len(z), bool)),
+            "error_over_deviation_std": [round(float(v), 3) for v in z.std(axis=0)],
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+        print(json.dumps({key: result[key]}), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
@@ -123,6 +165,7 @@ def main() -> None:
     parser.add_argument("--stiffness", type=float, default=200.0, help="nats per view per A^2 of the overlap")
     parser.add_argument("--iterations", type=int, default=25, help="L-BFGS iterations per round")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--uncertainties", action="store_true", help="the exported deviations' calibration at the end")
     args = parser.parse_args()
     data = args.data
     if args.redraw is not None:
@@ -182,6 +225,11 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         optimizer.step(closure)
         rows.append(row(round_, time.perf_counter() - began))
+    if args.uncertainties:
+        if args.start is not None or args.slab is not None:
+            raise SystemExit("--uncertainties needs the whole particle fitted from the truth (errors by atom)")
+        end = fit.positions.detach().numpy()
+        rows[-1]["calibration"] = calibration(series, train, end, truth, weight, args.width, args.halo, pedestal)
     report = {
         "data": str(data),
         "slab_half_width": args.slab,

@@ -1,20 +1,22 @@
 """How far below the Cramer-Rao bound is each atom's own Fisher block? The marginal deviations of a band of true atoms.
 
-    python benchmarks/marginal_bound.py DATA [--name NAME] [--inner 1.0] [--margins 2.0 4.0]
+    python benchmarks/marginal_bound.py DATA [--name NAME] [--centre 0.0] [--inner 1.0] [--margins 2.0 4.0]
         [--width 0.5706 --halo 0.4105 1.824]
 
-DATA: a count series with ground_truth.xyz (a single tilt axis along x). Above
-``full_uncertainty_limit`` atoms the method exports each atom's own block of the Fisher information
-(``UNCERTAINTY_KINDS`` "own block": its neighbours held known), a lower bound of the marginal
-deviation that the inverse of the whole matrix gives. How far below, for a particle too large for
-the whole matrix? The tied model of ``information_limit.py`` (every atom of one weight, the mean
-signal over the atoms' count, the width and halo held) is placed at the true atoms; the pixels'
-variances are its expectation over all atoms (Poisson, the border pedestal added), on the full
-detector of every training projection (every 10th held out). For each margin M the whole Fisher
-matrix of the atoms within ``|x| < inner + M`` (5 parameters each, and each view's pedestal) is
-built and inverted (:func:`atomsplat.render.fisher.fisher_matrix`,
-:func:`~atomsplat.render.fisher.marginal_position_variances`), the atoms beyond held known, and
-the marginal deviations of the atoms within ``|x| < inner`` are compared with their own blocks'
+DATA: a count series with ground_truth.xyz (a single tilt axis along x). Each atom's own block of
+the Fisher information (its neighbours held known) is a lower bound of the marginal deviation that
+the inverse of the whole matrix gives; above ``full_uncertainty_limit`` atoms the method scales the
+own blocks by their median ratio over one band about the atoms' middle (``UNCERTAINTY_KINDS``
+"scaled own block", :data:`atomsplat.model.refinement.BAND`). How far below, and does one band's
+ratio hold across the particle (``--centre``), for a particle too large for the whole matrix? The
+tied model of ``information_limit.py`` (every atom of one weight, the mean signal over the atoms'
+count, the width and halo held) is placed at the true atoms; the pixels' variances are its
+expectation over all atoms (Poisson, the border pedestal added), on the full detector of every
+training projection (every 10th held out). For each margin M the whole Fisher matrix of the atoms
+within ``|x - centre| < inner + M`` (5 parameters each, and each view's pedestal) is built and
+inverted (:func:`atomsplat.render.fisher.fisher_matrix`,
+:func:`~atomsplat.render.fisher.marginal_position_variances`), the atoms beyond held known, and the
+marginal deviations of the atoms within ``|x - centre| < inner`` are compared with their own blocks'
 (:func:`~atomsplat.render.fisher.fisher_blocks`). A single tilt axis makes the slices along it
 independent up to the footprints' reach, so the marginals converge as M grows: two margins that
 agree show the band holds every correlation that matters.
@@ -65,7 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("--name", default=None)
-    parser.add_argument("--inner", type=float, default=1.0, help="A: the atoms compared, |x| < INNER")
+    parser.add_argument("--centre", type=float, default=0.0, help="A: the band's middle along x")
+    parser.add_argument("--inner", type=float, default=1.0, help="A: the atoms compared, |x - CENTRE| < INNER")
     parser.add_argument("--margins", type=float, nargs="+", default=[2.0, 4.0], help="A: the band beyond them")
     parser.add_argument("--width", type=float, default=WIDTH, help="A: the Gaussians' core width")
     parser.add_argument("--halo", type=float, nargs=2, default=HALO, help="the halo's fraction and width ratio")
@@ -83,8 +86,8 @@ def main() -> None:
     rows = []
     for margin in args.margins:
         began = time.perf_counter()
-        band = truth[np.abs(truth[:, 0]) < args.inner + margin]
-        inner = np.abs(band[:, 0]) < args.inner
+        band = truth[np.abs(truth[:, 0] - args.centre) < args.inner + margin]
+        inner = np.abs(band[:, 0] - args.centre) < args.inner
         own, marginal = band_bounds(band, weight, args.width, tuple(args.halo), views, inverse_variance)
         ratio = marginal[inner] / own[inner]
         row = {
@@ -99,7 +102,14 @@ def main() -> None:
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    report = {"data": str(args.data), "inner": args.inner, "width": args.width, "halo": list(args.halo), "rows": rows}
+    report = {
+        "data": str(args.data),
+        "centre": args.centre,
+        "inner": args.inner,
+        "width": args.width,
+        "halo": list(args.halo),
+        "rows": rows,
+    }
     out = ROOT / "docs" / "benchmarks" / f"marginal_bound_{args.name or args.data.name}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
 
