@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 
 from atomsplat.geometry import view_rotations
 from atomsplat.model.cloud import AtomCloud, Views
+from atomsplat.model.density import grid_positions
 from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE, DensityOptions, DensityStrategy, Evidence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,8 @@ def count(radius: float, seed: int) -> dict:
     with torch.no_grad():
         search = strategy.birth_map(cloud, lambda _: (noise, views, torch.ones_like(noise)), "score", 3.0)
     score = search.score
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in score.shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    near = np.isfinite(cKDTree(positions).query(search.origin + search.spacing * index, distance_upper_bound=REACH)[0])
-    near = near.reshape(score.shape)
+    points = grid_positions(np.arange(score.size), score.shape, search.origin, search.spacing)
+    near = np.isfinite(cKDTree(positions).query(points, distance_upper_bound=REACH)[0]).reshape(score.shape)
     maxima = score[(score == maximum_filter(score, size=3)) & near]
     deepest = float(-score[(score == minimum_filter(score, size=3)) & near].min())
     return {
