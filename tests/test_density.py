@@ -305,10 +305,11 @@ def test_append_adds_gaussians_of_median_width_with_fresh_state():
     assert source.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
 
 
-def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, counts=False, **options):
+def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, counts=False, elements=None, **options):
     """A model whose Gaussians are the true atoms of a noise-free series (with ``counts``, Poisson
     counts of it over a pedestal of 1) but ``missing`` of them; the atoms ``light`` weigh
-    ``light_weight`` where the others weigh 100; ``options``: of the model config."""
+    ``light_weight`` where the others weigh 100; ``elements``: the series' (the species prior's);
+    ``options``: of the model config."""
     from ase import Atoms
 
     from atomsplat.data.dataparser import TomographyDataParserConfig
@@ -338,7 +339,7 @@ def _model_missing_atoms(tmp_path, missing, light=(), light_weight=15.0, counts=
     )
     if counts:
         stack = torch.poisson(stack + 1.0, generator=torch.Generator().manual_seed(0))
-    series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25)
+    series = TiltSeries(stack.numpy().astype(np.float32), angles, 0.25, elements=elements)
     write_tilt_series(tmp_path / "series", series, ground_truth=Atoms(["Pt"] * len(truth), positions=truth.numpy()))
     outputs = TomographyDataParserConfig(data=tmp_path / "series").setup().get_dataparser_outputs("train")
     model = AtomSplatModelConfig(init_count=10, **options).setup(
@@ -505,6 +506,39 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
         assert all(record.born == 0 for record in records[1:])
     closest = np.linalg.norm(model.cloud.positions.detach().numpy() - truth[7], axis=1).min()
     assert (closest < 0.3) == kept, closest
+
+
+def test_final_newborns_stay_out_of_the_species_prior_until_tested(tmp_path, monkeypatch):
+    """With species tied (one element), a newborn after the final refinement is refined outside the
+    species prior: the missing atom of weight 1.7 (the others 100) keeps a weight of its own and is
+    pruned for not paying its price, not pulled towards 100, where it would misfit the data around it
+    (a 5.5 nm Si particle at 1.6e5 e/A^2: hundreds of births chasing that misfit). Once tested, the
+    atoms are all in the prior again."""
+    import atomsplat.model.atomsplat_model as module
+    from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE
+
+    model, truth = _model_missing_atoms(
+        tmp_path, [7], light=[7], light_weight=1.7, loss="poisson", elements=["Pt"], tie_species="final"
+    )
+    count = model.num_points
+    prior = model.fitted_prior()
+    assert prior is not None and bool(prior.members.all())
+    newborn_weights, original = [], module.refine
+
+    def refine(*args, prior=None, **options):
+        done = original(*args, prior=prior, **options)
+        if model.num_points > count:
+            assert not bool(prior.members[count:].any()) and bool(prior.members[:count].all())
+            newborn_weights.append(float(model.cloud.weights[count:].max()))
+        return done
+
+    monkeypatch.setattr(module, "refine", refine)
+    records = []
+    model.report = records.append
+    prior = model._final_births(model.refinement_args(), prior, FINAL_BIRTH_SIGNIFICANCE)
+    assert records[0].born >= 1 and newborn_weights
+    assert newborn_weights[0] < 10.0, newborn_weights
+    assert model.num_points == count and bool(prior.members.all())
 
 
 def test_a_newborn_beside_another_gaussian_is_removed_and_one_apart_stays(tmp_path):

@@ -489,17 +489,22 @@ class AtomSplatModel(SplatfactoModel):
                 self._update_prior()
             self.report(record)
 
-    def _update_prior(self) -> None:
-        """Species, and their mean weight and width, for the Gaussians as they are (not diffuse ones)."""
+    def _update_prior(self, newborn: int = 0) -> None:
+        """Species, and their mean weight and width, for the Gaussians as they are (not diffuse ones,
+        nor the last ``newborn``, births no pass has yet tested)."""
         if self.prior is not None and self.config.isotropic:
             params = self.cloud.detached()
             atoms = ~density.diffuse(params, self.config.diffuse_width)
+            atoms[len(atoms) - newborn :] = False
             self.prior.update(params["log_weights"], params["log_sigmas"], atoms)
 
-    def fitted_prior(self) -> Optional[SpeciesPrior]:
+    def fitted_prior(self, newborn: int = 0) -> Optional[SpeciesPrior]:
         """The species prior fitted to the Gaussians as they are (species, mean weight and width), or
-        None where species are not tied (or there are no atoms to tie yet)."""
-        self._update_prior()
+        None where species are not tied (or there are no atoms to tie yet). The last ``newborn``
+        Gaussians (births after the final refinement, appended last) are left out of it: an untested
+        newborn at a noise maximum, pulled to its species' weight, would misfit the data around it
+        (:meth:`_final_births`)."""
+        self._update_prior(newborn)
         return self.prior if self.prior is not None and self.prior.ready(self.num_points) else None
 
     @torch.no_grad()
@@ -571,8 +576,9 @@ class AtomSplatModel(SplatfactoModel):
         evidence selection at ``significance`` standard deviations) and refine all, at most
         :data:`FINAL_BIRTH_ROUNDS` times, and no more once the next pass has removed all of a round's
         newborns; a last pass merges and prunes what the births left (under evidence selection: each
-        newborn that does not pay its price). ``args``: :meth:`refinement_args`; returns the
-        species prior as it is at the end."""
+        newborn that does not pay its price). A round's newborns stay out of the species prior until
+        that pass has tested them (:meth:`fitted_prior`). ``args``: :meth:`refinement_args`; returns
+        the species prior as it is at the end."""
         search = self.residuals if self.strategy.options.birth_every > 0 else None
         newborn = 0  # the last round's births still in the cloud (appended last)
         for k in range(FINAL_BIRTH_ROUNDS + 1):
@@ -586,7 +592,7 @@ class AtomSplatModel(SplatfactoModel):
                 search = None
             if not (record.born or record.merged or record.pruned) or self.cloud.count == 0:
                 break
-            prior = self.fitted_prior()
+            prior = self.fitted_prior(record.born)
             what = f"refined with {record.born} born, {record.merged + record.pruned} merged or pruned"
             _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
             newborn = record.born
@@ -595,10 +601,10 @@ class AtomSplatModel(SplatfactoModel):
                 crowded = self.strategy.remove_crowded(self.cloud, self.optimizers, record.born, distance)
                 newborn -= crowded
                 if crowded:
-                    prior = self.fitted_prior()
+                    prior = self.fitted_prior(newborn)
                     what = f"{crowded} newborns within {distance:.2f} A of another Gaussian removed, refined"
                     _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
-        return prior
+        return self.fitted_prior() if newborn else prior  # the last newborns passed their test
 
     def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
