@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 
 from atomsplat.geometry import view_rotations
 from atomsplat.model.cloud import AtomCloud, Views
-from atomsplat.model.density import grid_positions
+from atomsplat.model.density import grid_points, grid_positions
 from atomsplat.model.strategy import FINAL_BIRTH_SIGNIFICANCE, DensityOptions, DensityStrategy, Evidence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +37,7 @@ SPACING, REACH, PIXEL, SIZE = 2.4, 2 * 1.22, 0.4, 112  # A, A, A, pixels
 def count(radius: float, seed: int) -> dict:
     """The score map's maxima and minima inside a particle of ``radius`` A on one draw of noise."""
     rng = np.random.default_rng(seed)
-    axis = np.arange(-radius, radius + 0.1, SPACING)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    _, grid = grid_points(np.full(3, -radius), np.full(3, radius), SPACING)
     positions = grid[np.linalg.norm(grid, axis=1) < radius]
     cloud = AtomCloud(torch.from_numpy(positions).float(), 0.5, 10.0)
     angles = np.arange(-72.0, 73.0, 3.0)
