@@ -592,10 +592,10 @@ class AtomSplatModel(SplatfactoModel):
                 search = None
             if not (record.born or record.merged or record.pruned) or self.cloud.count == 0:
                 break
-            prior = self.fitted_prior(record.born)
+            newborn = record.born
+            prior = self.fitted_prior(newborn)
             what = f"refined with {record.born} born, {record.merged + record.pruned} merged or pruned"
             _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
-            newborn = record.born
             if self.strategy.evidence is not None and record.born:  # a newborn beside an atom is its second Gaussian
                 distance = FINAL_BIRTH_SEPARATION * self.strategy.options.merge_distance
                 crowded = self.strategy.remove_crowded(self.cloud, self.optimizers, record.born, distance)
