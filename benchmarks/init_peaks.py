@@ -16,6 +16,7 @@ Writes docs/benchmarks/init_peaks_<name>.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def starts(data: Path, settings: list) -> list:
-    """[{setting, gaussians, tpr, fpr, seconds}] of the default start of ``data`` per setting."""
+    """[{setting, atoms, gaussians, tpr, fpr, seconds}] of the default start of ``data`` per setting."""
     from atomsplat.analysis.matching import evaluate
     from atomsplat.method import atomsplat
     from atomsplat.model import init
@@ -43,11 +44,7 @@ def starts(data: Path, settings: list) -> list:
     rows = []
     for setting in settings:
         iterations, subsets = (int(x) for x in setting.split("x"))
-        quick = init.reconstruction
-
-        def reconstruction(series, stack, voxel, iterations=iterations, subsets=subsets):
-            return quick(series, stack, voxel, iterations, subsets)
-
+        reconstruction = functools.partial(init.reconstruction, iterations=iterations, subsets=subsets)
         start = time.perf_counter()
         with mock.patch.object(init, "reconstruction", reconstruction):
             positions = init.initial_positions(model.series, signal, model.config, torch.Generator().manual_seed(0))

@@ -121,7 +121,7 @@ def initial_positions(series, signal: torch.Tensor, config, generator: torch.Gen
 def reconstruction(series, signal: np.ndarray, voxel: float, iterations: int = 20, subsets: int = 1):
     """A quick SIRT reconstruction of ``signal`` (N, H, W), the projections binned by whole pixels to
     about ``voxel`` A (:func:`atomsplat.analysis.baselines.sirt`, non-negative, ``iterations`` passes;
-    OS-SART over ``subsets`` ordered subsets of the views where that is above 1).
+    OS-SART over ``subsets`` ordered subsets of the views, at most one per view, where that is above 1).
 
     Twenty passes of SIRT leave a thick particle unconverged: its deeper atoms merge into fewer
     maxima. The peaks start (``benchmarks/init_peaks.py``, amorphous Si at 8e3 e/A^2, Gaussians /
