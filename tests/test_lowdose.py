@@ -14,7 +14,7 @@ from atomsplat.model.corrections import background, background_basis, border_bac
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.species_prior import SpeciesPrior
-from atomsplat.model.strategy import DensityStrategy, minimum_distance
+from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, minimum_distance
 from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import project_isotropic_dense
 
@@ -123,6 +123,48 @@ def test_evidence_removes_a_planted_noise_gaussian_and_keeps_a_faint_real_atom()
     assert gains[4] < 0 < price[4]  # the planted Gaussian only costs likelihood
     assert gains[3] > 3 * price[3]  # the faint atom is worth far more than its parameters
     assert torch.all(gains[:3] > 10 * price[:3])
+
+
+def test_evidence_keeps_one_half_of_a_split_atom_and_removes_a_noise_pair():
+    """Three atoms and a faint one (weight 1.3) whose signal two half copies 0.9 A apart share, as a
+    split leaves them, and two noise Gaussians 1 A apart. Each half alone buys less than its price,
+    the two together about twice it: removed all at once (one round), the atom would go. In rounds,
+    one half stays and takes the atom's signal, and both noise Gaussians go. Over ten noise draws
+    (seeds 0-9) both halves were below their price in six, and one half stayed in all ten."""
+    angles = np.arange(0.0, 178.0, 6.0)
+    rotations = torch.from_numpy(view_rotations(angles))
+    offsets = torch.zeros(len(angles), 2, dtype=torch.float64)
+    pixel, size = 0.25, 40
+    truth = torch.tensor([[0.0, 0.0, 0.0], [2.4, 0.5, -0.8], [-1.6, 1.9, 1.0], [0.7, -2.3, 1.4]], dtype=torch.float64)
+    weights = torch.tensor([30.0, 30.0, 30.0, 1.3], dtype=torch.float64)
+    sigmas = torch.full((4,), 0.6, dtype=torch.float64)
+    mean = project_isotropic_dense(truth, sigmas, weights, rotations, offsets, pixel, size, size) + 1.0
+    step = torch.tensor([0.45, 0.0, 0.0], dtype=torch.float64)
+    noise_pair = torch.tensor([[-2.5, -2.0, -2.0], [-2.5, -1.0, -2.0]], dtype=torch.float64)
+    positions = torch.cat([truth[:3], torch.stack([truth[3] + step, truth[3] - step]), noise_pair])
+    fitted = torch.tensor([30.0, 30.0, 30.0, 0.65, 0.65, 5.0, 5.0], dtype=torch.float64)
+    params = {"positions": positions, "log_weights": fitted.log(), "log_sigmas": torch.full((7,), 0.6).double().log()}
+    noise = NoiseModel("poisson", 1e-6)
+    both_below = 0
+    for seed in range(10):
+        counts = torch.poisson(mean, generator=torch.Generator().manual_seed(seed))
+
+        def removal(params):
+            sigmas, weights = params["log_sigmas"].exp(), params["log_weights"].exp()
+            model = project_isotropic_dense(params["positions"], sigmas, weights, rotations, offsets, pixel, size, size)
+            return removal_gains(
+                params["positions"], sigmas, weights, rotations, offsets, pixel, model + 1.0, counts,
+                noise.negative_log_likelihood,
+            )  # fmt: skip
+
+        gains, touched = removal(params)
+        price = DensityStrategy.price(params, touched)
+        kept = DensityStrategy(DensityOptions(merge_distance=1.2), evidence=Evidence(removal)).keep(params).tolist()
+        assert kept[:3] == [0, 1, 2] and 5 not in kept and 6 not in kept
+        if bool(torch.all(gains[3:5] < price[3:5])):
+            both_below += 1
+            assert len(kept) == 4  # one half of the faint atom
+    assert both_below >= 3
 
 
 def test_species_prior_ties_weights_and_widths_to_their_species():
