@@ -51,23 +51,6 @@ def close_pairs(positions: np.ndarray, distance: float, neighbours: int, neighbo
     return np.concatenate(parts)
 
 
-def independent(positions: np.ndarray, margins: np.ndarray, distance: float) -> np.ndarray:
-    """(M,) bool: a set of points no two closer than ``distance`` (A), taken greedily in ascending
-    ``margins`` (M,): each point is chosen unless a point chosen before it is that close.
-
-    positions: (M, 3) A."""
-    chosen = np.zeros(len(positions), dtype=bool)
-    if len(positions) == 0:
-        return chosen
-    neighbours = cKDTree(positions).query_ball_point(positions, distance)
-    blocked = np.zeros(len(positions), dtype=bool)
-    for i in np.argsort(margins, kind="stable"):
-        if not blocked[i]:
-            chosen[i] = True
-            blocked[neighbours[i]] = True
-    return chosen
-
-
 def cluster_labels(
     positions: np.ndarray, distance: float, neighbours: int = 20, neighbours_above: int = 10000
 ) -> np.ndarray:
