@@ -455,9 +455,9 @@ class DensityStrategy:
         one that buys least (:func:`atomsplat.analysis.tracing.select_separated`, the greedy rule of
         atom tracing), since each one's gain holds the other in place. Two halves of one atom (a
         split's or a duplication's copies) each buy too little alone, but together the atom's whole
-        signal. On the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms;
-        2026-12-06, the pass at step 2,100 from one checkpoint) removing all at once lost 98 atoms,
-        51 of them with their nearest Gaussian (within 2.5 A) removed too; in rounds 58, none so.
+        signal. On the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms; 2026-12-06, the pass at step
+        2,100 from one checkpoint) removing all at once lost 98 atoms, 51 of them with their nearest
+        Gaussian (within 2.5 A) removed too; in rounds 58, none so.
         The run with the defaults ends at TPR 0.698 / FPR 0.102 instead of 0.580 / 0.107 (README,
         "Removal in rounds"), the 2 nm low-dose preset within one atom of before."""
         if self.evidence is None:
