@@ -18,8 +18,6 @@ from atomsplat.model.density import (
     grid_positions,
     matched_filter,
     merge,
-    moment_widths,
-    mutual_nearest,
     prune,
     residual_peaks,
     strongest,
@@ -182,28 +180,6 @@ def test_cluster_then_merge_from_numpy_labels():
 
 
 # --- prune and duplicate -----------------------------------------------------------------------------------
-
-
-def test_mutual_nearest_pairs_each_point_at_most_once():
-    """A chain 0-1-2 (1 nearer to 2), a lone pair 3-4 and a point 5 far off: 1-2 and 3-4 are each
-    other's nearest; 0's nearest (1) is taken; 3-4 go with a distance below theirs."""
-    points = np.array([[0.0, 0, 0], [1.2, 0, 0], [2.0, 0, 0], [10, 0, 0], [10, 1.5, 0], [20, 0, 0]])
-    assert mutual_nearest(points, 2.0).tolist() == [[1, 2], [3, 4]]
-    assert mutual_nearest(points, 1.0).tolist() == [[1, 2]]
-    assert mutual_nearest(points[:1], 2.0).shape == (0, 2)
-
-
-def test_moment_widths_match_the_pairs_second_moment():
-    """Two equal isotropic Gaussians of width s, d apart: one of width sqrt(s^2 + d^2 / 12); unequal
-    weights pull the centre and shrink the spread term by w1 w2 / (w1 + w2)^2."""
-    params = {
-        "positions": torch.tensor([[0.0, 0, 0], [1.5, 0, 0], [5, 0, 0], [5, 2, 0]], dtype=torch.float64),
-        "log_weights": torch.tensor([1.0, 1.0, 3.0, 1.0], dtype=torch.float64).log(),
-        "log_sigmas": torch.tensor([0.5, 0.5, 0.4, 0.6], dtype=torch.float64).log(),
-    }
-    widths = moment_widths(params, torch.tensor([[0, 1], [2, 3]]))
-    assert float(widths[0]) == pytest.approx(math.sqrt(0.25 + 1.5**2 / 12))
-    assert float(widths[1]) == pytest.approx(math.sqrt(0.75 * 0.16 + 0.25 * 0.36 + 0.75 * 0.25 * 4 / 3))
 
 
 def test_prune_removes_below_fraction_of_median():

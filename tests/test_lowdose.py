@@ -15,7 +15,7 @@ from atomsplat.model.init import EmptySeriesError, check_signal, initial_positio
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, minimum_distance
-from atomsplat.render.footprints import covariance_gradients, merge_gains, removal_gains
+from atomsplat.render.footprints import removal_gains
 from atomsplat.render.projector import project_isotropic_dense
 
 
@@ -165,93 +165,6 @@ def test_evidence_keeps_one_half_of_a_split_atom_and_removes_a_noise_pair():
             both_below += 1
             assert len(kept) == 4  # one half of the faint atom
     assert both_below >= 3
-
-
-def test_a_gaussian_on_two_atoms_is_split_along_their_bond():
-    """Poisson counts of two atoms 2.3 A apart (a bond) on a pedestal of 1, fitted by one wide
-    Gaussian at their midpoint: the evidence's covariance gradient points the split along the bond,
-    whichever way it lies (three directions), so that the two copies start towards the two atoms."""
-    angles = np.arange(0.0, 178.0, 6.0)
-    rotations = torch.from_numpy(view_rotations(angles))
-    offsets = torch.zeros(len(angles), 2, dtype=torch.float64)
-    pixel, size = 0.25, 40
-    noise = NoiseModel("poisson", 1e-6)
-    draws = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for seed, bond in enumerate(torch.nn.functional.normalize(draws, dim=1)):
-        atoms = torch.stack([1.15 * bond, -1.15 * bond])
-        widths, weights = torch.full((2,), 0.55).double(), torch.full((2,), 20.0).double()
-        truth = project_isotropic_dense(atoms, widths, weights, rotations, offsets, pixel, size, size)
-        counts = torch.poisson(truth + 1.0, generator=torch.Generator().manual_seed(seed))
-        params = {
-            "positions": torch.zeros(1, 3, dtype=torch.float64),
-            "log_weights": torch.tensor([40.0], dtype=torch.float64).log(),
-            "log_sigmas": torch.tensor([0.9], dtype=torch.float64).log(),
-        }
-
-        def stretch(params, chosen):
-            sigmas, weights = params["log_sigmas"].exp(), params["log_weights"].exp()
-            model = project_isotropic_dense(params["positions"], sigmas, weights, rotations, offsets, pixel, size, size)
-            level = (model + 1.0).requires_grad_(True)
-            (slope,) = torch.autograd.grad(noise.negative_log_likelihood(level, counts).sum(), level)
-            return covariance_gradients(
-                params["positions"][chosen], sigmas[chosen], weights[chosen], rotations, offsets, pixel, slope
-            )
-
-        strategy = DensityStrategy(DensityOptions(), evidence=Evidence(lambda params: None, stretch))
-        direction = strategy.split_directions(params, torch.tensor([0]))
-        assert abs(float(direction[0] @ bond)) > 0.98  # 0.995, 0.9998 and 0.99994 measured
-
-
-def test_a_pair_on_one_atom_becomes_one_and_a_bond_stays_two():
-    """Poisson counts of four atoms on a pedestal of 1: one fitted by two half copies 1.5 A apart
-    either side of it (one atom as a pair, as a split along its longest extent leaves it), two
-    2.3 A apart (a bond), each fitted by its own Gaussian, and one fitted in place with a faint
-    second Gaussian 1.4 A beside it. Each half alone pays its price with the other held, so removal
-    keeps both; the pair test makes them one at the atom, folds the faint one into the atom in its
-    place, and leaves the bond's two atoms apart (beyond the pair separation). Over five noise draws."""
-    angles = np.arange(0.0, 178.0, 6.0)
-    rotations = torch.from_numpy(view_rotations(angles))
-    offsets = torch.zeros(len(angles), 2, dtype=torch.float64)
-    pixel, size = 0.25, 40
-    truth = torch.tensor([[-2.0, -1.5, 0.5], [0.0, 1.0, -0.3], [2.3, 1.0, -0.3], [1.5, -2.0, 1.2]], dtype=torch.float64)
-    sigmas, weights = torch.full((4,), 0.55).double(), torch.full((4,), 20.0).double()
-    mean = project_isotropic_dense(truth, sigmas, weights, rotations, offsets, pixel, size, size) + 1.0
-    halves = truth[:1] + torch.tensor([[0.0, 0.75, 0.0], [0.0, -0.75, 0.0]], dtype=torch.float64)
-    beside = truth[3:] + torch.tensor([[0.0, 0.0, -1.4]], dtype=torch.float64)
-    params = {
-        "positions": torch.cat([halves, truth[1:], beside]),
-        "log_weights": torch.tensor([10.0, 10.0, 20.0, 20.0, 18.0, 2.0], dtype=torch.float64).log(),
-        "log_sigmas": torch.full((6,), 0.55).double().log(),
-    }
-    noise = NoiseModel("poisson", 1e-6)
-    for seed in range(5):
-        counts = torch.poisson(mean, generator=torch.Generator().manual_seed(seed))
-
-        def model_of(params):
-            sigmas, weights = params["log_sigmas"].exp(), params["log_weights"].exp()
-            return project_isotropic_dense(params["positions"], sigmas, weights, rotations, offsets, pixel, size, size)
-
-        def removal(params):
-            return removal_gains(
-                params["positions"], params["log_sigmas"].exp(), params["log_weights"].exp(), rotations, offsets,
-                pixel, model_of(params) + 1.0, counts, noise.negative_log_likelihood,
-            )  # fmt: skip
-
-        def merge(params, pairs, single):
-            sigmas, weights = params["log_sigmas"].exp(), params["log_weights"].exp()
-            one = (single["positions"], single["log_sigmas"].exp(), single["log_weights"].exp())
-            return merge_gains(
-                (params["positions"][pairs], sigmas[pairs], weights[pairs]), one, rotations, offsets, pixel,
-                model_of(params) + 1.0, counts, noise.negative_log_likelihood,
-            )  # fmt: skip
-
-        strategy = DensityStrategy(DensityOptions(merge_distance=1.2), evidence=Evidence(removal, merge=merge))
-        assert strategy.keep(params).tolist()[:5] == [0, 1, 2, 3, 4]  # each half pays its price
-        merged, source = strategy.merge_pairs(params)
-        assert source.tolist() == [-1, 2, 3, -1]
-        assert torch.allclose(merged["positions"][0], truth[0]) and torch.allclose(merged["positions"][3], truth[3])
-        assert torch.allclose(merged["log_weights"].exp()[[0, 3]], torch.tensor([20.0, 20.0], dtype=torch.float64))
-        assert 0.55 <= float(merged["log_sigmas"][0].exp()) <= 0.75  # the pair's width or its moment's
 
 
 def test_species_prior_ties_weights_and_widths_to_their_species():

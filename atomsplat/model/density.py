@@ -101,30 +101,6 @@ def merge(params: Params, labels: torch.Tensor, mode: str = "weighted") -> Tuple
     return merged, source
 
 
-def mutual_nearest(positions: np.ndarray, distance: float) -> np.ndarray:
-    """Pairs (P, 2) of indices of points (K, 3) each the other's nearest neighbour, closer than
-    ``distance``; each pair once, the smaller index first. No point is in two pairs."""
-    count = len(positions)
-    if count < 2:
-        return np.zeros((0, 2), dtype=np.intp)
-    gaps, neighbours = cKDTree(positions).query(positions, k=2)
-    nearest, index = neighbours[:, 1], np.arange(count)
-    mutual = (nearest[nearest] == index) & (index < nearest) & (gaps[:, 1] < distance)
-    return np.stack([index[mutual], nearest[mutual]], axis=1)
-
-
-def moment_widths(params: Params, pairs: torch.Tensor) -> torch.Tensor:
-    """(P,) the width (A) of one isotropic Gaussian with the weight, centre and second moment of each
-    pair (P, 2) of isotropic Gaussians: ``s^2 = sum_i w_i (s_i^2 + |r_i - c|^2 / 3) / sum_i w_i``,
-    c the weighted centre."""
-    weights = params["log_weights"].exp()[pairs]  # (P, 2)
-    positions = params["positions"][pairs]  # (P, 2, 3)
-    share = weights / weights.sum(dim=1, keepdim=True)
-    centre = (share[..., None] * positions).sum(dim=1, keepdim=True)
-    spread = (positions - centre).square().sum(dim=2) / 3.0
-    return (share * (width_of(params)[pairs].square() + spread)).sum(dim=1).sqrt()
-
-
 def prune(params: Params, fraction: float) -> Tuple[Params, torch.Tensor]:
     """Drop Gaussians whose weight is below ``fraction`` x the median weight."""
     weights = params["log_weights"].exp()
@@ -133,23 +109,17 @@ def prune(params: Params, fraction: float) -> Tuple[Params, torch.Tensor]:
 
 
 def duplicate(
-    params: Params,
-    chosen: torch.Tensor,
-    offset: torch.Tensor,
-    generator: torch.Generator = None,
-    directions: Optional[torch.Tensor] = None,
+    params: Params, chosen: torch.Tensor, offset: torch.Tensor, generator: torch.Generator = None
 ) -> Tuple[Params, torch.Tensor]:
     """Replace each Gaussian in ``chosen`` (long indices) by two copies of half its weight.
 
-    The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite directions,
-    ``directions`` (M, 3) or random ones, so that they receive different gradients; the total weight
-    is conserved. Appended copies start with fresh optimizer state, the first copy keeps the old one.
+    The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite random
+    directions, so that they receive different gradients; the total weight is conserved.
+    Appended copies start with fresh optimizer state, the first copy keeps the old one.
     """
     count = len(params["positions"])
     positions = params["positions"]
     direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
-    if directions is not None:
-        direction = directions.to(positions)
     step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(
         -1, 1
     )

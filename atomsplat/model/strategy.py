@@ -17,17 +17,10 @@ The schedule (steps counted from the start of training, of ``total_steps`` in al
   (:meth:`DensityStrategy.keep`); "weight" prunes Gaussians lighter than ``prune_fraction``
   of the median (the paper's rule, for data of unknown noise level);
 - until ``split_until`` x total: split Gaussians wider than ``split_width`` x the median width
-  (one Gaussian on several atoms); under evidence selection the two copies go along the direction
-  in which stretching the Gaussian lowers the negative log-likelihood most
-  (:meth:`DensityStrategy.split_directions`: towards the atoms it half covers), else in a random
-  direction. On the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms, 2026-12-06) random directions
-  left copies across the bond that later passes merged back (steps 1,600-2,400, after duplication:
-  0.38 merged per split) and the run ended at TPR 0.698 / FPR 0.102; along the bond 0.23 merged
-  per split and 0.756 / 0.091 (README, "Splits along the bond");
+  (one Gaussian on several atoms);
 - until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
   position gradient (the paper's densification), the two copies 1.1 x ``merge_distance`` apart so
-  that they survive the next merge unless they come back to one atom (in random directions, or as splits
-  under evidence selection);
+  that they survive the next merge unless they come back to one atom;
 - every ``birth_every`` steps until ``split_until`` x total: add Gaussians where the residual shows
   atoms that no Gaussian explains: every local maximum of a search's score
   (:meth:`DensityStrategy.birth_map`) above its threshold that is ``merge_distance`` from all
@@ -149,15 +142,6 @@ healthy run gave birth to was 57 for 216 (0.26), the quick preset's FePt in the 
 REMOVAL_ROUNDS = 4
 """Evidence selection: rounds of removal per pass at most (:meth:`DensityStrategy.keep`); what is still
 below its price after them is tested again in the next pass."""
-
-PAIR_SEPARATION = 1.5
-"""Evidence selection: two Gaussians closer than this x ``merge_distance`` may be one atom, and are
-tested as a pair (:meth:`DensityStrategy.merge_pairs`). Atoms are rarely so close: the minimum
-distance follows half the shortest bond (Si: 1.22 A, the pair test up to 1.83 A), and the simulated
-amorphous Si particles' closest atoms are 2.21-2.23 A apart. Up to 2 x ``merge_distance`` the test
-made bonded pairs one: the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms, 2026-12-06) fell to TPR
-0.28 / FPR 0.49 at step 1,700 (0.74 / 0.09 without the test), at that dose two bonded Si atoms
-buying less than one Gaussian's price over one wide Gaussian."""
 
 FINAL_BIRTH_SEPARATION = 1.3
 """Evidence selection: a Gaussian born after the final refinement that ends closer than this x
@@ -291,19 +275,9 @@ class Evidence:
         removal: ``removal(params)``: how much the negative log-likelihood of the training
             projections would grow without each Gaussian, the others held (K,), and the pixels each
             touches (K,) (:func:`atomsplat.render.footprints.removal_gains`).
-        stretch: ``stretch(params, chosen)``: (M, 3, 3) how the negative log-likelihood changes with
-            the covariance of each Gaussian of ``chosen`` (M,) long, all of ``params`` in the model
-            (:func:`atomsplat.render.footprints.covariance_gradients`), or None.
-
-        merge: ``merge(params, pairs, single)``: how much the negative log-likelihood would grow
-            if each pair of Gaussians (P, 2) long were replaced by one, ``single`` (P, ...) per
-            parameter, the others held (P,), and the pixels that one touches (P,)
-            (:func:`atomsplat.render.footprints.merge_gains`), or None.
     """
 
     removal: Callable[[density.Params], Tuple[torch.Tensor, torch.Tensor]]
-    stretch: Optional[Callable[[density.Params, torch.Tensor], torch.Tensor]] = None
-    merge: Optional[Callable[[density.Params, torch.Tensor, density.Params], Tuple[torch.Tensor, torch.Tensor]]] = None
 
 
 class DensityStrategy:
@@ -378,8 +352,7 @@ class DensityStrategy:
         significance: Optional[float] = None,
         newborn: int = 0,
     ) -> RefineRecord:
-        """One density pass: merge and prune (when ``final``, under evidence selection, then test
-        close pairs: :meth:`merge_pairs`); split wide Gaussians when ``split``; duplicate those
+        """One density pass: merge and prune; split wide Gaussians when ``split``; duplicate those
         with the largest mean position gradient when ``densify``; add Gaussians where atoms are
         missing when ``residuals`` is given (the residuals of the model as it was before the pass;
         under evidence selection at ``significance`` standard deviations, default ``birth_significance``),
@@ -390,7 +363,7 @@ class DensityStrategy:
         before = len(params["positions"])
         scores = self._grad_sum / max(self._grad_steps, 1) if self._grad_sum is not None else torch.zeros(before)
         source = torch.arange(before, device=params["positions"].device)
-        params, kept, merged, pruned = self._merge_and_prune(params, pairs=final)
+        params, kept, merged, pruned = self._merge_and_prune(params)
         source, scores = _follow(source, kept, -1), _follow(scores.to(kept.device), kept, 0.0)
         newborn_kept = int((source >= before - newborn).sum()) if newborn > 0 else None
         search = None
@@ -406,9 +379,7 @@ class DensityStrategy:
             ranked = torch.where(atoms, scores, torch.full_like(scores, -float("inf")))
             chosen = torch.unique(torch.cat([chosen, torch.topk(ranked, count).indices]))
         offset = torch.maximum(widths[chosen], widths.new_tensor(0.55 * o.merge_distance))
-        params, new_source = density.duplicate(
-            params, chosen, offset, self.generator, self.split_directions(params, chosen)
-        )
+        params, new_source = density.duplicate(params, chosen, offset, self.generator)
         source = _follow(source, new_source, -1)
         born = 0
         if search is not None:
@@ -460,16 +431,6 @@ class DensityStrategy:
             self.install(cloud, optimizers, {name: values[kept] for name, values in cloud.detached().items()}, kept)
         return len(crowded)
 
-    def split_directions(self, params: density.Params, chosen: torch.Tensor) -> Optional[torch.Tensor]:
-        """(M, 3) unit directions in which to split the Gaussians ``chosen`` (M,) long: where the
-        evidence knows the likelihood's covariance gradient, the direction in which stretching each
-        one lowers the negative log-likelihood most (the eigenvector of its gradient's least
-        eigenvalue: towards the atom it half covers); else None (random directions)."""
-        if self.evidence is None or self.evidence.stretch is None or len(chosen) == 0:
-            return None
-        gradients = self.evidence.stretch(params, chosen).double()
-        return torch.linalg.eigh(gradients)[1][:, :, 0].to(params["positions"])
-
     def birth_method(self, final: bool) -> str:
         """The search of a pass's births (:meth:`birth_map`): under weight selection "residual";
         under evidence selection "score" after the final refinement, else ``birth_search``
@@ -517,62 +478,15 @@ class DensityStrategy:
             alive = alive[~removed.to(alive.device)]
         return alive
 
-    def merge_pairs(self, params: density.Params) -> Tuple[density.Params, torch.Tensor]:
-        """(params, source): under evidence selection, each two narrow Gaussians that are each
-        other's nearest, closer than :data:`PAIR_SEPARATION` x ``merge_distance``, become one where
-        the pair buys less than one Gaussian's price over it (one atom fitted by two); ``source``
-        (K',) maps each Gaussian to the old one it is (-1 for a merged pair).
-
-        :meth:`keep` tests each Gaussian with the others held, and each of a pair on one atom pays
-        its price with the other in place. Only pairs closer than :data:`PAIR_SEPARATION` x
-        ``merge_distance`` are tested, since at low dose two bonded atoms can buy less than a price
-        over one wide Gaussian. The one Gaussian holds the pair's total weight and is whichever fits
-        best of: at the pair's weighted centre with its weighted width, there with the width of its
-        second moment (:func:`atomsplat.model.density.moment_widths`), or either of the two in its
-        own place and width (an atom and a second Gaussian beside it). None is refitted, so the
-        test errs towards keeping pairs.
-        """
-        positions = params["positions"]
-        source = torch.arange(len(positions), device=positions.device)
-        if self.evidence is None or self.evidence.merge is None or len(positions) < 2:
-            return params, source
-        narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1).cpu()
-        found = density.mutual_nearest(
-            positions.detach().cpu().numpy()[narrow.numpy()], PAIR_SEPARATION * self.options.merge_distance
-        )
-        if len(found) == 0:
-            return params, source
-        pairs = narrow[torch.from_numpy(found)].to(positions.device)
-        labels = _pair_labels(len(positions), pairs)
-        single, _ = density.merge(params, labels, "weighted")
-        centred = {name: values[labels[pairs[:, 0]]] for name, values in single.items()}
-        candidates = [centred, dict(centred, log_sigmas=density.moment_widths(params, pairs).log())]
-        for member in range(2):
-            candidates.append({name: values[pairs[:, member]] for name, values in params.items()})
-            candidates[-1]["log_weights"] = centred["log_weights"]
-        tested = [self.evidence.merge(params, pairs, c) for c in candidates]
-        gains, touched = (torch.stack(values) for values in zip(*tested))
-        best = gains.argmin(dim=0, keepdim=True)
-        gains, touched = gains.gather(0, best)[0], touched.gather(0, best)[0]
-        merging = (gains.to(touched) <= self.price(params, touched)).to(pairs.device)
-        if not bool(merging.any()):
-            return params, source
-        labels = _pair_labels(len(positions), pairs[merging])
-        merged, source = density.merge(params, labels, "weighted")
-        rows, choice = labels[pairs[merging, 0]], best[0].to(pairs.device)[merging]
-        for name, values in merged.items():
-            values[rows] = torch.stack([c[name] for c in candidates])[choice, torch.nonzero(merging).squeeze(1)]
-        return merged, source
-
     @staticmethod
     def price(params: density.Params, touched: torch.Tensor) -> torch.Tensor:
         """BIC's price of one Gaussian in nats: half its parameters times the log of the pixels it touches."""
         per_gaussian = sum(math.prod(values.shape[1:]) for values in params.values())
         return 0.5 * per_gaussian * torch.log(touched.clamp_min(2.0))
 
-    def _merge_and_prune(self, params: density.Params, pairs: bool = False):
+    def _merge_and_prune(self, params: density.Params):
         """(params, kept, merged, pruned): ``kept`` maps each remaining Gaussian to the old one it
-        is (-1 for a merged cluster); with ``pairs``, close pairs are then tested (:meth:`merge_pairs`)."""
+        is (-1 for a merged cluster)."""
         o = self.options
         before = len(params["positions"])
         kept = torch.arange(before, device=params["positions"].device)
@@ -591,13 +505,7 @@ class DensityStrategy:
             merged = before - len(params["positions"])
         chosen = self.keep(params)
         params = {name: values[chosen] for name, values in params.items()}
-        pruned = before - merged - len(chosen)
-        kept = kept[chosen]
-        if pairs:
-            params, paired = self.merge_pairs(params)
-            merged += len(chosen) - len(params["positions"])
-            kept = _follow(kept, paired, -1)
-        return params, kept, merged, pruned
+        return params, kept[chosen], merged, before - merged - len(chosen)
 
     def birth_map(self, cloud, residuals: Residuals, method: str, significance: float) -> BirthMap:
         """Where atoms are missing, from ``birth_views`` residual projections of ``cloud``, by one of
@@ -728,13 +636,6 @@ def _robust_sigma(values: np.ndarray) -> float:
     """The standard deviation of ``values``' noise, robust to the few strong values (missing atoms):
     1.4826 x their median absolute deviation from the median."""
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
-
-
-def _pair_labels(count: int, pairs: torch.Tensor) -> torch.Tensor:
-    """(count,) labels 0..C-1 of the clusters that put each pair (P, 2) of disjoint indices together."""
-    labels = torch.arange(count, device=pairs.device)
-    labels[pairs[:, 1]] = pairs[:, 0]
-    return torch.unique(labels, return_inverse=True)[1]
 
 
 def _follow(values: torch.Tensor, chosen: torch.Tensor, fill) -> torch.Tensor:

@@ -3,9 +3,8 @@
 The projector adds every atom's footprint ``A py_i px_j`` (``A = w / p^2``, exact 1D pixel
 integrals px, py) into images without ever holding all footprints. Some questions are asked per
 atom instead: how much would the data term grow without this atom (:func:`removal_gains`, model
-selection) or with a pair of atoms made one (:func:`merge_gains`), and how well do the data fix its
-parameters (:mod:`atomsplat.render.fisher`). All walk the atoms' windows in chunks with
-:func:`atom_windows`, in the same windows as the projector
+selection), and how well do the data fix its parameters (:mod:`atomsplat.render.fisher`). Both
+walk the atoms' windows in chunks with :func:`atom_windows`, in the same windows as the projector
 (:func:`atomsplat.render.projector.window_radii`).
 """
 
@@ -16,13 +15,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
-from atomsplat.render.projector import (
-    DEFAULT_WINDOW,
-    detector_centres,
-    pixel_profiles,
-    profile_derivatives,
-    window_radii,
-)
+from atomsplat.render.projector import DEFAULT_WINDOW, detector_centres, profile_derivatives, window_radii
 from atomsplat.render.windows import PaddedGrid, window_start
 
 _WINDOW_VALUES = 1 << 21  # (V, k, S, S) values of one chunk of atoms, times the derivatives asked for
@@ -135,11 +128,6 @@ class PaddedImages:
         return self.padded
 
 
-def _parts(halo: Optional[Tuple[float, float]]) -> List[Tuple[float, float]]:
-    """(fraction, scale) of each concentric Gaussian of an atom (:func:`atom_windows`'s ``halo``)."""
-    return [(1.0, 1.0)] if halo is None else [(1.0 - halo[0], 1.0), (halo[0], halo[1])]
-
-
 def _outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return rows[..., :, None] * cols[..., None, :]
 
@@ -156,7 +144,6 @@ def atom_windows(
     window: float = DEFAULT_WINDOW,
     planes: int = 1,
     halo: Optional[Tuple[float, float]] = None,
-    reach: Optional[torch.Tensor] = None,
 ) -> Iterator[AtomWindows]:
     """Yields the :class:`AtomWindows` of all atoms, chunk by chunk, each chunk's (V, k, S, S) values
     times ``planes`` (the arrays its consumer will build) bounded to about 2M.
@@ -168,13 +155,10 @@ def atom_windows(
         halo: (fraction, ratio) of atoms made of a core and a halo
             (:class:`atomsplat.model.cloud.AtomShape`), or None for one Gaussian per atom. The window
             then covers the halo.
-        reach: (K,) A by which each window reaches further than ``window`` x the (halo's) width, to
-            hold Gaussians beside the atom (:func:`merge_gains`), or None.
     """
-    parts = _parts(halo)
+    parts = [(1.0, 1.0)] if halo is None else [(1.0 - halo[0], 1.0), (halo[0], halo[1])]
     centres = detector_centres(positions, rotations, offsets)  # (V, K, 2)
-    extent = sigmas * parts[-1][1] + (0.0 if reach is None else reach / window)
-    radii = window_radii(extent, pixel_size, window)
+    radii = window_radii(sigmas * parts[-1][1], pixel_size, window)
     views = len(rotations)
     for radius in torch.unique(radii).tolist():
         group = torch.nonzero(radii == radius).squeeze(1)
@@ -239,115 +223,6 @@ def removal_gains(
         whole = part.gather(model_pixels)
         data = part.gather(data_pixels)
         change = (pixel_cost(whole - footprint, data) - pixel_cost(whole, data)) * inside
-        gains[part.members] = change.sum(dim=(0, 2, 3)).to(gains)
-        peak = footprint.amax(dim=(2, 3), keepdim=True)
-        touched[part.members] = ((footprint > _TOUCHED * peak) & inside).sum(dim=(0, 2, 3)).to(touched)
-    return gains, touched
-
-
-def covariance_gradients(
-    positions: torch.Tensor,
-    sigmas: torch.Tensor,
-    weights: torch.Tensor,
-    rotations: torch.Tensor,
-    offsets: torch.Tensor,
-    pixel_size: float,
-    gradient: torch.Tensor,
-    window: float = DEFAULT_WINDOW,
-    halo: Optional[Tuple[float, float]] = None,
-) -> torch.Tensor:
-    """How the data term changes with each isotropic atom's 3D covariance: (K, 3, 3) ``dL / d Sigma``
-    at ``Sigma = sigma^2 I``, so that stretching atom k by ``Sigma -> Sigma + eps u u^T`` changes the
-    data term by ``eps u^T G_k u`` to first order (A^-2 x data-term units).
-
-    In a view the atom's footprint is a 2D Gaussian of covariance ``P Sigma P^T`` (P the view matrix's
-    first two rows), a halo's scaled by ``ratio^2``, so ``G_k = sum_v P^T g_v P`` with ``g_v`` the 2D
-    gradient. Exactly for the pixel integrals: ``d m / d Sigma_xx = A py dspx / (2 s)``, ``d m / d
-    Sigma_yy = A dspy px / (2 s)`` and, for the off-diagonal pair, ``d m / d Sigma_xy = A dpy dpx``
-    (a Gaussian's derivative by its centre is its density times ``(x - c) / s^2``), each component at
-    its own width s with its fraction.
-
-    Args:
-        positions, sigmas, weights, rotations, offsets, pixel_size, window, halo: the atoms and
-            views, as for :func:`atom_windows`.
-        gradient: (V, H, W) the data term's derivative by the model in every pixel.
-    """
-    views, height, width = gradient.shape
-    result = positions.new_zeros(len(positions), 3, 3)
-    pixels = PaddedImages(gradient)
-    project = rotations[:, :2, :].to(positions)
-    for part in atom_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4, halo
-    ):
-        g = part.gather(pixels)  # (V, k, S, S)
-        xx = yy = xy = 0.0
-        for c in part.components:
-            factor = c.fraction * c.scale**2
-            s = (c.scale * part.sigma)[None, :, None, None]
-            xx = xx + factor * _outer(c.py, c.dspx) / (2 * s)
-            yy = yy + factor * _outer(c.dspy, c.px) / (2 * s)
-            xy = xy + factor * _outer(c.dpy, c.dpx) / 2  # each of the two symmetric entries
-        amplitude = part.amplitude[None, :]
-        entries = [(amplitude * (g * term).sum(dim=(2, 3))) for term in (xx, xy, yy)]  # (V, k) each
-        detector = torch.stack([torch.stack(entries[:2], -1), torch.stack(entries[1:], -1)], -2)  # (V, k, 2, 2)
-        result[part.members] = torch.einsum("vai,vkab,vbj->kij", project, detector, project).to(result)
-    return result
-
-
-def merge_gains(
-    pairs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    merged: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    rotations: torch.Tensor,
-    offsets: torch.Tensor,
-    pixel_size: float,
-    model: torch.Tensor,
-    measured: torch.Tensor,
-    pixel_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    window: float = DEFAULT_WINDOW,
-    halo: Optional[Tuple[float, float]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """What each pair of atoms buys over one atom in its place: how much the data term grows when
-    the pair is replaced by ``merged``, all other atoms held.
-
-    Args:
-        pairs: positions (P, 2, 3) A, sigmas (P, 2) A, weights (P, 2) of the pairs.
-        merged: positions (P, 3), sigmas (P,), weights (P,) of the single atom of each pair.
-        rotations, offsets, pixel_size, window, halo: as for :func:`atom_windows`.
-        model, measured, pixel_cost: as for :func:`removal_gains` (the model holds the pairs).
-
-    Returns:
-        gains (P,): the sum over the merged atom's window (which holds both of the pair) of
-        ``pixel_cost(model - pair + merged) - pixel_cost(model)``; touched (P,): the pixels the
-        merged atom touches, as for :func:`removal_gains`.
-    """
-    views, height, width = model.shape
-    positions, sigmas, weights = merged
-    pair_positions, pair_sigmas, pair_weights = pairs
-    parts = _parts(halo)
-    reach = (pair_positions - positions[:, None]).norm(dim=2).amax(dim=1) + window * parts[-1][1] * (
-        pair_sigmas.amax(dim=1) - sigmas
-    ).clamp_min(0.0)
-    pair_centres = detector_centres(pair_positions.reshape(-1, 3), rotations, offsets).view(views, -1, 2, 2)
-    gains = positions.new_zeros(len(positions))
-    touched = positions.new_zeros(len(positions))
-    detector, model_pixels, data_pixels = (PaddedImages(x) for x in (torch.ones_like(model), model, measured))
-    for part in atom_windows(
-        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 6, halo, reach
-    ):
-        inside = part.gather(detector) > 0  # (V, k, S, S)
-        footprint = part.footprints()
-        replaced = footprint
-        for member in range(2):
-            centres = pair_centres[:, part.members, member]  # (V, k, 2)
-            sigma = pair_sigmas[part.members, member]
-            amplitude = pair_weights[part.members, member] / pixel_size**2
-            for fraction, scale in parts:
-                py = pixel_profiles(centres[..., 1], scale * sigma, part.grid.start_y, height, pixel_size, part.size)
-                px = pixel_profiles(centres[..., 0], scale * sigma, part.grid.start_x, width, pixel_size, part.size)
-                replaced = replaced - (fraction * amplitude)[None, :, None, None] * _outer(py, px)
-        whole = part.gather(model_pixels)
-        data = part.gather(data_pixels)
-        change = (pixel_cost(whole + replaced, data) - pixel_cost(whole, data)) * inside
         gains[part.members] = change.sum(dim=(0, 2, 3)).to(gains)
         peak = footprint.amax(dim=(2, 3), keepdim=True)
         touched[part.members] = ((footprint > _TOUCHED * peak) & inside).sum(dim=(0, 2, 3)).to(touched)
