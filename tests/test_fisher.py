@@ -14,7 +14,7 @@ from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import position_uncertainties, refine
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
-from atomsplat.render.footprints import removal_gains
+from atomsplat.render.footprints import covariance_gradients, removal_gains
 from atomsplat.render.projector import project_isotropic_dense
 
 P, H, W = 0.3, 28, 28
@@ -159,6 +159,55 @@ def test_removal_gains_equal_the_data_term_without_each_atom(halo):
         expected = noise.pixels(without, measured).sum() - noise.pixels(model, measured).sum()
         assert float(gains[k]) == pytest.approx(float(expected), rel=2e-3, abs=1e-3)
     assert torch.all(touched > 0) and touched[3] > touched[2]  # the widest atom touches the most pixels
+
+
+def _supersampled(positions, covariances, weights, rotations, offsets, halo=None, samples=8):
+    """The oracle of anisotropic atoms: each pixel's mean of the 2D Gaussian densities of covariance
+    ``P S P^T`` (a halo's ``ratio^2`` times larger) at ``samples`` x ``samples`` points."""
+    parts = [(1.0, 1.0)] if halo is None else [(1 - halo[0], 1.0), (halo[0], halo[1])]
+    sub = (torch.arange(samples, dtype=positions.dtype) + 0.5) / samples
+    xs = ((torch.arange(W, dtype=positions.dtype)[:, None] + sub).reshape(-1) - W / 2) * P
+    ys = ((torch.arange(H, dtype=positions.dtype)[:, None] + sub).reshape(-1) - H / 2) * P
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # (H s, W s, 2): (x, y)
+    project = rotations[:, :2, :]
+    centres = torch.einsum("vij,kj->vki", project, positions) + offsets[:, None, :]
+    image = 0.0
+    for fraction, ratio in parts:
+        cov = ratio**2 * torch.einsum("vai,kij,vbj->vkab", project, covariances, project)  # (V, K, 2, 2)
+        rel = grid[None, None] - centres[:, :, None, None, :]
+        quad = torch.einsum("vkhwa,vkab,vkhwb->vkhw", rel, torch.linalg.inv(cov), rel)
+        density = torch.exp(-0.5 * quad) / (2 * math.pi * torch.linalg.det(cov).sqrt()[..., None, None])
+        image = image + fraction * torch.einsum("vkhw,k->vhw", density, weights)
+    return image.reshape(len(rotations), H, samples, W, samples).mean(dim=(2, 4))
+
+
+@pytest.mark.parametrize("halo", [None, (0.3, 1.7)])
+def test_covariance_gradients_equal_finite_differences_of_stretched_atoms(halo):
+    """``u^T G_k u`` is the data term's derivative when atom k alone is stretched along u (central
+    differences of a supersampled oracle of anisotropic atoms, the others isotropic)."""
+    positions, sigmas, weights, rotations, offsets = _case()
+    isotropic = sigmas[:, None, None] ** 2 * torch.eye(3, dtype=sigmas.dtype)
+    model = _supersampled(positions, isotropic, weights, rotations, offsets, halo) + 1.0
+    measured = torch.poisson(model, generator=torch.Generator().manual_seed(2))
+    noise = NoiseModel("poisson", 1e-6)
+    level = model.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(noise.pixels(level, measured).sum(), level)
+    gradients = covariance_gradients(positions, sigmas, weights, rotations, offsets, P, gradient, halo=halo)
+    assert torch.allclose(gradients, gradients.transpose(1, 2))
+    draws = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    directions = torch.nn.functional.normalize(draws, dim=1)
+    step = 1e-4
+    for k in range(4):
+        for u in (directions[k], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)):
+
+            def cost(eps):
+                stretched = isotropic.clone()
+                stretched[k] += eps * torch.outer(u, u)
+                image = _supersampled(positions, stretched, weights, rotations, offsets, halo) + 1.0
+                return float(noise.pixels(image, measured).sum())
+
+            expected = (cost(step) - cost(-step)) / (2 * step)
+            assert float(u @ gradients[k] @ u) == pytest.approx(expected, rel=5e-3)
 
 
 def test_cramer_rao_bound_matches_the_spread_of_maximum_likelihood_fits():

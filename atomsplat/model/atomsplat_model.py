@@ -61,7 +61,7 @@ from atomsplat.model.strategy import (
     minimum_distance,
     rebind,
 )
-from atomsplat.render.footprints import removal_gains
+from atomsplat.render.footprints import covariance_gradients, removal_gains
 from atomsplat.render.projector import DEFAULT_WINDOW
 from atomsplat.viewer.display import species_colours
 from atomsplat.viewer.monitor import TrainingMonitor
@@ -159,7 +159,9 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Up to this many atoms the positional uncertainties include all atoms' correlations (the whole
     Fisher matrix); above it, each atom's own block scaled by a band's (README, export)."""
     seed: int = 0
-    """Seed of the initial positions and of duplication."""
+    """Seed of the initial positions and of duplication's random directions (under evidence
+    selection the copies go along the covariance gradient instead, and runs differ by the order of
+    the views: ``--pipeline.datamanager.train-cameras-sampling-seed``)."""
 
 
 class AtomSplatModel(SplatfactoModel):
@@ -216,7 +218,7 @@ class AtomSplatModel(SplatfactoModel):
             )
         evidence = None
         if self.noise.is_likelihood and config.isotropic:
-            evidence = Evidence(self.removal_evidence)
+            evidence = Evidence(self.removal_evidence, self.covariance_evidence)
         self.strategy = DensityStrategy(
             config, generator=self.generator, evidence=evidence, reconstruct=self.residual_volume
         )
@@ -659,6 +661,25 @@ class AtomSplatModel(SplatfactoModel):
             gains += gain
             touched += touch
         return gains, touched
+
+    @torch.no_grad()
+    def covariance_evidence(self, params, chosen: torch.Tensor) -> torch.Tensor:
+        """:attr:`Evidence.stretch` on all training projections: (M, 3, 3) nats per A^2."""
+        positions, sigmas, weights = (
+            params["positions"][chosen],
+            density.width_of(params)[chosen],
+            params["log_weights"][chosen].exp(),
+        )
+        gradients = positions.new_zeros(len(chosen), 3, 3)
+        for views, model, measured in self._models(params):
+            with torch.enable_grad():
+                level = model.detach().requires_grad_(True)
+                (slope,) = torch.autograd.grad(self.noise.negative_log_likelihood(level, measured).sum(), level)
+            gradients += covariance_gradients(
+                positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, slope,
+                self.cloud.window, self.cloud.halo(),
+            )  # fmt: skip
+        return gradients
 
     def report(self, record: RefineRecord) -> None:
         """Log a density pass (console, nerfstudio's writers, the viewer), with TPR / FPR when the

@@ -109,17 +109,23 @@ def prune(params: Params, fraction: float) -> Tuple[Params, torch.Tensor]:
 
 
 def duplicate(
-    params: Params, chosen: torch.Tensor, offset: torch.Tensor, generator: torch.Generator = None
+    params: Params,
+    chosen: torch.Tensor,
+    offset: torch.Tensor,
+    generator: torch.Generator = None,
+    directions: Optional[torch.Tensor] = None,
 ) -> Tuple[Params, torch.Tensor]:
     """Replace each Gaussian in ``chosen`` (long indices) by two copies of half its weight.
 
-    The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite random
-    directions, so that they receive different gradients; the total weight is conserved.
-    Appended copies start with fresh optimizer state, the first copy keeps the old one.
+    The copies move by ``offset`` (A, scalar or per chosen Gaussian) in opposite directions,
+    ``directions`` (M, 3) or random ones, so that they receive different gradients; the total weight
+    is conserved. Appended copies start with fresh optimizer state, the first copy keeps the old one.
     """
     count = len(params["positions"])
     positions = params["positions"]
     direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
+    if directions is not None:
+        direction = directions.to(positions)
     step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(
         -1, 1
     )

@@ -227,3 +227,52 @@ def removal_gains(
         peak = footprint.amax(dim=(2, 3), keepdim=True)
         touched[part.members] = ((footprint > _TOUCHED * peak) & inside).sum(dim=(0, 2, 3)).to(touched)
     return gains, touched
+
+
+def covariance_gradients(
+    positions: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    offsets: torch.Tensor,
+    pixel_size: float,
+    gradient: torch.Tensor,
+    window: float = DEFAULT_WINDOW,
+    halo: Optional[Tuple[float, float]] = None,
+) -> torch.Tensor:
+    """How the data term changes with each isotropic atom's 3D covariance: (K, 3, 3) ``dL / d Sigma``
+    at ``Sigma = sigma^2 I``, so that stretching atom k by ``Sigma -> Sigma + eps u u^T`` changes the
+    data term by ``eps u^T G_k u`` to first order (A^-2 x data-term units).
+
+    In a view the atom's footprint is a 2D Gaussian of covariance ``P Sigma P^T`` (P the view matrix's
+    first two rows), a halo's scaled by ``ratio^2``, so ``G_k = sum_v P^T g_v P`` with ``g_v`` the 2D
+    gradient. Exactly for the pixel integrals: ``d m / d Sigma_xx = A py dspx / (2 s)``, ``d m / d
+    Sigma_yy = A dspy px / (2 s)`` and, for the off-diagonal pair, ``d m / d Sigma_xy = A dpy dpx``
+    (a Gaussian's derivative by its centre is its density times ``(x - c) / s^2``), each component at
+    its own width s with its fraction.
+
+    Args:
+        positions, sigmas, weights, rotations, offsets, pixel_size, window, halo: the atoms and
+            views, as for :func:`atom_windows`.
+        gradient: (V, H, W) the data term's derivative by the model in every pixel.
+    """
+    views, height, width = gradient.shape
+    result = positions.new_zeros(len(positions), 3, 3)
+    pixels = PaddedImages(gradient)
+    project = rotations[:, :2, :].to(positions)
+    for part in atom_windows(
+        positions, sigmas, weights, rotations, offsets, pixel_size, height, width, window, 4, halo
+    ):
+        g = part.gather(pixels)  # (V, k, S, S)
+        xx = yy = xy = 0.0
+        for c in part.components:
+            factor = c.fraction * c.scale**2
+            s = (c.scale * part.sigma)[None, :, None, None]
+            xx = xx + factor * _outer(c.py, c.dspx) / (2 * s)
+            yy = yy + factor * _outer(c.dspy, c.px) / (2 * s)
+            xy = xy + factor * _outer(c.dpy, c.dpx) / 2  # each of the two symmetric entries
+        amplitude = part.amplitude[None, :]
+        entries = [(amplitude * (g * term).sum(dim=(2, 3))) for term in (xx, xy, yy)]  # (V, k) each
+        detector = torch.stack([torch.stack(entries[:2], -1), torch.stack(entries[1:], -1)], -2)  # (V, k, 2, 2)
+        result[part.members] = torch.einsum("vai,vkab,vbj->kij", project, detector, project).to(result)
+    return result
