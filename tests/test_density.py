@@ -561,3 +561,63 @@ def test_a_newborn_beside_another_gaussian_is_removed_and_one_apart_stays(tmp_pa
     assert model.num_points == count + 1
     torch.testing.assert_close(model.cloud.positions.detach()[:count], params["positions"])
     torch.testing.assert_close(model.cloud.positions.detach()[count], far)
+
+
+def _closest_pair(truth):
+    gaps = np.linalg.norm(truth[:, None] - truth[None], axis=2) + np.diag(np.full(len(truth), np.inf))
+    return list(np.unravel_index(np.argmin(gaps), gaps.shape)), float(gaps.min())
+
+
+def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_path, monkeypatch):
+    """Poisson counts; the closest two atoms (weight 15 each, the others 100) fitted at 0.7 of their
+    weight, and a Gaussian at their midpoint with 0.6 of one atom's (a split along the bond that left
+    its middle). Refitted without it, the atoms take their weight back and the data term hardly
+    rises, so it goes (the gate that spares the refits of costly Gaussians opened); the atoms stay."""
+    import atomsplat.model.atomsplat_model as module
+
+    model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
+    pair, _ = _closest_pair(truth)
+    model, truth = _model_missing_atoms(tmp_path / "light", [], light=pair, counts=True, loss="poisson")
+    params = model.cloud.detached()
+    params["log_weights"][pair] += np.log(0.7)
+    midpoint = {
+        "positions": params["positions"][pair].mean(dim=0, keepdim=True),
+        "log_sigmas": params["log_sigmas"][:1],
+        "log_weights": torch.tensor([np.log(0.6 * 15.0)], dtype=params["log_weights"].dtype),
+    }
+    model.cloud.install({name: torch.cat([values, midpoint[name]]) for name, values in params.items()})
+    monkeypatch.setattr(module, "CROWDED_GATE", float("inf"))
+    model._refit_crowded(model.refinement_args(), None)
+    assert model.num_points == len(truth)
+    errors = np.linalg.norm(model.cloud.positions.detach().numpy() - truth, axis=1)
+    assert errors.max() < 0.2 and np.median(errors) < 0.05  # the light atoms in Poisson noise: 0.10 A measured
+    torch.testing.assert_close(model.cloud.weights.detach()[pair], torch.tensor([15.0, 15.0]), rtol=0.1, atol=0)
+
+
+def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
+    """The closest two atoms, one of them light (weight 15, the others 100), within the pair
+    separation of a minimum distance of 2 A: the light one is tested, and refitted without it the
+    data term rises by far more than CROWDED_RISE, so it is put back as it was."""
+    import atomsplat.model.atomsplat_model as module
+    from atomsplat.model.strategy import PAIR_SEPARATION
+
+    model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
+    pair, gap = _closest_pair(truth)
+    model, truth = _model_missing_atoms(
+        tmp_path / "light", [], light=pair[:1], counts=True, loss="poisson", merge_distance=2.0
+    )
+    assert gap < PAIR_SEPARATION * 2.0
+    params = model.cloud.detached()
+    model.optimizers = {name: torch.optim.Adam([p], lr=1e-3) for name, p in model.cloud.params.items()}
+    for name, p in model.cloud.params.items():  # moments to carry through the removal and back
+        p.grad = torch.ones_like(p)
+        model.optimizers[name].step()
+        p.data.copy_(params[name])
+    monkeypatch.setattr(module, "CROWDED_GATE", float("inf"))
+    model._refit_crowded(model.refinement_args(), None)
+    assert model.num_points == len(truth)
+    for name, values in model.cloud.detached().items():
+        torch.testing.assert_close(values, params[name])
+        (live,) = model.optimizers[name].param_groups[0]["params"]
+        assert live is model.cloud.params[name]
+        assert model.optimizers[name].state[live]["exp_avg"].shape == live.shape

@@ -17,6 +17,7 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,9 @@ from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
+    CROWDED_GATE,
+    CROWDED_LIMIT,
+    CROWDED_RISE,
     DEFAULT_MERGE_DISTANCE,
     FINAL_BIRTH_ROUNDS,
     FINAL_BIRTH_SEPARATION,
@@ -527,6 +531,7 @@ class AtomSplatModel(SplatfactoModel):
             prior = self._take_back_diffuse(args, prior)
             if self.strategy.evidence is not None and self.cloud.count > 0:
                 prior = self._final_births(args, prior, FINAL_BIRTH_SIGNIFICANCE)
+                prior = self._refit_crowded(args, prior)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(
@@ -607,6 +612,54 @@ class AtomSplatModel(SplatfactoModel):
                     what = f"{crowded} newborns within {distance:.2f} A of another Gaussian removed, refined"
                     _print_refinement(what, refine(*args, prior=prior, solve_background=solve_background))
         return self.fitted_prior() if newborn else prior  # the last newborns passed their test
+
+    def _refit_crowded(self, args, prior):
+        """Under evidence selection, at the end: each Gaussian that :meth:`DensityStrategy.crowded`
+        picks (of two closer than the pair separation, the one whose removal costs less with the
+        others held) and whose removal costs less than :data:`CROWDED_GATE` x its price with the
+        others held is removed and the rest refined to convergence; it stays out where the data
+        term rose by less than :data:`CROWDED_RISE` nats, else all is put back as it was. The held
+        test cannot take a Gaussian that holds counts its neighbours would take up if they moved.
+        Only up to :data:`CROWDED_LIMIT` Gaussians. Returns the species prior."""
+        if self.cloud.count > CROWDED_LIMIT:
+            return prior
+        params = self.cloud.detached()
+        gains, touched = self.removal_evidence(params)
+        price = self.strategy.price(params, touched)
+        chosen = self.strategy.crowded(params, gains)
+        chosen = chosen[gains[chosen] < CROWDED_GATE * price[chosen]].tolist()
+        if not chosen:
+            return prior
+        views = args[3]
+        pixels = len(views) * views.height * views.width
+        level = refine(*args, prior=prior).after
+        alive = torch.ones(self.cloud.count, dtype=torch.bool)
+        removed, start = 0, time.perf_counter()
+        for old in chosen:
+            saved = self.cloud.detached(), copy.deepcopy(self.corrections.state_dict())
+            shape = {name: p.detach().clone() for name, p in (self.cloud.shape_params or {}).items()}
+            index = int(alive[:old].sum())
+            kept = torch.cat([torch.arange(index), torch.arange(index + 1, self.cloud.count)])
+            kept = kept.to(saved[0]["positions"].device)
+            self.strategy.install(self.cloud, self.optimizers, {n: v[kept] for n, v in saved[0].items()}, kept)
+            prior = self.fitted_prior()
+            without = refine(*args, prior=prior).after
+            if (without - level) * pixels < CROWDED_RISE:
+                alive[old], level, removed = False, without, removed + 1
+                continue
+            source = torch.arange(len(kept) + 1, device=kept.device) - (torch.arange(len(kept) + 1) > index).to(kept)
+            source[index] = -1  # the tested Gaussian's moments are gone with it
+            self.strategy.install(self.cloud, self.optimizers, saved[0], source)
+            self.corrections.load_state_dict(saved[1])
+            with torch.no_grad():
+                for name, p in (self.cloud.shape_params or {}).items():
+                    p.copy_(shape[name])
+            prior = self.fitted_prior()
+        CONSOLE.print(
+            f"crowded Gaussians: {removed} of {len(chosen)} tested removed, the rest refined without each "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        return prior
 
     def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
