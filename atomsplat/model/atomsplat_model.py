@@ -163,9 +163,7 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Up to this many atoms the positional uncertainties include all atoms' correlations (the whole
     Fisher matrix); above it, each atom's own block scaled by a band's (README, export)."""
     seed: int = 0
-    """Seed of the initial positions and of duplication's random directions (under evidence
-    selection the copies go along the covariance gradient instead, and runs differ by the order of
-    the views: ``--pipeline.datamanager.train-cameras-sampling-seed``)."""
+    """Seed of the initial positions and of duplication (for counts, copies go along the gradient)."""
 
 
 class AtomSplatModel(SplatfactoModel):
