@@ -573,7 +573,7 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
     weight, and a Gaussian at their midpoint with 0.6 of one atom's (a split along the bond that left
     its middle). Refitted without it, the atoms take their weight back and the data term hardly
     rises, so it goes (the gate that spares the refits of costly Gaussians opened); the atoms stay."""
-    import atomsplat.model.atomsplat_model as module
+    import atomsplat.model.strategy as module
 
     model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
     pair, _ = _closest_pair(truth)
@@ -598,7 +598,7 @@ def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
     """The closest two atoms, one of them light (weight 15, the others 100), within the pair
     separation of a minimum distance of 2 A: the light one is tested, and refitted without it the
     data term rises by far more than CROWDED_RISE, so it is put back as it was."""
-    import atomsplat.model.atomsplat_model as module
+    import atomsplat.model.strategy as module
     from atomsplat.model.strategy import PAIR_SEPARATION
 
     model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")

@@ -51,7 +51,6 @@ from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
-    CROWDED_GATE,
     CROWDED_LIMIT,
     CROWDED_RISE,
     DEFAULT_MERGE_DISTANCE,
@@ -614,18 +613,15 @@ class AtomSplatModel(SplatfactoModel):
     def _refit_crowded(self, args, prior):
         """Under evidence selection, at the end: each Gaussian that :meth:`DensityStrategy.crowded`
         picks (of two closer than the pair separation, the one whose removal costs less with the
-        others held) and whose removal costs less than :data:`CROWDED_GATE` x its price with the
-        others held is removed and the rest refined to convergence; it stays out where the data
-        term rose by less than :data:`CROWDED_RISE` nats, else all is put back as it was. The held
-        test cannot take a Gaussian that holds counts its neighbours would take up if they moved.
-        Only up to :data:`CROWDED_LIMIT` Gaussians. Returns the species prior."""
+        others held, if that is little enough) is removed and the rest refined to convergence; it
+        stays out where the data term rose by less than :data:`CROWDED_RISE` nats, else all is put
+        back as it was. The held test cannot take a Gaussian that holds counts its neighbours would
+        take up if they moved. Only up to :data:`CROWDED_LIMIT` Gaussians. Returns the species
+        prior."""
         if self.cloud.count > CROWDED_LIMIT:
             return prior
         params = self.cloud.detached()
-        gains, touched = self.removal_evidence(params)
-        price = self.strategy.price(params, touched)
-        chosen = self.strategy.crowded(params, gains)
-        chosen = chosen[gains[chosen] < CROWDED_GATE * price[chosen]].tolist()
+        chosen = self.strategy.crowded(params, *self.removal_evidence(params)).tolist()
         if not chosen:
             return prior
         views = args[3]
@@ -645,8 +641,8 @@ class AtomSplatModel(SplatfactoModel):
             if (without - level) * pixels < CROWDED_RISE:
                 alive[old], level, removed = False, without, removed + 1
                 continue
-            source = torch.arange(len(kept) + 1, device=kept.device) - (torch.arange(len(kept) + 1) > index).to(kept)
-            source[index] = -1  # the tested Gaussian's moments are gone with it
+            gone = torch.tensor([-1], device=kept.device)  # the tested Gaussian's moments went with it
+            source = torch.cat([kept[:index], gone, kept[index:] - 1])
             self.strategy.install(self.cloud, self.optimizers, saved[0], source)
             self.corrections.load_state_dict(saved[1])
             with torch.no_grad():

@@ -470,16 +470,18 @@ class DensityStrategy:
             self.install(cloud, optimizers, {name: values[kept] for name, values in cloud.detached().items()}, kept)
         return len(crowded)
 
-    def crowded(self, params: density.Params, gains: torch.Tensor) -> torch.Tensor:
+    def crowded(self, params: density.Params, gains: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
         """(R,) long: of each two narrow Gaussians closer than :data:`PAIR_SEPARATION` x
         ``merge_distance``, the one whose removal costs less (``gains`` (K,) nats, the others held),
-        the cheapest first and never both of a close pair: the Gaussians to test for removal with
-        the rest refitted (:meth:`atomsplat.model.atomsplat_model.AtomSplatModel._refit_crowded`)."""
+        the cheapest first and never both of a close pair, where that cost is under
+        :data:`CROWDED_GATE` x its price (``touched`` (K,) pixels): the Gaussians to test for removal
+        with the rest refitted (:meth:`atomsplat.model.atomsplat_model.AtomSplatModel._refit_crowded`)."""
+        device = params["positions"].device
         narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1).cpu()
-        points = params["positions"].detach()[narrow.to(params["positions"].device)].cpu().numpy()
+        points = params["positions"].detach()[narrow.to(device)].cpu().numpy()
         pairs = cKDTree(points).query_pairs(PAIR_SEPARATION * self.options.merge_distance, output_type="ndarray")
         if len(pairs) == 0:
-            return torch.zeros(0, dtype=torch.long, device=params["positions"].device)
+            return torch.zeros(0, dtype=torch.long, device=device)
         cost = gains.detach().cpu()[narrow].numpy()
         weaker = np.where(cost[pairs[:, 0]] <= cost[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
         neighbours = {}
@@ -490,7 +492,8 @@ class DensityStrategy:
         for i in sorted(set(weaker.tolist()), key=lambda i: cost[i]):
             if removed.isdisjoint(neighbours[i]):
                 removed.add(i)
-        return narrow[sorted(removed)].to(params["positions"].device)
+        chosen = narrow[sorted(removed)].to(device)
+        return chosen[gains[chosen] < CROWDED_GATE * self.price(params, touched)[chosen]]
 
     def split_directions(self, params: density.Params, chosen: torch.Tensor) -> Optional[torch.Tensor]:
         """(M, 3) unit directions in which to split the Gaussians ``chosen`` (M,) long: where the
