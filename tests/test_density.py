@@ -23,6 +23,7 @@ from atomsplat.model.density import (
     strongest,
     width_of,
 )
+from atomsplat.model.refinement import refine
 
 
 def same_partition(a, b):
@@ -571,8 +572,9 @@ def _closest_pair(truth):
 def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_path, monkeypatch):
     """Poisson counts; the closest two atoms (weight 15 each, the others 100) fitted at 0.7 of their
     weight, and a Gaussian at their midpoint with 0.6 of one atom's (a split along the bond that left
-    its middle). Refitted without it, the atoms take their weight back and the data term hardly
-    rises, so it goes (the gate that spares the refits of costly Gaussians opened); the atoms stay."""
+    its middle), all refined. With its neighbours refitted without it, the atoms take their weight
+    back and the data term hardly rises, so it goes (the gate that spares the refits of costly
+    Gaussians opened); the atoms stay."""
     import atomsplat.model.strategy as module
 
     model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
@@ -587,6 +589,7 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
     }
     model.cloud.install({name: torch.cat([values, midpoint[name]]) for name, values in params.items()})
     monkeypatch.setattr(module, "CROWDED_GATE", float("inf"))
+    refine(*model.refinement_args())  # converged, as after the final births
     model._refit_crowded(model.refinement_args(), None)
     assert model.num_points == len(truth)
     errors = np.linalg.norm(model.cloud.positions.detach().numpy() - truth, axis=1)
@@ -596,8 +599,9 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
 
 def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
     """The closest two atoms, one of them light (weight 15, the others 100), within the pair
-    separation of a minimum distance of 2 A: the light one is tested, and refitted without it the
-    data term rises by far more than CROWDED_RISE, so it is put back as it was."""
+    separation of a minimum distance of 2 A: the light one is tested, and with its neighbours
+    refitted without it the data term rises by far more than CROWDED_RISE, so all stays as it was,
+    the optimizers' moments too."""
     import atomsplat.model.strategy as module
     from atomsplat.model.strategy import PAIR_SEPARATION
 
@@ -607,7 +611,8 @@ def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
         tmp_path / "light", [], light=pair[:1], counts=True, loss="poisson", merge_distance=2.0
     )
     assert gap < PAIR_SEPARATION * 2.0
-    params = model.cloud.detached()
+    refine(*model.refinement_args())  # converged, as after the final births
+    params = {name: values.clone() for name, values in model.cloud.detached().items()}
     model.optimizers = {name: torch.optim.Adam([p], lr=1e-3) for name, p in model.cloud.params.items()}
     for name, p in model.cloud.params.items():  # moments to carry through the removal and back
         p.grad = torch.ones_like(p)

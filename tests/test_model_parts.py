@@ -65,6 +65,18 @@ def test_views_split_in_order():
     assert torch.equal(torch.cat([p.indices for p in parts]), views.indices)
 
 
+def test_cropped_views_see_the_pixels_of_their_windows():
+    """A view cropped to a window (its own first row and column per view, one size, not square)
+    projects what the full view shows in that window (to float32 rounding of values up to 144), with
+    shifted views too."""
+    cloud, views = _cloud(), _views()
+    views = views.moved(torch.tensor([[0.3, -0.2], [0.0, 0.7], [-1.1, 0.4]]))
+    rows, cols = torch.tensor([5, 12, 0]), torch.tensor([9, 2, 23])
+    full = cloud.project(views).detach()
+    window = torch.stack([full[v, rows[v] : rows[v] + 20, cols[v] : cols[v] + 25] for v in range(3)])
+    torch.testing.assert_close(cloud.project(views.cropped(rows, cols, 20, 25)).detach(), window, atol=1e-3, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- the noise model's linear solve
 def _plane_problem(seed=0, views=3, size=40):
     g = torch.Generator().manual_seed(seed)

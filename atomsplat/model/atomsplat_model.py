@@ -17,7 +17,6 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,10 +47,10 @@ from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
-from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine
+from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine, removal_rise
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
-    CROWDED_LIMIT,
+    CROWDED_REACH,
     CROWDED_RISE,
     DEFAULT_MERGE_DISTANCE,
     FINAL_BIRTH_ROUNDS,
@@ -613,46 +612,51 @@ class AtomSplatModel(SplatfactoModel):
     def _refit_crowded(self, args, prior):
         """Under evidence selection, at the end: each Gaussian that :meth:`DensityStrategy.crowded`
         picks (of two closer than the pair separation, the one whose removal costs less with the
-        others held, if that is little enough) is removed and the rest refined to convergence; it
-        stays out where the data term rose by less than :data:`CROWDED_RISE` nats, else all is put
-        back as it was. The held test cannot take a Gaussian that holds counts its neighbours would
-        take up if they moved. Only up to :data:`CROWDED_LIMIT` Gaussians. Returns the species
-        prior."""
-        if self.cloud.count > CROWDED_LIMIT:
-            return prior
+        others held, if that is little enough) is removed where its neighbours within
+        :data:`CROWDED_REACH` x the merge distance, refitted without it, lose less than
+        :data:`CROWDED_RISE` nats (:func:`removal_rise`; they keep their refitted parameters); then,
+        if any went, all are refined. The held test cannot take a Gaussian that holds counts its
+        neighbours would take up if they moved. ``args``: :meth:`refinement_args`; returns the
+        species prior."""
         params = self.cloud.detached()
         chosen = self.strategy.crowded(params, *self.removal_evidence(params)).tolist()
         if not chosen:
             return prior
-        views = args[3]
-        pixels = len(views) * views.height * views.width
-        level = refine(*args, prior=prior).after
+        start = time.perf_counter()
+        views = self.series_views(self.train_indices)
+        views = views.moved(self.corrections.offsets(views.offsets, views.indices, self.step).detach())
+        with torch.no_grad():
+            model = torch.cat([part for _, part, _ in self._models(params)])
+        measured, reach = self.measured[views.indices], CROWDED_REACH * self.strategy.options.merge_distance
         alive = torch.ones(self.cloud.count, dtype=torch.bool)
-        removed, start = 0, time.perf_counter()
         for old in chosen:
-            saved = self.cloud.detached(), copy.deepcopy(self.corrections.state_dict())
-            shape = {name: p.detach().clone() for name, p in (self.cloud.shape_params or {}).items()}
-            index = int(alive[:old].sum())
-            kept = torch.cat([torch.arange(index), torch.arange(index + 1, self.cloud.count)])
-            kept = kept.to(saved[0]["positions"].device)
-            self.strategy.install(self.cloud, self.optimizers, {n: v[kept] for n, v in saved[0].items()}, kept)
-            prior = self.fitted_prior()
-            without = refine(*args, prior=prior).after
-            if (without - level) * pixels < CROWDED_RISE:
-                alive[old], level, removed = False, without, removed + 1
+            params, index = self.cloud.detached(), int(alive[:old].sum())
+            near = torch.nonzero((params["positions"] - params["positions"][index]).norm(dim=1) < reach).squeeze(1)
+            near = near[near != index]
+            rise, fitted = removal_rise(self.cloud, index, near, views, model, measured, self.noise, reach, prior)
+            if rise >= CROWDED_RISE:
                 continue
-            gone = torch.tensor([-1], device=kept.device)  # the tested Gaussian's moments went with it
-            source = torch.cat([kept[:index], gone, kept[index:] - 1])
-            self.strategy.install(self.cloud, self.optimizers, saved[0], source)
-            self.corrections.load_state_dict(saved[1])
+            group = torch.cat([near.new_tensor([index]), near])
+            before = {name: values[group] for name, values in params.items()}
+            after = {name: values.clone() for name, values in fitted.items()}
+            shape = self.cloud.shape_params
             with torch.no_grad():
-                for name, p in (self.cloud.shape_params or {}).items():
-                    p.copy_(shape[name])
-            prior = self.fitted_prior()
+                model += project(after, views, window=self.cloud.window, shape=shape)
+                model -= project(before, views, window=self.cloud.window, shape=shape)
+            for name, values in params.items():
+                values = values.clone()
+                values[near] = after[name]
+                params[name] = values
+            kept = torch.nonzero(torch.arange(self.cloud.count, device=near.device) != index).squeeze(1)
+            self.strategy.install(self.cloud, self.optimizers, {n: v[kept] for n, v in params.items()}, kept)
+            alive[old], prior = False, self.fitted_prior()
+        removed = len(chosen) - int(alive[chosen].sum())
         CONSOLE.print(
-            f"crowded Gaussians: {removed} of {len(chosen)} tested removed, the rest refined without each "
+            f"crowded Gaussians: {removed} of {len(chosen)} tested removed, their neighbours refitted without each "
             f"({time.perf_counter() - start:.0f} s)"
         )
+        if removed:
+            _print_refinement(f"{removed} crowded Gaussians removed, refined", refine(*args, prior=prior))
         return prior
 
     def residuals(self, count: int):

@@ -61,6 +61,14 @@ class Views:
         indices = None if self.indices is None else self.indices.to(device)
         return replace(self, rotations=self.rotations.to(device), offsets=self.offsets.to(device), indices=indices)
 
+    def cropped(self, start_y: torch.Tensor, start_x: torch.Tensor, height: int, width: int) -> "Views":
+        """The same views seen through a window of ``height`` x ``width`` pixels per view, its first
+        row and column ``start_y``, ``start_x`` (V,) long: pixel (i, j) of a cropped view is pixel
+        (start_y + i, start_x + j) of the view (:func:`atomsplat.geometry.pixel_index`)."""
+        shift = torch.stack([self.width / 2 - start_x - width / 2, self.height / 2 - start_y - height / 2], dim=1)
+        offsets = self.offsets + shift.to(self.offsets) * self.pixel_size
+        return replace(self, offsets=offsets, height=int(height), width=int(width))
+
     def split(self, size: int):
         """Yields the views in consecutive groups of at most ``size``."""
         for first in range(0, len(self), size):

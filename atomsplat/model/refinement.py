@@ -27,12 +27,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
+from atomsplat.geometry import pixel_index
 from atomsplat.model.cloud import Views, project
+from atomsplat.model.density import width_of
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
+from atomsplat.render.projector import detector_centres
 
 TOLERANCE = 1e-4
 """L-BFGS stops when an iteration moves no parameter by more than this (A or log units) or gains
@@ -167,6 +171,90 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
             solve_background,
         ) / pixels  # fmt: skip
     return RefinementReport(done, before, after, time.perf_counter() - start)
+
+
+def removal_rise(
+    cloud, drop: int, neighbours: torch.Tensor, views: Views, model: torch.Tensor, measured: torch.Tensor, noise,
+    margin: float, prior=None, iterations: int = 100,
+) -> Tuple[float, Dict[str, torch.Tensor]]:  # fmt: skip
+    """How much the negative log-likelihood rises (nats) when Gaussian ``drop`` of ``cloud`` is
+    removed: the minimum with ``drop`` and its ``neighbours`` fitted to convergence (positions,
+    widths and weights; L-BFGS as in :func:`refine`) against the minimum without ``drop``, every
+    other Gaussian, the atom shape, the shifts and the background held; with a species ``prior``,
+    its terms of these Gaussians join what is minimised (species and means held) and the rise is
+    that of the data term alone, as :func:`refine` reports it. The likelihood-ratio statistic of
+    ``drop`` with its neighbourhood free to take up its counts. Only pixels the
+    neighbourhood can reach enter: in each view a window over the footprints of ``drop`` and the
+    neighbours, widened by ``margin`` (A) for them to move in.
+
+    Args:
+        cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
+        drop: index of the Gaussian to remove; neighbours: (M,) long indices of those to refit.
+        views: the training views, with their learned shifts.
+        model: (V, H, W) the model of ``views`` as it is (Gaussians and background), data units.
+        measured: (V, H, W) the measured projections of ``views``.
+        noise: a likelihood data term (:attr:`atomsplat.model.losses.NoiseModel.is_likelihood`).
+        margin: A; prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` or None;
+        iterations: most L-BFGS iterations.
+
+    Returns:
+        The rise (nats) and the neighbours' refitted parameters ({name: (M, ...)}, the cloud's dtype).
+    """
+    params = cloud.detached()
+    group = torch.cat([torch.tensor([drop], device=neighbours.device), neighbours])
+    local = {name: values[group].double() for name, values in params.items()}
+    halo = cloud.halo()
+    reach = cloud.window * float(width_of(local).max()) * (1.0 if halo is None else halo[1]) + margin
+    views = Views(views.rotations.double(), views.offsets.double(), views.pixel_size, views.height, views.width)
+    centres = detector_centres(local["positions"], views.rotations, views.offsets)  # (V, M + 1, 2)
+
+    def span(coord: torch.Tensor, n: int):
+        first = pixel_index(coord.min(dim=1).values - reach, n, views.pixel_size)
+        size = min(int((pixel_index(coord.max(dim=1).values + reach, n, views.pixel_size) - first).max()) + 1, n)
+        return first.clamp(0, n - size), size
+
+    (start_x, width), (start_y, height) = span(centres[..., 0], views.width), span(centres[..., 1], views.height)
+    window = views.cropped(start_y, start_x, height, width)
+    rows = (start_y[:, None] + torch.arange(height, device=start_y.device))[:, :, None]
+    cols = (start_x[:, None] + torch.arange(width, device=start_x.device))[:, None, :]
+    every = torch.arange(len(views), device=rows.device)[:, None, None]
+    shape = None if cloud.shape_params is None else {n: p.detach().double() for n, p in cloud.shape_params.items()}
+    data = measured[every, rows, cols].double()
+    rest = model[every, rows, cols].double() - project(local, window, window=cloud.window, shape=shape)
+    low, high = math.log(cloud.min_sigma), math.log(cloud.max_sigma)
+
+    def fit(start: dict) -> Tuple[float, dict]:
+        free = {name: values.clone().requires_grad_(True) for name, values in start.items()}
+
+        rows = group[len(group) - len(start["positions"]) :]
+
+        def nats(part: dict, posterior: bool = True) -> torch.Tensor:
+            part = _bounded(part, low, high)
+            value = noise.negative_log_likelihood(rest + project(part, window, window=cloud.window, shape=shape), data)
+            if prior is None or not posterior:
+                return value.sum()
+            return value.sum() + prior.negative_log_prior(part["log_weights"], part["log_sigmas"], rows=rows)
+
+        optimizer = torch.optim.LBFGS(
+            list(free.values()), lr=1.0, max_iter=iterations, history_size=20, tolerance_grad=1e-9,
+            tolerance_change=TOLERANCE, line_search_fn="strong_wolfe",
+        )  # fmt: skip
+
+        def closure():
+            optimizer.zero_grad()
+            value = nats(free)
+            value.backward()
+            return value
+
+        if len(start["positions"]):
+            optimizer.step(closure)
+        with torch.no_grad():
+            return float(nats(free, False)), _bounded({n: v.detach() for n, v in free.items()}, low, high)
+
+    with_it, _ = fit(local)
+    without, fitted = fit({name: values[1:] for name, values in local.items()})
+    dtype = params["positions"].dtype
+    return without - with_it, {name: values.to(dtype) for name, values in fitted.items()}
 
 
 UNCERTAINTY_KINDS = ("not recorded", "marginal", "own block", "scaled own block")

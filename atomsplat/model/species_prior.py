@@ -67,12 +67,15 @@ class SpeciesPrior:
         return self.labels is not None and len(self.labels) == count
 
     def negative_log_prior(
-        self, log_weights: torch.Tensor, log_widths: torch.Tensor, means: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+        self, log_weights: torch.Tensor, log_widths: torch.Tensor, means: Optional[torch.Tensor] = None,
+        rows: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:  # fmt: skip
         """The prior's negative log-density in nats (differentiable in all arguments: (K,), (K,) and
-        ``means`` (S, 2), the species' means, the prior's own where None)."""
-        means = (self.means if means is None else means).to(log_weights)[self.labels]
-        keep = self.members.to(log_weights.device)
+        ``means`` (S, 2), the species' means, the prior's own where None); ``rows`` (M,) long: the
+        values are those of these Gaussians alone (M,), their terms the sum."""
+        rows = slice(None) if rows is None else rows.to(self.labels.device)
+        means = (self.means if means is None else means).to(log_weights)[self.labels[rows]]
+        keep = self.members[rows].to(log_weights.device)
         weight_term = ((log_weights - means[:, 0]) / self.weight_spread).square()
         width_term = ((log_widths - means[:, 1]) / self.width_spread).square()
         return 0.5 * (weight_term + width_term)[keep].sum()

@@ -160,21 +160,23 @@ closest atoms are 2.21-2.23 A apart, their Gaussians at 8e3 e/A^2 down to 1.76 A
 
 CROWDED_GATE = 2.5
 """Evidence selection: a crowded Gaussian is refitted without only when its removal costs less
-than this x its price with the others held (each test is a refinement of all Gaussians). On the
-2 nm low-dose particles (2026-12-06) false Gaussians between two atoms cost 1.28 x (Si, 8e3
-e/A^2) and 2.07 x (SiGeSn, 1.6e4), crowded atoms of Si at 8e3 2.25-2.64 x."""
+than this x its price with the others held. On the 2 nm low-dose particles (2026-12-06) false
+Gaussians between two atoms cost 1.28 x (Si, 8e3 e/A^2) and 2.07 x (SiGeSn, 1.6e4), crowded atoms of
+Si at 8e3 2.25-2.64 x."""
 
-CROWDED_LIMIT = 1000
-"""Evidence selection: crowded Gaussians are tested only up to this many Gaussians, as each test
-refines all of them (2 nm Si, 204 Gaussians: 4 tests in 60 s on one thread; the 5.5 nm particle's
-refinements, 3,700-4,000 Gaussians, take about 3 min each)."""
+CROWDED_REACH = 3.0
+"""Evidence selection: a crowded Gaussian is tested with the Gaussians within this x
+``merge_distance`` of it refitted (Si: 3.7 A, the first shell of neighbours and more), in windows
+of the views widened by as much for them to move in."""
 
 CROWDED_RISE = 10.3
 """Evidence selection: a crowded Gaussian stays out where the data term, refitted without it, rose
 by less than this (nats): the likelihood-ratio test of its 5 parameters at the 1e-3 level (half the
 chi-square's 0.999 quantile, 20.5). Not the BIC price: with their neighbours refitted, atoms cost
-less than it. On the 2 nm Si particle at 8e3 e/A^2 (2026-12-06), the three crowded atoms 14.2-18.8
-nats against a price of 25.6, the false Gaussian between two atoms -1.2."""
+less than it. On the 2 nm Si particle at 8e3 e/A^2 (2026-12-06), with the neighbours within
+:data:`CROWDED_REACH` refitted and species tied, two crowded atoms 16.4 and 18.5 nats against a price
+of 25.6, a false Gaussian between two atoms -0.5, the second Gaussian on an atom 7.4 (refitting all
+Gaussians gave 10.6, 10.8, 3.8 and under 10.3; species not tied: 9.5, 9.5, 4.1 and 11.8)."""
 
 FINAL_BIRTH_SEPARATION = 1.3
 """Evidence selection: a Gaussian born after the final refinement that ends closer than this x
