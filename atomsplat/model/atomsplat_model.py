@@ -50,6 +50,7 @@ from atomsplat.model.losses import NoiseModel
 from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine, removal_rise
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
+    CROWDED_LIMIT,
     CROWDED_REACH,
     CROWDED_RISE,
     DEFAULT_MERGE_DISTANCE,
@@ -616,8 +617,10 @@ class AtomSplatModel(SplatfactoModel):
         :data:`CROWDED_REACH` x the merge distance, refitted without it, lose less than
         :data:`CROWDED_RISE` nats (:func:`removal_rise`; they keep their refitted parameters); then,
         if any went, all are refined. The held test cannot take a Gaussian that holds counts its
-        neighbours would take up if they moved. ``args``: :meth:`refinement_args`; returns the
-        species prior."""
+        neighbours would take up if they moved. Only up to :data:`CROWDED_LIMIT` Gaussians.
+        ``args``: :meth:`refinement_args`; returns the species prior."""
+        if self.cloud.count > CROWDED_LIMIT:
+            return prior
         params = self.cloud.detached()
         chosen = self.strategy.crowded(params, *self.removal_evidence(params)).tolist()
         if not chosen:
