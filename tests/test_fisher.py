@@ -280,7 +280,8 @@ def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     the background is profiled out and the species' mean optimised with the atoms, so a single round
     ends at the joint optimum, the mean that of the atoms it ties, at the true weight. (With the
     background solved once for the starting atoms and the mean held through the round, the fit
-    ended one step of an alternation short of it: 23.7, 5 % low.)"""
+    ended one step of an alternation short of it: 23.7, 5 % low.) The report gives the prior's
+    nats before and after, and their sum with the data term's fell."""
     from atomsplat.model.species_prior import SpeciesPrior
 
     angles = np.arange(-60.0, 61.0, 10.0)
@@ -299,7 +300,9 @@ def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     held = cloud.detached()
     prior.update(held["log_weights"], held["log_sigmas"], torch.ones(4, dtype=torch.bool))
     corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
-    refine(cloud, corrections, counts, views, noise, step=0, iterations=60, rounds=1, prior=prior)
+    report = refine(cloud, corrections, counts, views, noise, step=0, iterations=60, rounds=1, prior=prior)
+    pixels = counts.numel()  # the report's data term is per pixel, its prior in nats
+    assert report.after * pixels + report.prior_after < report.before * pixels + report.prior_before
     mean_of_prior, mean_of_atoms = float(prior.means[0, 0]), float(cloud.params["log_weights"].detach().mean())
     assert mean_of_prior == pytest.approx(mean_of_atoms, abs=1e-4)
     assert math.exp(mean_of_atoms) == pytest.approx(25.0, rel=0.04)

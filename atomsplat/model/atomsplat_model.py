@@ -810,7 +810,10 @@ def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Op
 
 def _print_refinement(what: str, done) -> None:
     """One console line for a refinement (:class:`atomsplat.model.refinement.RefinementReport`)."""
+    tied = ""
+    if done.prior_before is not None:
+        tied = f", species prior {done.prior_before:.4g} -> {done.prior_after:.4g} nats"
     CONSOLE.print(
         f"{what}: {done.iterations} L-BFGS iterations, "
-        f"data term per pixel {done.before:.6g} -> {done.after:.6g} ({done.seconds:.0f} s)"
+        f"data term per pixel {done.before:.6g} -> {done.after:.6g}{tied} ({done.seconds:.0f} s)"
     )
