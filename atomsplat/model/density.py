@@ -123,8 +123,9 @@ def duplicate(
     """
     count = len(params["positions"])
     positions = params["positions"]
-    direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
-    if directions is not None:
+    if directions is None:
+        direction = torch.randn(len(chosen), 3, generator=generator, dtype=positions.dtype).to(positions.device)
+    else:
         direction = directions.to(positions)
     step = torch.nn.functional.normalize(direction, dim=1) * torch.as_tensor(offset, dtype=positions.dtype).reshape(
         -1, 1
