@@ -196,9 +196,9 @@ def removal_rise(
     other Gaussian, the atom shape, the shifts and the background held; with a species ``prior``,
     its terms of these Gaussians join what is minimised (species and means held) and the rise is
     that of the data term alone, as :func:`refine` reports it. The likelihood-ratio statistic of
-    ``drop`` with its neighbourhood free to take up its counts. Only pixels the
-    neighbourhood can reach enter: in each view a window over the footprints of ``drop`` and the
-    neighbours, widened by ``margin`` (A) for them to move in.
+    ``drop`` with its neighbourhood free to take up its counts. Only pixels the neighbourhood can
+    reach enter: in each view a window over the footprints of ``drop`` and the neighbours, widened
+    by ``margin`` (A) for them to move in.
 
     Args:
         cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
@@ -238,15 +238,14 @@ def removal_rise(
 
     def fit(start: dict) -> Tuple[float, dict]:
         free = {name: values.clone().requires_grad_(True) for name, values in start.items()}
-
-        rows = group[len(group) - len(start["positions"]) :]
+        members = group[len(group) - len(start["positions"]) :]  # the Gaussians of start, for the prior
 
         def nats(part: dict, posterior: bool = True) -> torch.Tensor:
             part = _bounded(part, low, high)
             value = noise.negative_log_likelihood(rest + project(part, window, window=cloud.window, shape=shape), data)
             if prior is None or not posterior:
                 return value.sum()
-            return value.sum() + prior.negative_log_prior(part["log_weights"], part["log_sigmas"], rows=rows)
+            return value.sum() + prior.negative_log_prior(part["log_weights"], part["log_sigmas"], rows=members)
 
         optimizer = torch.optim.LBFGS(
             list(free.values()), lr=1.0, max_iter=iterations, history_size=20, tolerance_grad=1e-9,
