@@ -280,8 +280,8 @@ def test_removal_rise_with_every_gaussian_a_neighbour_is_that_of_refitting_all()
     neighbours (their windows the whole detector) the local rise of removing an atom equals what
     :func:`refine` finds refitting everything with and without it, to 0.05 nats (measured: up to
     0.018, where the two stop at their tolerance), and the neighbours' refitted positions are
-    refine's to 0.01 A (0.003); with fewer neighbours free it can only rise more. (Removing any of
-    the three heavier atoms costs the same 260.8 nats: the others move up, and the lightest atom is
+    refine's to 0.01 A (0.003); with fewer neighbours free it can only rise more. (Removing atom 0,
+    1 or 2 costs the same 260.8 nats: the others move up, and in each case the lightest, atom 1, is
     the one left out.)"""
     from atomsplat.model.refinement import removal_rise
 
