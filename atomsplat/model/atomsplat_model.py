@@ -625,9 +625,7 @@ class AtomSplatModel(SplatfactoModel):
         chosen = self.strategy.crowded(params, *self.removal_evidence(params)).tolist()
         if not chosen:
             return prior
-        start = time.perf_counter()
-        views = self.series_views(self.train_indices)
-        views = views.moved(self.corrections.offsets(views.offsets, views.indices, self.step).detach())
+        start, views = time.perf_counter(), self._shifted_training_views()
         with torch.no_grad():
             model = torch.cat([part for _, part, _ in self._models(params)])
         measured, reach = self.measured[views.indices], CROWDED_REACH * self.strategy.options.merge_distance
@@ -646,10 +644,7 @@ class AtomSplatModel(SplatfactoModel):
             with torch.no_grad():
                 model += project(after, views, window=self.cloud.window, shape=shape)
                 model -= project(before, views, window=self.cloud.window, shape=shape)
-            for name, values in params.items():
-                values = values.clone()
-                values[near] = after[name]
-                params[name] = values
+            params = {name: values.index_copy(0, near, after[name]) for name, values in params.items()}
             kept = torch.nonzero(torch.arange(self.cloud.count, device=near.device) != index).squeeze(1)
             self.strategy.install(self.cloud, self.optimizers, {n: v[kept] for n, v in params.items()}, kept)
             alive[old], prior = False, self.fitted_prior()
@@ -692,15 +687,19 @@ class AtomSplatModel(SplatfactoModel):
         origin = np.array([pixel_centers(n, series.pixel_size)[0] for n in volume.shape])
         return volume, origin, float(series.pixel_size)
 
+    def _shifted_training_views(self) -> Views:
+        """The training views with their learned shifts as they are (no gradient)."""
+        views = self.series_views(self.train_indices)
+        return views.moved(self.corrections.offsets(views.offsets, views.indices, self.step).detach())
+
     def _models(self, params):
         """Yields (views, model (V, H, W), measured (V, H, W)) of the training projections in chunks,
         for Gaussians ``params``: the shifts and background as they are."""
-        for chunk in self.series_views(self.train_indices).split(8):
-            views = chunk.moved(self.corrections.offsets(chunk.offsets, chunk.indices, self.step).detach())
+        for views in self._shifted_training_views().split(8):
             model = project(params, views, window=self.cloud.window, shape=self.cloud.shape_params)
             if self.corrections.has_background:
-                model = model + self.corrections.background_of(chunk.indices)
-            yield views, model, self.measured[chunk.indices]
+                model = model + self.corrections.background_of(views.indices)
+            yield views, model, self.measured[views.indices]
 
     @torch.no_grad()
     def removal_evidence(self, params):
