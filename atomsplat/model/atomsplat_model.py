@@ -97,7 +97,7 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     # how many neighbours merging searches in large clouds: fixed here
     merge_neighbours: tyro.conf.Suppress[int] = 20
     merge_neighbours_above: tyro.conf.Suppress[int] = 10000
-    # an experiment's choice, not a user's (README, "Not yet at scale"): set in a benchmark preset's
+    # an experiment's choice, not a user's (docs/lowdose.md, "Not yet at scale"): set in a benchmark preset's
     # options or through atomsplat.training.train, hidden from the CLI
     birth_search: tyro.conf.Suppress[Literal["score", "reconstruction"]] = "score"
 
@@ -152,7 +152,7 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Tie each atom's weight and width to its species': "final": in the final refinement and
     uncertainties; "on": in training too; "auto": "final" for counts of named elements."""
     # "auto" is "final": on the low-dose preset it lowered the position error at every dose; tied in
-    # training as well, it made doublets at 1.6e4 e/A^2 (README, "Low-dose counts")
+    # training as well, it made doublets at 1.6e4 e/A^2 (docs/lowdose.md, "The species tie")
     species_spread: float = 0.1
     """Spread of log-weight within a species (the log-width's is half of it)."""
     final_refinement: bool = True
@@ -549,7 +549,7 @@ class AtomSplatModel(SplatfactoModel):
                         if how == "scaled own block"
                         else ": a lower bound, by about a third in a thick particle"
                     )
-                    + ' (README, "Not yet at scale")'
+                    + ' (docs/lowdose.md, "Not yet at scale")'
                 )
         self.finished.fill_(True)
         return record

@@ -133,7 +133,7 @@ def reconstruction(series, signal: np.ndarray, voxel: float, iterations: int = 2
     0.477 / 0.160), and on the 2 nm particle at 8e3 (202 atoms) its extra noise maxima (a start of
     430 / 0.797 / 0.626 against 283 / 0.703 / 0.498) cost atoms: after 500 steps and the final
     refinement 0.975 / 0.005 against 1.000 / 0 (one run each, 2026-12-06). So the default stays 20
-    passes of SIRT (README, "A better start, not kept").
+    passes of SIRT (docs/lowdose.md, "A better start, not kept").
 
     Returns:
         volume (nx, ny, nz) in data units per A^3 (``volume[ix, iy, iz]`` as in

@@ -277,7 +277,7 @@ axis by the median ratio of marginal to own-block deviations over a band of atom
 of the tilt axis (:data:`BAND`), where the whole matrix is too large: an estimate of the marginal,
 not a bound; "own block", each atom's own block with its neighbours held known, a lower bound of the
 marginal (on the 9 nm Si particle at 8e3 e/A^2, at the true atoms, 0.73 times it in x and 0.78 in y
-and z; README, "Not yet at scale"), where neither fits; "not recorded": a run saved before the kind
+and z; docs/lowdose.md, "Not yet at scale"), where neither fits; "not recorded": a run saved before the kind
 was kept."""
 
 BAND = (1.0, 2.0)

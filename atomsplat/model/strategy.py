@@ -23,7 +23,7 @@ The schedule (steps counted from the start of training, of ``total_steps`` in al
   direction. On the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms, 2026-12-06) random directions
   left copies across the bond that later passes merged back (steps 1,600-2,400, after duplication:
   0.38 merged per split) and the run ended at TPR 0.698 / FPR 0.102; along the bond 0.23 merged
-  per split and 0.756 / 0.091 (README, "Splits along the bond");
+  per split and 0.756 / 0.091 (docs/lowdose.md, "Splits along the bond");
 - until ``densify_until`` x total: duplicate the ``densify_fraction`` with the largest mean
   position gradient (the paper's densification), the two copies 1.1 x ``merge_distance`` apart so
   that they survive the next merge unless they come back to one atom (in random directions, or as splits
@@ -90,7 +90,7 @@ own (1.26-1.47 A apart, each of 0.75 x the median weight) that fits the shape be
 Gaussian, so the evidence test keeps it (FPR 0 -> 0.019, RMSE 13.4 -> 15.7 pm): a newborn that
 ends closer than :data:`FINAL_BIRTH_SEPARATION` x ``merge_distance`` to another Gaussian is removed
 (:meth:`DensityStrategy.remove_crowded`), and the rest refined again. In the low-dose preset
-(README) Si went at 8e3 from 0.985 / 0.005 / 25.2 pm to 1.000 / 0 / 24.1 pm and stayed at 1.6e4
+(docs/lowdose.md) Si went at 8e3 from 0.985 / 0.005 / 25.2 pm to 1.000 / 0 / 24.1 pm and stayed at 1.6e4
 and 1.6e5, FePt at 8e3 from 0.969 / 0 / 13.8 pm to 0.979 / 0 / 13.7 pm, SiGeSn at 8e3 from 0.902 /
 0.006 / 16.4 pm to 0.977 / 0.006 / 16.8 pm; about 3 minutes more per Si run. At the higher doses of
 FePt and SiGeSn nothing moved: every newborn failed its price (FePt at 1.6e5: 46, 46 and 76 born in
@@ -105,7 +105,7 @@ weight at once, newborns at noise maxima misfit the data around them, and each r
 that misfit (a 5.5 nm Si particle at 1.6e5 e/A^2, all 4,606 atoms found before them: 96, 660 and
 1,228 born, FPR 0.216 after the third); left free, the 98 born there shrank to 0.01-0.02 of an
 atom's weight, none paid its price, and the births ended after one round at 4,606 Gaussians, FPR 0
-(README, "Births after the final refinement over a larger particle").
+(docs/lowdose.md, "Births after the final refinement over a larger particle").
 The last ``1 - split_until`` of the steps polish a fixed set while merging and selection go on.
 """
 
@@ -541,7 +541,7 @@ class DensityStrategy:
         signal. On the 5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms; 2026-12-06, the pass at step
         2,100 from one checkpoint) removing all at once lost 98 atoms, 51 of them with their nearest
         Gaussian (within 2.5 A) removed too; in rounds 58, none so.
-        The run with the defaults ends at TPR 0.698 / FPR 0.102 instead of 0.580 / 0.107 (README,
+        The run with the defaults ends at TPR 0.698 / FPR 0.102 instead of 0.580 / 0.107 (docs/lowdose.md,
         "Removal in rounds"), the 2 nm low-dose preset within one atom of before."""
         if self.evidence is None:
             return density.prune(params, self.options.prune_fraction)[1]
