@@ -500,7 +500,7 @@ def test_final_births_keep_only_what_pays_its_price(tmp_path, light_weight, kept
     records = []
     model.report = records.append
     model._final_births(model.refinement_args(), None, FINAL_BIRTH_SIGNIFICANCE)
-    assert records[0].born >= 1  # found at 3 sigma
+    assert records[0].born >= 1  # found at FINAL_BIRTH_SIGNIFICANCE
     assert model.num_points == count + kept
     assert (records[1].newborn_kept > 0) == kept
     if not kept:

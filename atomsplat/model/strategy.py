@@ -132,12 +132,22 @@ DEFAULT_MERGE_DISTANCE = 1.6
 FINAL_BIRTH_ROUNDS = 3
 """Birth passes at most after the final refinement, each followed by a refinement (module docstring;
 the quick FePt particle in the wedge needed two after the diffuse removal, the second finding 1 or 4
-atoms; at :data:`FINAL_BIRTH_SIGNIFICANCE` the 2 nm Si particle at 8e3 e/A^2 used all three, 5, 9
-and 6 born, 200 Gaussians before and 202 after)."""
+atoms; the 2 nm Si particle at 8e3 e/A^2 used all three at 3 standard deviations, 5, 9 and 6 born,
+200 Gaussians before and 202 after; at 2, 53 and 74 born, and the third round none. Three more
+rounds at 2 on the finished 5.5 nm Si particle at 8e3 took TPR from 0.827 to 0.838 in 22 min on one
+thread: docs/lowdose.md)."""
 
-FINAL_BIRTH_SIGNIFICANCE = 3.0
+FINAL_BIRTH_SIGNIFICANCE = 2.0
 """Evidence selection: the births' score test after the final refinement, in standard deviations
-(module docstring)."""
+(module docstring). The threshold only proposes; each newborn then pays its price or goes. At 3 the
+5.5 nm Si particle at 8e3 e/A^2 (4,606 atoms, 2026-12-06; ``ns-train atomsplat --data
+data/si5nm_8000``, then atomsplat-export and atomsplat-eval) ended at 0.7605 / 0.0849 / 34.9 pm:
+atoms deep inside, whose neighbours hold part of their counts, score below 3 with the neighbours
+held and were never proposed, though 639 of 696 such atoms pay their price once placed. At 2: 1,118, 1,060 and 1,589
+born in the three rounds, 4,090 atoms, TPR 0.827 / FPR 0.069 / 33.8 pm. In the 2 nm low-dose preset
+(``atomsplat-benchmark --preset lowdose``) the rounds propose 51-100 Gaussians each, nearly all
+noise that fails its price: Si kept every row, FePt at 8e3 found two Fe atoms more (0.993), SiGeSn
+at 8e3 two light Si atoms fewer (0.971 / 0.006), and the preset took 18.9 min against 12.9."""
 
 WEIGHT_BIRTH_GROWTH = 0.5
 """Weight selection: a pass gives birth to at most this fraction of its narrow Gaussians, the
