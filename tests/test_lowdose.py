@@ -48,6 +48,9 @@ def test_counts_get_their_likelihood_and_a_pedestal_other_data_the_papers_loss(l
     floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size)
     noise, degree = noise_model(floats, AtomSplatModelConfig())
     assert not floats.counts and (noise.kind, degree) == ("l1", -1)
+    scaled = TiltSeries(series.projections / 2.5, series.tilt_angles, series.pixel_size)  # counts in another unit
+    noise, degree = noise_model(scaled, AtomSplatModelConfig())
+    assert scaled.counts and (noise.kind, degree) == ("poisson", 0) and noise.gain == pytest.approx(2.5, rel=1e-6)
     noise, degree = noise_model(series, AtomSplatModelConfig(loss="l2", background_degree=1))
     assert (noise.kind, degree) == ("l2", 1)  # what the user asks for wins
 

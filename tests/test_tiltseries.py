@@ -13,7 +13,14 @@ from nerfstudio.cameras.cameras import CameraType
 
 from atomsplat.data.dataparser import TomographyDataParserConfig
 from atomsplat.data.formats import ground_truth_path, read_tilt_series, write_tilt_series
-from atomsplat.data.series import GROUND_TRUTH, METADATA, TiltSeries, TiltSeriesError, parse_tilt_scheme
+from atomsplat.data.series import (
+    GROUND_TRUTH,
+    METADATA,
+    TiltSeries,
+    TiltSeriesError,
+    parse_tilt_scheme,
+    poisson_dispersion,
+)
 from atomsplat.data.tiff_dataset import ANGLES, PROJECTIONS
 
 N, H, W = 5, 12, 16
@@ -260,6 +267,29 @@ def test_counts_detected_from_values():
     assert make_series(projections=poisson_stack() - 1.0).counts is False  # integers, some negative
     series = make_series(projections=poisson_stack())
     assert series.gain == 1.0 and series.metadata()["counts"] is True and series.metadata()["gain"] == 1.0
+
+
+@pytest.mark.parametrize("gain", [2.5, 0.37, 1 / 8000])
+def test_counts_in_another_unit_are_detected_with_their_gain(tmp_path, gain):
+    """Counts divided by a gain (or a dose) lie on a lattice of one step: counts, gain one over it."""
+    stack = (poisson_stack() / gain).astype(np.float32)
+    series = make_series(projections=stack)
+    assert series.counts is True and series.gain == pytest.approx(gain, rel=1e-6)
+    back = read_tilt_series(write_tilt_series(tmp_path / "s", series))  # written back
+    assert back.counts is True and back.gain == pytest.approx(gain, rel=1e-6)
+    assert make_series(projections=stack, gain=3.0).gain == 3.0  # a gain given wins
+    offset = stack + np.float32(0.5 / gain)  # half a step off the lattice
+    assert make_series(projections=offset).counts is False
+
+
+def test_quantised_data_with_less_than_poisson_noise_are_not_counts():
+    """Levels of an image (a smooth signal quantised to 0.01) lie on a lattice too, but vary from
+    pixel to pixel far less than counts in that step would."""
+    ramp = np.linspace(0.0, 3.0, N * H * W).reshape(N, H, W)
+    levels = np.rint(ramp * 100).astype(np.float32) / np.float32(100)
+    assert poisson_dispersion(levels * 100) < 0.1
+    assert make_series(projections=levels).counts is False
+    assert poisson_dispersion(poisson_stack()) == pytest.approx(1.0, abs=0.15)
 
 
 def test_counts_in_metadata_override_detection_both_ways(tmp_path):

@@ -7,13 +7,17 @@ them. Every problem with a series raises :class:`TiltSeriesError`, whose message
 (``where``: the file or directory a reader read, else "tilt series") and the problem.
 
 Counts. Low-dose projections are detector counts with Poisson statistics. ``TiltSeries.counts``
-says so; left None it is detected from the values when the series is made: non-negative values
-that are all integers are counts. Integer stacks of 16 or 32 bits are converted to float32
+says so; left None it is detected from the values when the series is made
+(:func:`detected_gain`): non-negative values that are all integers are counts, and so are
+non-negative values that are all whole multiples of one step (counts stored in another unit: a
+count divided by a gain, or by a dose), at most :data:`MOST_COUNTS` steps up and spread from pixel
+to pixel at least as Poisson counts are; their gain (counts per data unit) is then one over the
+step. Integer stacks of 16 or 32 bits are converted to float32
 exactly (their values then are integers; a stack with negative values, a detector offset, is not
 counts unless declared so, and declared counts must not be negative); 8-bit stacks are refused
 unless declared counts, as they have usually been scaled for display. ``TiltSeries.gain`` gives
-counts per data unit for data recorded in other units (a scaled detector): counts = gain * value.
-Data in such units are not integers, so they are counts only when declared (``counts=True``).
+counts per data unit for data recorded in other units (a scaled detector): counts = gain * value;
+a gain given wins over the one detected.
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ GROUND_TRUTH = "ground_truth.xyz"
 
 # float32 holds every integer up to this magnitude exactly (a 24-bit significand).
 FLOAT32_EXACT_INTEGERS = 2**24
+
+MOST_COUNTS = 2**16
+"""Values that are whole multiples of one step are counts in that step's unit only up to this many
+steps (:func:`detected_gain`): beyond, float32 no longer tells a step from its rounding error, and
+data quantised that finely are an image's levels, not counts."""
+
+LEAST_DISPERSION = 0.8
+"""Values on a lattice of steps are counts only where, in those steps, half the mean squared
+difference of neighbouring pixels is at least this x their mean (:func:`poisson_dispersion`):
+Poisson counts give 1 or more (the signal's gradients add), data quantised with less noise than
+Poisson's, or counts read at twice their step, less."""
 
 # Pixel sizes outside this range (A) are almost surely a unit mistake (nm or m for A).
 PIXEL_SIZE_RANGE = (0.01, 20.0)
@@ -67,8 +82,9 @@ class TiltSeries:
         images: for the transforms.json layout, the 8-bit image file of each projection (stock
             nerfstudio methods read them as they are); None otherwise.
         counts: the projections are detector counts (Poisson statistics); None when made means
-            "detect from the values" (non-negative integers: True, else False), so it is a bool after.
-        gain: counts per data unit, finite and > 0 (1 for data recorded in counts).
+            "detect from the values" (:func:`detected_gain`), so it is a bool after.
+        gain: counts per data unit, finite and > 0 (1 for data recorded in counts); detected with
+            the counts where it was 1 and ``counts`` None.
         where: (init only) the place that validation errors name: the file or directory a reader
             read; None (a series made in memory) names it "tilt series".
     """
@@ -95,7 +111,10 @@ class TiltSeries:
             self.shifts = np.asarray(self.shifts, dtype=np.float64)
         validate(self, where)
         if self.counts is None:
-            self.counts = looks_like_counts(self.projections)
+            gain = detected_gain(self.projections)
+            self.counts = gain is not None
+            if gain is not None and self.gain == 1:  # a gain given wins over the one detected
+                self.gain = gain
         self.counts = bool(self.counts)
         self.gain = float(self.gain)
 
@@ -144,9 +163,45 @@ def integers_as_float32(stack: np.ndarray, counts: Optional[bool], where) -> np.
     return stack.astype(np.float32)
 
 
-def looks_like_counts(projections: np.ndarray) -> bool:
-    """True when every value is a non-negative integer, as detector counts are."""
-    return bool(projections.min() >= 0 and np.array_equal(np.rint(projections), projections))
+def detected_gain(projections: np.ndarray) -> Optional[float]:
+    """Counts per data unit if ``projections`` (N, H, W) look like detector counts, else None.
+
+    1.0 when every value is a non-negative integer. Otherwise, when every value is non-negative and
+    a whole multiple k of one step u (the smallest gap between two distinct values, and the gap
+    between most neighbouring distinct values: one value off the integers makes no half-counts), to
+    float32's rounding, with k at most :data:`MOST_COUNTS`, and the values in steps are spread at least as
+    Poisson counts are (:func:`poisson_dispersion` at least :data:`LEAST_DISPERSION`): 1 / u, fitted
+    to all the distinct values by least squares."""
+    if projections.min() < 0:
+        return None
+    if np.array_equal(np.rint(projections), projections):
+        return 1.0
+    if len(np.unique(projections.reshape(-1)[: 2**20])) > MOST_COUNTS + 1:  # a quick look first
+        return None
+    levels = np.unique(projections).astype(np.float64)
+    if len(levels) < 2 or len(levels) > MOST_COUNTS + 1:
+        return None
+    gaps = np.diff(levels)
+    gain = 1.0 / gaps.min()
+    steps = np.rint(levels * gain)
+    if steps.max() > MOST_COUNTS or np.mean(gaps * gain < 1.5) < 0.5:  # a step that most neighbours take
+        return None
+    gain = float((steps * levels).sum() / (levels * levels).sum())
+    rounding = 4 * float(np.finfo(np.float32).eps) * steps + 1e-6
+    if np.any(np.abs(levels * gain - steps) > rounding):
+        return None
+    return gain if poisson_dispersion(projections * gain) >= LEAST_DISPERSION else None
+
+
+def poisson_dispersion(counts: np.ndarray) -> float:
+    """Half the mean squared difference of horizontally neighbouring pixels of ``counts`` (N, H, W)
+    over their mean: for Poisson counts its expectation is 1 plus half the signal's mean squared
+    difference over the mean, so never below 1."""
+    counts = counts.astype(np.float64)
+    mean = float(counts.mean())
+    if mean <= 0:
+        return 0.0
+    return float((np.diff(counts, axis=2) ** 2).mean()) / (2.0 * mean)
 
 
 def validate(series: TiltSeries, where) -> None:

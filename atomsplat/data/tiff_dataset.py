@@ -12,7 +12,8 @@ The pixel size (A) comes from the ``pixel_size`` argument when given (metadata.j
 absent), else from metadata.json.
 
 Counts (:mod:`atomsplat.data.series`): ``"counts"`` says whether the projections are detector
-counts (Poisson statistics); without it they are when every value is a non-negative integer.
+counts (Poisson statistics); without it they are when every value is a non-negative integer, or a
+whole multiple of one step (counts in another unit; their gain is then detected: one over the step).
 ``"gain"`` (default 1) is counts per data unit, for data recorded in other units. A stack of 16-
 or 32-bit integers is converted to float32 exactly (values beyond 2^24 that float32 cannot hold
 are refused); an 8-bit stack is refused unless ``"counts": true``; declared counts must not be

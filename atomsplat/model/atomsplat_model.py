@@ -785,8 +785,9 @@ def noise_model(series, config: AtomSplatModelConfig):
     if config.loss == "auto" or config.background_degree is None:
         likelihood = {"poisson": "their Poisson likelihood", "l1": "the L1 norm (the paper's)"}.get(kind, kind)
         background = {-1: "no background", 0: "a pedestal per projection"}.get(degree, f"a degree-{degree} background")
+        what = "not counts" if not counts else "detector counts" + (f", {gain:.6g} per data unit" if gain != 1 else "")
         CONSOLE.print(
-            f"{series.source or 'tilt series'}: {'detector counts' if counts else 'not counts'}; fitting them by "
+            f"{series.source or 'tilt series'}: {what}; fitting them by "
             f"{likelihood}, with {background} (--pipeline.model.loss and .background-degree choose otherwise)"
         )
     level = float(series.projections.max())
