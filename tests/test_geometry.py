@@ -11,6 +11,7 @@ from atomsplat.geometry import (
     detector_positions,
     orthophoto_camera_to_worlds,
     pixel_centers,
+    resolution_stretch,
     rotation_x,
     rotation_z,
     view_rotations,
@@ -62,6 +63,22 @@ def test_detector_positions():
     assert d.shape == (len(POSITIONS), 2)
     np.testing.assert_allclose(d, ase_rotated(POSITIONS, 37.0, 15.0)[:, :2] + shift, atol=1e-12)
     np.testing.assert_allclose(detector_positions(POSITIONS, m), (POSITIONS @ m.T)[:, :2], atol=1e-14)
+
+
+@pytest.mark.parametrize("axis_angle", [0.0, 30.0])
+def test_resolution_stretch_shortens_only_what_a_missing_wedge_leaves_unseen(axis_angle):
+    """A full range of equal steps sees every direction: the identity. -70:70:3 about x sees z on
+    average mean(sin^2) of its tilts (against 1/2 across the axis of a full range): z counts
+    shorter by the square root of twice that, x and y not at all; the tilt axis's angle on the
+    detector changes nothing in the sample frame."""
+    full = resolution_stretch(view_rotations(np.arange(0.0, 178.0, 3.0), axis_angle))
+    np.testing.assert_allclose(full @ full.T, np.eye(3), atol=1e-12)
+    tilts = np.arange(-70.0, 71.0, 3.0)
+    wedge = resolution_stretch(view_rotations(tilts, axis_angle))
+    metric = wedge @ wedge.T
+    seen_z = np.mean(np.sin(np.deg2rad(tilts)) ** 2)
+    assert np.linalg.norm(np.array([0.0, 0.0, 1.0]) @ wedge) == pytest.approx(np.sqrt(2 * seen_z), abs=2e-3)
+    assert metric[0, 0] == pytest.approx(1.0, abs=1e-12) and metric[1, 1] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_pixel_centers_convention():

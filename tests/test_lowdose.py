@@ -170,6 +170,23 @@ def test_evidence_keeps_one_half_of_a_split_atom_and_removes_a_noise_pair():
     assert both_below >= 3
 
 
+def test_a_pair_along_the_beam_of_a_missing_wedge_is_crowded():
+    """Two Gaussians 2.0 A apart along z and two 2.0 A apart along y (minimum distance 1.22 A: pair
+    separation 1.83 A), each pair's first cheaper: seen from a full tilt range neither pair is
+    crowded; from -70:70:3 about x, whose views see z less, the pair along z is and the one along y
+    is not."""
+    from atomsplat.geometry import resolution_stretch
+
+    positions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [10.0, -1.0, 0.0], [10.0, 1.0, 0.0]])
+    params = {"positions": positions, "log_sigmas": torch.full((4,), np.log(0.6)), "log_weights": torch.zeros(4)}
+    gains, touched = torch.tensor([30.0, 40.0, 30.0, 40.0]), torch.full((4,), 1000.0)
+    strategy = DensityStrategy(DensityOptions(merge_distance=1.22), evidence=Evidence(lambda params: None))
+    full = resolution_stretch(view_rotations(np.arange(0.0, 178.0, 3.0)))
+    assert strategy.crowded(params, gains, touched, full).tolist() == []
+    wedge = resolution_stretch(view_rotations(np.arange(-70.0, 71.0, 3.0)))
+    assert strategy.crowded(params, gains, touched, wedge).tolist() == [0]
+
+
 def test_a_gaussian_on_two_atoms_is_split_along_their_bond():
     """Poisson counts of two atoms 2.3 A apart (a bond) on a pedestal of 1, fitted by one wide
     Gaussian at their midpoint: the evidence's covariance gradient points the split along the bond,

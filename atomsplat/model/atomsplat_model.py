@@ -40,7 +40,7 @@ from atomsplat.analysis.image_metrics import projection_scores
 from atomsplat.analysis.matching import evaluate
 from atomsplat.analysis.species import label_by_weight
 from atomsplat.data.dataset import display_image
-from atomsplat.geometry import pixel_centers, view_rotations
+from atomsplat.geometry import pixel_centers, resolution_stretch, view_rotations
 from atomsplat.model import density
 from atomsplat.model.camera_views import camera_views
 from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project, series_views
@@ -622,10 +622,11 @@ class AtomSplatModel(SplatfactoModel):
         if self.cloud.count > CROWDED_LIMIT:
             return prior
         params = self.cloud.detached()
-        chosen = self.strategy.crowded(params, *self.removal_evidence(params)).tolist()
+        start, views = time.perf_counter(), self._shifted_training_views()
+        stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
+        chosen = self.strategy.crowded(params, *self.removal_evidence(params), stretch).tolist()
         if not chosen:
             return prior
-        start, views = time.perf_counter(), self._shifted_training_views()
         with torch.no_grad():
             model = torch.cat([part for _, part, _ in self._models(params)])
         measured, reach = self.measured[views.indices], CROWDED_REACH * self.strategy.options.merge_distance
