@@ -8,7 +8,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from atomsplat.data.series import TiltSeries
-from atomsplat.geometry import view_rotations
+from atomsplat.geometry import resolution_stretch, view_rotations
 from atomsplat.model.atomsplat_model import AtomSplatModelConfig, noise_model, species_prior
 from atomsplat.model.corrections import background, background_basis, border_background
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
@@ -175,8 +175,6 @@ def test_a_pair_along_the_beam_of_a_missing_wedge_is_crowded():
     separation 1.83 A), each pair's first cheaper: seen from a full tilt range neither pair is
     crowded; from -70:70:3 about x, whose views see z less, the pair along z is and the one along y
     is not."""
-    from atomsplat.geometry import resolution_stretch
-
     positions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [10.0, -1.0, 0.0], [10.0, 1.0, 0.0]])
     params = {"positions": positions, "log_sigmas": torch.full((4,), np.log(0.6)), "log_weights": torch.zeros(4)}
     gains, touched = torch.tensor([30.0, 40.0, 30.0, 40.0]), torch.full((4,), 1000.0)

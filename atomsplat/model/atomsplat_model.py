@@ -622,11 +622,12 @@ class AtomSplatModel(SplatfactoModel):
         if self.cloud.count > CROWDED_LIMIT:
             return prior
         params = self.cloud.detached()
-        start, views = time.perf_counter(), self._shifted_training_views()
+        views = self._shifted_training_views()
         stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
         chosen = self.strategy.crowded(params, *self.removal_evidence(params), stretch).tolist()
         if not chosen:
             return prior
+        start = time.perf_counter()
         with torch.no_grad():
             model = torch.cat([part for _, part, _ in self._models(params)])
         measured, reach = self.measured[views.indices], CROWDED_REACH * self.strategy.options.merge_distance
