@@ -40,12 +40,18 @@ def _signal(series):
     return stack - background(border_background(stack, basis), basis)
 
 
+def additive(series):
+    """The counts of ``series`` under additive Gaussian noise of 10 counts: a variance that hardly
+    grows with the signal, so not counts (counts over an offset, such as + 0.5, are counts)."""
+    return series.projections + np.random.default_rng(0).normal(0.0, 10.0, series.shape).astype(np.float32)
+
+
 def test_counts_get_their_likelihood_and_a_pedestal_other_data_the_papers_loss(lowest_dose):
     series, _ = lowest_dose
     assert series.counts
     noise, degree = noise_model(series, AtomSplatModelConfig())
     assert (noise.kind, degree, noise.gain) == ("poisson", 0, 1.0)
-    floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size)
+    floats = TiltSeries(additive(series), series.tilt_angles, series.pixel_size)
     noise, degree = noise_model(floats, AtomSplatModelConfig())
     assert not floats.counts and (noise.kind, degree) == ("l1", -1)
     scaled = TiltSeries(series.projections / 2.5, series.tilt_angles, series.pixel_size)  # counts in another unit
@@ -68,7 +74,7 @@ def test_minimum_distance_of_counts_follows_the_shortest_bond_of_their_elements(
     assert minimum_distance(named, AtomSplatModelConfig()) == pytest.approx(1.496)
     unnamed = TiltSeries(series.projections, series.tilt_angles, series.pixel_size)
     assert minimum_distance(unnamed, AtomSplatModelConfig()) == 1.6
-    floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size, elements=["Si"])
+    floats = TiltSeries(additive(series), series.tilt_angles, series.pixel_size, elements=["Si"])
     assert minimum_distance(floats, AtomSplatModelConfig()) == 1.6
     assert minimum_distance(named, AtomSplatModelConfig(merge_distance=1.3)) == 1.3
 
@@ -249,7 +255,7 @@ def test_species_are_tied_by_default_for_counts_that_name_their_elements(lowest_
     assert species_prior(named, AtomSplatModelConfig(tie_species="off"), noise) is None
     unnamed = TiltSeries(series.projections, series.tilt_angles, series.pixel_size)
     assert species_prior(unnamed, AtomSplatModelConfig(), noise) is None
-    floats = TiltSeries(series.projections + 0.5, series.tilt_angles, series.pixel_size, elements=["Si"])
+    floats = TiltSeries(additive(series), series.tilt_angles, series.pixel_size, elements=["Si"])
     l1, _ = noise_model(floats, AtomSplatModelConfig())
     assert species_prior(floats, AtomSplatModelConfig(), l1) is None
     for tie in ("final", "on"):

@@ -13,8 +13,10 @@ from nerfstudio.cameras.cameras import CameraType
 
 from atomsplat.data.dataparser import TomographyDataParserConfig
 from atomsplat.data.formats import ground_truth_path, read_tilt_series, write_tilt_series
+from atomsplat.data.photon_transfer import photon_transfer
 from atomsplat.data.series import (
     GROUND_TRUTH,
+    LEAST_GROWTH,
     METADATA,
     TiltSeries,
     TiltSeriesError,
@@ -264,7 +266,7 @@ def test_counts_detected_from_values():
     spoilt = poisson_stack()
     spoilt[2, 3, 4] = 2.5  # one value off the integers
     assert make_series(projections=spoilt).counts is False
-    assert make_series(projections=poisson_stack() - 1.0).counts is False  # integers, some negative
+    assert make_series(projections=poisson_stack() - 1.0).counts is False  # too few pixels to measure an offset
     series = make_series(projections=poisson_stack())
     assert series.gain == 1.0 and series.metadata()["counts"] is True and series.metadata()["gain"] == 1.0
 
@@ -388,6 +390,104 @@ def test_gain_in_metadata(dataset):
     expect_error(dataset, str(dataset), "gain must be a finite number of counts per data unit above 0")
     with pytest.raises(TiltSeriesError, match="counts must be True, False or None"):
         make_series(counts="yes")
+
+
+# --- counts from their noise: a detector's gain and offset (photon transfer) ---------------------------
+
+
+def expected_counts(seed, n=20, size=64, atoms=40, peak=10.0, width=2.5):
+    """(n, size, size) mean counts: a pedestal of 1 and ``atoms`` Gaussian atoms of ``peak`` counts
+    and ``width`` pixels a projection; 81,920 pixels, enough to measure the noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    mean = np.ones((n, size, size))
+    for k in range(n):
+        for cy, cx in rng.uniform(4, size - 4, size=(atoms, 2)):
+            mean[k] += peak * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width**2))
+    return mean
+
+
+def detector_reading(seed, per_count=1.0, offset=0.0, read_noise=0.0):
+    """Poisson counts of :func:`expected_counts` read as ``per_count`` data units a count over
+    ``offset``, with Gaussian read noise of ``read_noise`` data units; float32."""
+    rng = np.random.default_rng(100 + seed)
+    counts = rng.poisson(expected_counts(seed))
+    return (per_count * counts + offset + rng.normal(0.0, read_noise, counts.shape) * (read_noise > 0)).astype(
+        np.float32
+    )
+
+
+def detector_series(stack, **fields):
+    return TiltSeries(stack, np.linspace(-60, 60, len(stack)), 0.195, **fields)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_photon_transfer_measures_the_slope_and_offset(seed):
+    """Over ten seeds the slope came within 17 % and the offset within 0.18 counts (whole counts)
+    and 0.14 counts (37 data units a count over 1000, read noise of 20)."""
+    transfer = photon_transfer(detector_reading(seed))
+    assert transfer.slope == pytest.approx(1.0, rel=0.25) and abs(transfer.offset) < 0.5
+    assert transfer.clean.sum() >= 5 and transfer.growth > LEAST_GROWTH
+    transfer = photon_transfer(detector_reading(seed, 37.0, 1000.0, 20.0))
+    assert transfer.slope == pytest.approx(37.0, rel=0.25)
+    assert transfer.offset == pytest.approx(1000.0 - 20.0**2 / 37.0, abs=0.5 * 37.0)  # the read noise as counts
+    assert photon_transfer(detector_reading(seed)[:, :20, :20]) is None  # too small to measure
+
+
+def test_counts_over_a_detector_offset_are_counts_of_whole_numbers():
+    """Whole counts read over an offset (a baseline added, or a dark level subtracted) are detected
+    with it, to the lattice, and the series holds the counts themselves."""
+    counts = detector_reading(0)
+    for offset in (100.0, -1.0, -0.75):
+        series = detector_series(counts + np.float32(offset))
+        assert series.counts is True and (series.gain, series.offset) == (1.0, pytest.approx(offset, abs=1e-5))
+        np.testing.assert_allclose(series.projections, counts, atol=1e-4)
+    plain = detector_series(counts)
+    assert (plain.counts, plain.gain, plain.offset) == (True, 1.0, 0.0)
+    np.testing.assert_array_equal(plain.projections, counts)
+
+
+@pytest.mark.parametrize("digitised", [False, True])
+def test_a_scaled_detector_with_read_noise_is_counts_by_its_noise(tmp_path, digitised):
+    """37 data units a count over 1000, read noise of 20 (continuous, or digitised to whole numbers,
+    a lattice that is not the counts'): counts with the measured gain and offset; written back and
+    read, the same counts."""
+    stack = detector_reading(0, 37.0, 1000.0, 20.0)
+    stack = np.rint(stack) if digitised else stack
+    series = detector_series(stack)
+    assert series.counts is True and series.gain == pytest.approx(1 / 37.0, rel=0.2)
+    assert series.offset == pytest.approx(1000.0 - 20.0**2 / 37.0, abs=0.5 * 37.0)
+    effective = (20.0 / 37.0) ** 2 + expected_counts(0).mean()  # the counts and the read noise's as counts
+    assert series.projections.dtype == np.float32
+    assert float(np.mean(series.projections * series.gain)) == pytest.approx(effective, rel=0.1)
+    back = read_tilt_series(write_tilt_series(tmp_path / "s", series))
+    assert (back.counts, back.gain, back.offset) == (True, series.gain, 0.0)
+    np.testing.assert_array_equal(back.projections, series.projections)
+
+
+def test_additive_noise_of_one_level_is_not_counts():
+    """The paper's data: a signal with Gaussian noise of one level (and the same signal without
+    noise, or with little) is not counts, whatever the signal's own structure puts in the details."""
+    signal = 37.0 * expected_counts(0)
+    for noise in (20.0, 2.0, 0.0):
+        stack = (signal + np.random.default_rng(5).normal(0.0, noise, signal.shape) * (noise > 0)).astype(np.float32)
+        assert detector_series(stack).counts is False, noise
+
+
+def test_offset_in_metadata_wins_and_is_checked(dataset):
+    counts = poisson_stack()
+    tifffile.imwrite(dataset / PROJECTIONS, counts + np.float32(7.0))
+    set_metadata(dataset, counts=True, offset=7.0)
+    series = read_tilt_series(dataset)
+    assert series.offset == 7.0 and "offset" not in series.extra
+    np.testing.assert_array_equal(series.projections, counts)
+    set_metadata(dataset, offset="dark")
+    expect_error(dataset, METADATA, '"offset" must be a number')
+    with pytest.raises(TiltSeriesError, match="tilt series: offset must be a finite number"):
+        make_series(offset=float("nan"))
+    tifffile.imwrite(dataset / PROJECTIONS, counts - np.float32(1.0))
+    set_metadata(dataset, offset=None)
+    expect_error(dataset, "declared as counts", "negative", '"offset" in metadata.json')
 
 
 # --- tilt schemes -------------------------------------------------------------------------------------

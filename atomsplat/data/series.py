@@ -7,17 +7,21 @@ them. Every problem with a series raises :class:`TiltSeriesError`, whose message
 (``where``: the file or directory a reader read, else "tilt series") and the problem.
 
 Counts. Low-dose projections are detector counts with Poisson statistics. ``TiltSeries.counts``
-says so; left None it is detected from the values when the series is made
-(:func:`detected_gain`): non-negative values that are all integers are counts, and so are
-non-negative values that are all whole multiples of one step (counts stored in another unit: a
-count divided by a gain, or by a dose), at most :data:`MOST_COUNTS` steps up and spread from pixel
-to pixel at least as Poisson counts are; their gain (counts per data unit) is then one over the
-step. Integer stacks of 16 or 32 bits are converted to float32
-exactly (their values then are integers; a stack with negative values, a detector offset, is not
-counts unless declared so, and declared counts must not be negative); 8-bit stacks are refused
-unless declared counts, as they have usually been scaled for display. ``TiltSeries.gain`` gives
-counts per data unit for data recorded in other units (a scaled detector): counts = gain * value;
-a gain given wins over the one detected.
+says so; left None it is detected when the series is made (:func:`detected_counts`), from the
+noise where the stack holds at least 80,000 pixels (:mod:`atomsplat.data.photon_transfer`: a
+pixel's variance grows with its mean by one count per count): values on a lattice of one step
+whose noise grows by one step per step are counts of that step over an offset (whole numbers as
+they are, counts divided by a gain or a dose, a detector offset added or a dark level
+subtracted), and values off any lattice whose noise grows with their mean are counts of the
+measured gain over the measured offset (a scintillator detector's reading with read noise, which
+the offset carries as a constant number of counts). A smaller stack is judged by its values alone
+(:func:`detected_gain`): non-negative integers, or non-negative whole multiples of one step
+spread from pixel to pixel at least as Poisson counts are. Integer stacks of 16 or 32 bits are
+converted to float32 exactly; 8-bit stacks are refused unless declared counts, as they have
+usually been scaled for display. ``TiltSeries.gain`` gives counts per data unit and
+``TiltSeries.offset`` the reading at zero counts: counts = gain * (value - offset); given, they
+win over the ones detected; the offset is subtracted from the projections when the series is
+made. Declared counts without an offset must not be negative.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import json
 import math
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
+
+from atomsplat.data.photon_transfer import photon_transfer
 
 # Files that every layout may hold beside its projections.
 METADATA = "metadata.json"
@@ -41,6 +47,20 @@ MOST_COUNTS = 2**16
 """Values that are whole multiples of one step are counts in that step's unit only up to this many
 steps (:func:`detected_gain`): beyond, float32 no longer tells a step from its rounding error, and
 data quantised that finely are an image's levels, not counts."""
+
+LATTICE_AGREEMENT = 0.2
+"""Values on a lattice of steps are counts in those steps where the measured noise
+(:func:`atomsplat.data.photon_transfer.photon_transfer`) grows by one step per step of the mean,
+to within this fraction or three standard errors of the slope, whichever is larger (0.013 off on
+the low-dose preset's series); else the lattice is a digitiser's, not the counts'."""
+
+LEAST_GROWTH = 1.25
+"""Values off any lattice are counts (a detector's shot noise, read in other units, perhaps with
+read noise) where the measured variance grows by at least this factor from the darkest to the
+brightest part of the stack that the signal does not leak into, with a slope of at least
+:data:`SLOPE_SIGNIFICANCE` standard errors; additive noise of one level (the paper's) does not grow."""
+
+SLOPE_SIGNIFICANCE = 5.0
 
 LEAST_DISPERSION = 0.8
 """Values on a lattice of steps are counts only where, in those steps, half the mean squared
@@ -82,9 +102,12 @@ class TiltSeries:
         images: for the transforms.json layout, the 8-bit image file of each projection (stock
             nerfstudio methods read them as they are); None otherwise.
         counts: the projections are detector counts (Poisson statistics); None when made means
-            "detect from the values" (:func:`detected_gain`), so it is a bool after.
+            "detect from the values and their noise" (:func:`detected_counts`), so it is a bool after.
         gain: counts per data unit, finite and > 0 (1 for data recorded in counts); detected with
             the counts where it was 1 and ``counts`` None.
+        offset: the detector's reading at zero counts (data units), subtracted from the projections
+            when the series is made, so that counts = gain * projections after; None when made means
+            detected with the counts (0 where they are declared, or are not counts), a float after.
         where: (init only) the place that validation errors name: the file or directory a reader
             read; None (a series made in memory) names it "tilt series".
     """
@@ -100,6 +123,7 @@ class TiltSeries:
     images: Optional[List[Path]] = None
     counts: Optional[bool] = None
     gain: float = 1.0
+    offset: Optional[float] = None
     where: InitVar[Optional[Union[str, Path]]] = None
 
     def __post_init__(self, where):
@@ -111,12 +135,17 @@ class TiltSeries:
             self.shifts = np.asarray(self.shifts, dtype=np.float64)
         validate(self, where)
         if self.counts is None:
-            gain = detected_gain(self.projections)
-            self.counts = gain is not None
-            if gain is not None and self.gain == 1:  # a gain given wins over the one detected
-                self.gain = gain
+            found = detected_counts(self.projections)
+            self.counts = found is not None
+            if found is not None and self.gain == 1:  # a gain or offset given wins over the one detected
+                self.gain = found[0]
+            if found is not None and self.offset is None:
+                self.offset = found[1]
         self.counts = bool(self.counts)
         self.gain = float(self.gain)
+        self.offset = float(self.offset or 0.0)
+        if self.offset:
+            self.projections = self.projections - self.projections.dtype.type(self.offset)
 
     @property
     def shape(self):
@@ -138,6 +167,8 @@ class TiltSeries:
             meta["elements"] = list(self.elements)
         meta["counts"] = bool(self.counts)
         meta["gain"] = float(self.gain)
+        if self.offset:  # the projections are the counts over the offset: a reading of 0 is zero counts
+            meta["offset"] = 0.0
         return meta
 
 
@@ -163,8 +194,60 @@ def integers_as_float32(stack: np.ndarray, counts: Optional[bool], where) -> np.
     return stack.astype(np.float32)
 
 
+def detected_counts(projections: np.ndarray) -> Optional[Tuple[float, float]]:
+    """(gain, offset) if ``projections`` (N, H, W) look like detector counts, else None: counts =
+    gain * (value - offset), gain in counts per data unit, offset in data units.
+
+    From the noise where the stack is large enough to measure it
+    (:func:`atomsplat.data.photon_transfer.photon_transfer`): values on a lattice of one step
+    (:func:`lattice_step`) whose variance grows by one step per step of the mean (within
+    :data:`LATTICE_AGREEMENT` or three standard errors) are counts of that step, their offset the measured one moved to the
+    nearest point of the lattice (0 for counts recorded as they are, b for a detector offset b);
+    values off any lattice whose variance grows with the mean (:data:`LEAST_GROWTH`) are counts of
+    the measured slope and offset, the read noise carried as a constant number of counts (the
+    module docstring of :mod:`atomsplat.data.photon_transfer`), up to :data:`MOST_COUNTS` at the
+    brightest pixel. A smaller stack is judged by its values alone (:func:`detected_gain`)."""
+    transfer = photon_transfer(projections)
+    if transfer is None:
+        gain = detected_gain(projections)
+        return None if gain is None else (gain, 0.0)
+    step = lattice_step(projections)
+    if step is not None and abs(transfer.slope - step) <= max(LATTICE_AGREEMENT * step, 3 * transfer.slope_error):
+        origin = float(projections.min())
+        offset = origin + round((transfer.offset_at(step) - origin) / step) * step
+        return 1.0 / step, (0.0 if abs(offset) < 0.5 * step else offset)
+    if transfer.slope <= SLOPE_SIGNIFICANCE * transfer.slope_error or transfer.growth < LEAST_GROWTH:
+        return None
+    if transfer.gain * (float(projections.max()) - transfer.offset) > MOST_COUNTS:
+        return None
+    return transfer.gain, transfer.offset
+
+
+def lattice_step(projections: np.ndarray) -> Optional[float]:
+    """The step u if every value of ``projections`` is the lowest one plus a whole number k of
+    steps (any origin: a detector offset), else None: 1 for integers; otherwise u is the smallest
+    gap between distinct values and the gap between most neighbouring ones, k at most
+    :data:`MOST_COUNTS`, to float32's rounding, and u is fitted to all the distinct values."""
+    if np.array_equal(np.rint(projections), projections):
+        return 1.0
+    if len(np.unique(projections.reshape(-1)[: 2**20])) > MOST_COUNTS + 1:  # a quick look first
+        return None
+    levels = np.unique(projections).astype(np.float64)
+    if len(levels) < 2 or len(levels) > MOST_COUNTS + 1:
+        return None
+    gaps, above = np.diff(levels), levels - levels[0]
+    steps = np.rint(above / gaps.min())
+    if steps.max() > MOST_COUNTS or np.mean(gaps < 1.5 * gaps.min()) < 0.5:  # a step that most neighbours take
+        return None
+    step = float((steps * above).sum() / (steps * steps).sum())
+    rounding = 4 * float(np.finfo(np.float32).eps) * (np.abs(levels) + abs(levels[0])) / step + 1e-6
+    return step if np.all(np.abs(above / step - steps) <= rounding) else None
+
+
 def detected_gain(projections: np.ndarray) -> Optional[float]:
-    """Counts per data unit if ``projections`` (N, H, W) look like detector counts, else None.
+    """Counts per data unit if the values of ``projections`` (N, H, W) alone look like detector
+    counts recorded without an offset, else None (:func:`detected_counts` for a stack too small to
+    measure its noise).
 
     1.0 when every value is a non-negative integer. Otherwise, when every value is non-negative and
     a whole multiple k of one step u (the smallest gap between two distinct values, and the gap
@@ -176,20 +259,13 @@ def detected_gain(projections: np.ndarray) -> Optional[float]:
         return None
     if np.array_equal(np.rint(projections), projections):
         return 1.0
-    if len(np.unique(projections.reshape(-1)[: 2**20])) > MOST_COUNTS + 1:  # a quick look first
+    step = lattice_step(projections)
+    if step is None:
         return None
-    levels = np.unique(projections).astype(np.float64)
-    if len(levels) < 2 or len(levels) > MOST_COUNTS + 1:
+    origin = float(projections.min()) / step  # on a lattice through zero
+    if abs(origin - round(origin)) > 4 * float(np.finfo(np.float32).eps) * origin + 1e-6:
         return None
-    gaps = np.diff(levels)
-    gain = 1.0 / gaps.min()
-    steps = np.rint(levels * gain)
-    if steps.max() > MOST_COUNTS or np.mean(gaps * gain < 1.5) < 0.5:  # a step that most neighbours take
-        return None
-    gain = float((steps * levels).sum() / (levels * levels).sum())
-    rounding = 4 * float(np.finfo(np.float32).eps) * steps + 1e-6
-    if np.any(np.abs(levels * gain - steps) > rounding):
-        return None
+    gain = 1.0 / step
     return gain if poisson_dispersion(projections * gain) >= LEAST_DISPERSION else None
 
 
@@ -250,14 +326,24 @@ def validate(series: TiltSeries, where) -> None:
         raise TiltSeriesError(f"{where}: gain must be a number of counts per data unit, got {gain!r}")
     if not (math.isfinite(gain) and gain > 0):
         raise TiltSeriesError(f"{where}: gain must be a finite number of counts per data unit above 0, got {gain!r}")
-    if series.counts and proj.min() < 0:
+    offset = series.offset
+    if offset is not None and (
+        isinstance(offset, (bool, np.bool_))
+        or not isinstance(offset, (int, float, np.integer, np.floating))
+        or not math.isfinite(offset)
+    ):
+        raise TiltSeriesError(
+            f"{where}: offset must be a finite number of data units (the reading at zero counts), got {offset!r}"
+        )
+    if series.counts and offset is None and proj.min() < 0:
         negative = proj < 0
         pages = np.unique(np.nonzero(negative)[0])
         stack = where if series.source is None else series.source
         raise TiltSeriesError(
             f"{stack}: projections declared as counts hold {int(negative.sum())} negative values "
             f"(pages {pages[:10].tolist()}{' ...' if len(pages) > 10 else ''}); counts are never negative "
-            '(data with an offset subtracted are not counts: declare "counts": false)'
+            '(counts over a detector offset: give the reading at zero counts as "offset" in metadata.json; '
+            'data that are not counts: declare "counts": false)'
         )
 
 
@@ -320,23 +406,25 @@ def metadata_number(meta: dict, key: str, path: Path, default=None) -> float:
 
 
 def counts_fields(meta: dict, path: Path, counts: Optional[bool] = None) -> dict:
-    """The TiltSeries fields ``counts`` and ``gain`` from metadata.json ``path``: its ``"counts"``
-    (true or false) wins over ``counts`` (None: detect from the values), its ``"gain"`` defaults to 1."""
+    """The TiltSeries fields ``counts``, ``gain`` and ``offset`` from metadata.json ``path``: its
+    ``"counts"`` (true or false) wins over ``counts`` (None: detect from the values), its ``"gain"``
+    defaults to 1, its ``"offset"`` (data units at zero counts) to None (detected with the counts)."""
     value = meta.get("counts")
     if value is not None and not isinstance(value, bool):
         raise TiltSeriesError(f'{path}: "counts" must be true or false, got {value!r}')
-    return dict(counts=counts if value is None else value, gain=metadata_number(meta, "gain", path, 1.0))
+    offset = None if meta.get("offset") is None else metadata_number(meta, "offset", path)
+    return dict(counts=counts if value is None else value, gain=metadata_number(meta, "gain", path, 1.0), offset=offset)
 
 
 def metadata_fields(meta: dict, path: Path) -> dict:
     """The TiltSeries fields that metadata.json ``path`` gives besides the pixel size:
-    tilt_axis_angle (default 0), shifts, elements, counts and gain (:func:`counts_fields`) and the
+    tilt_axis_angle (default 0), shifts, elements, counts, gain and offset (:func:`counts_fields`) and the
     other keys as ``extra``."""
     try:
         shifts = None if meta.get("shifts") is None else np.asarray(meta["shifts"], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TiltSeriesError(f'{path}: "shifts" must be a list of [x, y] pairs in A') from err
-    known = {"pixel_size", "tilt_axis_angle", "shifts", "elements", "counts", "gain"}
+    known = {"pixel_size", "tilt_axis_angle", "shifts", "elements", "counts", "gain", "offset"}
     return dict(
         tilt_axis_angle=metadata_number(meta, "tilt_axis_angle", path, 0.0),
         shifts=shifts,

@@ -5,19 +5,21 @@ A dataset is a directory::
     projections.tif    float32 stack (N, H, W), one projection a page (or 16- or 32-bit counts)
     tilt_angles.txt    N angles in degrees, one a line; lines starting with # are comments
     metadata.json      {"pixel_size": A, "tilt_axis_angle": deg, "shifts": [[x, y], ...] A,
-                        "elements": ["Au", ...], "counts": true/false, "gain": counts per unit, ...}
+                        "elements": ["Au", ...], "counts": true/false, "gain": counts per unit,
+                        "offset": data units at zero counts, ...}
     ground_truth.xyz   optional: true atoms (extended XYZ, A, sample frame)
 
 The pixel size (A) comes from the ``pixel_size`` argument when given (metadata.json may then be
 absent), else from metadata.json.
 
 Counts (:mod:`atomsplat.data.series`): ``"counts"`` says whether the projections are detector
-counts (Poisson statistics); without it they are when every value is a non-negative integer, or a
-whole multiple of one step (counts in another unit; their gain is then detected: one over the step).
-``"gain"`` (default 1) is counts per data unit, for data recorded in other units. A stack of 16-
-or 32-bit integers is converted to float32 exactly (values beyond 2^24 that float32 cannot hold
-are refused); an 8-bit stack is refused unless ``"counts": true``; declared counts must not be
-negative. The writer writes float32 and records ``"counts"`` and ``"gain"``.
+counts (Poisson statistics); without it they are detected from the values and their noise.
+``"gain"`` (default 1) is counts per data unit, ``"offset"`` the reading at zero counts (data
+units, default detected): counts = gain * (value - offset). A stack of 16- or 32-bit integers is
+converted to float32 exactly (values beyond 2^24 that float32 cannot hold are refused); an 8-bit
+stack is refused unless ``"counts": true``; declared counts without an offset must not be
+negative. The writer writes float32 (the counts over the offset) and records ``"counts"`` and
+``"gain"`` (and ``"offset": 0`` where one was subtracted).
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
     intrinsics = check_intrinsics(transforms, projections[0].shape, path, need_focal=np.abs(shifts).max() > 1e-6)
     # a shift in scene units is fl pixels per unit (fl_x = W, fl_y = H in the paper's layout)
     shifts = shifts * intrinsics * pixel_size if intrinsics is not None else None
-    known = {"pixel_size", "elements", "counts", "gain"}
+    known = {"pixel_size", "elements", "counts", "gain", "offset"}
     return TiltSeries(
         projections=np.stack(projections),
         tilt_angles=np.asarray(angles),
