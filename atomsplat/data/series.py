@@ -61,6 +61,8 @@ brightest part of the stack that the signal does not leak into, with a slope of 
 :data:`SLOPE_SIGNIFICANCE` standard errors; additive noise of one level (the paper's) does not grow."""
 
 SLOPE_SIGNIFICANCE = 5.0
+"""Standard errors of its slope that a variance growing with the mean needs to be taken for shot
+noise (:data:`LEAST_GROWTH`)."""
 
 LEAST_DISPERSION = 0.8
 """Values on a lattice of steps are counts only where, in those steps, half the mean squared
@@ -201,8 +203,9 @@ def detected_counts(projections: np.ndarray) -> Optional[Tuple[float, float]]:
     From the noise where the stack is large enough to measure it
     (:func:`atomsplat.data.photon_transfer.photon_transfer`): values on a lattice of one step
     (:func:`lattice_step`) whose variance grows by one step per step of the mean (within
-    :data:`LATTICE_AGREEMENT` or three standard errors) are counts of that step, their offset the measured one moved to the
-    nearest point of the lattice (0 for counts recorded as they are, b for a detector offset b);
+    :data:`LATTICE_AGREEMENT` or three standard errors) are counts of that step, their offset the
+    measured one moved to the nearest point of the lattice (0 for counts recorded as they are, b
+    for a detector offset b);
     values off any lattice whose variance grows with the mean (:data:`LEAST_GROWTH`) are counts of
     the measured slope and offset, the read noise carried as a constant number of counts (the
     module docstring of :mod:`atomsplat.data.photon_transfer`), up to :data:`MOST_COUNTS` at the
