@@ -118,13 +118,12 @@ def photon_transfer(projections: np.ndarray) -> Optional[PhotonTransfer]:
     means, diagonal, horizontal, vertical = block_details(projections)
     if means.size < BINS * LEAST_BLOCKS:
         return None
-    around = neighbour_means(means).reshape(-1)
-    order = np.argsort(around, kind="stable")
-    rows = []
-    for part in np.array_split(order, BINS):
-        m, d2 = means.reshape(-1)[part], diagonal.reshape(-1)[part] ** 2
-        h2, v2 = horizontal.reshape(-1)[part] ** 2, vertical.reshape(-1)[part] ** 2
-        rows.append((m.mean(), d2.mean(), max(h2.mean(), v2.mean()), len(part)))
+    order = np.argsort(neighbour_means(means).reshape(-1), kind="stable")
+    m, d2, h2, v2 = (part.reshape(-1) for part in (means, diagonal**2, horizontal**2, vertical**2))
+    rows = [
+        (m[part].mean(), d2[part].mean(), max(h2[part].mean(), v2[part].mean()), len(part))
+        for part in np.array_split(order, BINS)
+    ]
     bin_means, variances, details, blocks = (np.array(column) for column in zip(*rows))
     if np.any(variances <= 0) or np.ptp(bin_means) <= 0:
         return None
