@@ -1,6 +1,7 @@
 """Reading, writing and checking tilt-series datasets (DESIGN.md format), and the nerfstudio
 DataParser on top of them."""
 
+import dataclasses
 import json
 import os
 
@@ -440,10 +441,13 @@ def test_counts_over_a_detector_offset_are_counts_of_whole_numbers():
     counts = detector_reading(0)
     for offset in (100.0, -1.0, -0.75):
         series = detector_series(counts + np.float32(offset))
-        assert series.counts is True and (series.gain, series.offset) == (1.0, pytest.approx(offset, abs=1e-5))
+        assert series.counts is True and (series.gain, series.subtracted) == (1.0, pytest.approx(offset, abs=1e-5))
         np.testing.assert_allclose(series.projections, counts, atol=1e-4)
+        part = dataclasses.replace(series, projections=series.projections[:3], tilt_angles=series.tilt_angles[:3])
+        np.testing.assert_array_equal(part.projections, series.projections[:3])  # not subtracted twice
+        assert part.subtracted == series.subtracted
     plain = detector_series(counts)
-    assert (plain.counts, plain.gain, plain.offset) == (True, 1.0, 0.0)
+    assert (plain.counts, plain.gain, plain.subtracted) == (True, 1.0, 0.0)
     np.testing.assert_array_equal(plain.projections, counts)
 
 
@@ -456,12 +460,12 @@ def test_a_scaled_detector_with_read_noise_is_counts_by_its_noise(tmp_path, digi
     stack = np.rint(stack) if digitised else stack
     series = detector_series(stack)
     assert series.counts is True and series.gain == pytest.approx(1 / 37.0, rel=0.2)
-    assert series.offset == pytest.approx(1000.0 - 20.0**2 / 37.0, abs=0.5 * 37.0)
+    assert series.subtracted == pytest.approx(1000.0 - 20.0**2 / 37.0, abs=0.5 * 37.0)
     effective = (20.0 / 37.0) ** 2 + expected_counts(0).mean()  # the counts and the read noise's as counts
     assert series.projections.dtype == np.float32
     assert float(np.mean(series.projections * series.gain)) == pytest.approx(effective, rel=0.1)
     back = read_tilt_series(write_tilt_series(tmp_path / "s", series))
-    assert (back.counts, back.gain, back.offset) == (True, series.gain, 0.0)
+    assert (back.counts, back.gain, back.subtracted) == (True, series.gain, 0.0)
     np.testing.assert_array_equal(back.projections, series.projections)
 
 
@@ -479,7 +483,7 @@ def test_offset_in_metadata_wins_and_is_checked(dataset):
     tifffile.imwrite(dataset / PROJECTIONS, counts + np.float32(7.0))
     set_metadata(dataset, counts=True, offset=7.0)
     series = read_tilt_series(dataset)
-    assert series.offset == 7.0 and "offset" not in series.extra
+    assert series.subtracted == 7.0 and "offset" not in series.extra
     np.testing.assert_array_equal(series.projections, counts)
     set_metadata(dataset, offset="dark")
     expect_error(dataset, METADATA, '"offset" must be a number')

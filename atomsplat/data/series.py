@@ -21,7 +21,7 @@ converted to float32 exactly; 8-bit stacks are refused unless declared counts, a
 usually been scaled for display. ``TiltSeries.gain`` gives counts per data unit and
 ``TiltSeries.offset`` the reading at zero counts: counts = gain * (value - offset); given, they
 win over the ones detected; the offset is subtracted from the projections when the series is
-made. Declared counts without an offset must not be negative.
+made (``TiltSeries.subtracted`` keeps it). Declared counts without an offset must not be negative.
 """
 
 from __future__ import annotations
@@ -107,9 +107,12 @@ class TiltSeries:
             "detect from the values and their noise" (:func:`detected_counts`), so it is a bool after.
         gain: counts per data unit, finite and > 0 (1 for data recorded in counts); detected with
             the counts where it was 1 and ``counts`` None.
-        offset: the detector's reading at zero counts (data units), subtracted from the projections
-            when the series is made, so that counts = gain * projections after; None when made means
-            detected with the counts (0 where they are declared, or are not counts), a float after.
+        offset: the detector's reading at zero counts (data units) still in ``projections`` when the
+            series is made; None means detected with the counts (0 where they are declared, or are
+            not counts). It is subtracted then, added to ``subtracted``, and 0.0 after: counts =
+            gain * projections (so a copy made by ``dataclasses.replace`` subtracts nothing again).
+        subtracted: data units subtracted from the projections as their offset, in all (0.0 for
+            none).
         where: (init only) the place that validation errors name: the file or directory a reader
             read; None (a series made in memory) names it "tilt series".
     """
@@ -126,6 +129,7 @@ class TiltSeries:
     counts: Optional[bool] = None
     gain: float = 1.0
     offset: Optional[float] = None
+    subtracted: float = 0.0
     where: InitVar[Optional[Union[str, Path]]] = None
 
     def __post_init__(self, where):
@@ -145,9 +149,10 @@ class TiltSeries:
                 self.offset = found[1]
         self.counts = bool(self.counts)
         self.gain = float(self.gain)
-        self.offset = float(self.offset or 0.0)
         if self.offset:
             self.projections = self.projections - self.projections.dtype.type(self.offset)
+            self.subtracted = float(self.subtracted) + float(self.offset)
+        self.offset = 0.0
 
     @property
     def shape(self):
@@ -169,7 +174,7 @@ class TiltSeries:
             meta["elements"] = list(self.elements)
         meta["counts"] = bool(self.counts)
         meta["gain"] = float(self.gain)
-        if self.offset:  # the projections are the counts over the offset: a reading of 0 is zero counts
+        if self.subtracted:  # the projections are the counts over the offset: a reading of 0 is zero counts
             meta["offset"] = 0.0
         return meta
 

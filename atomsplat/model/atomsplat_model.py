@@ -788,8 +788,8 @@ def noise_model(series, config: AtomSplatModelConfig):
         likelihood = {"poisson": "their Poisson likelihood", "l1": "the L1 norm (the paper's)"}.get(kind, kind)
         background = {-1: "no background", 0: "a pedestal per projection"}.get(degree, f"a degree-{degree} background")
         what = "not counts" if not counts else "detector counts" + (f", {gain:.6g} per data unit" if gain != 1 else "")
-        if counts and series.offset:
-            what += f" over an offset of {series.offset:.6g} data units (subtracted)"
+        if counts and series.subtracted:
+            what += f" over an offset of {series.subtracted:.6g} data units (subtracted)"
         CONSOLE.print(
             f"{series.source or 'tilt series'}: {what}; fitting them by "
             f"{likelihood}, with {background} (--pipeline.model.loss and .background-degree choose otherwise)"
