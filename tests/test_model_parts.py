@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
-from atomsplat.model.cloud import AtomCloud, Views, atoms_of
+from atomsplat.model.cloud import MAX_HALO_RATIO, AtomCloud, AtomShape, Views, atoms_of, bounded_shape
 from atomsplat.model.corrections import ViewCorrections, background, background_basis
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, transplant
@@ -56,6 +56,22 @@ def test_cloud_install_resize_and_clamp():
     cloud.resize(9)
     assert cloud.count == 9 and all(p.shape[0] == 9 for p in cloud.params.values())
     assert set(atoms_of(cloud.detached())) == {"positions", "sigmas", "weights"}
+
+
+def test_the_halo_is_held_to_at_most_three_times_the_core():
+    """A halo that slid wide (ratio 14, the degenerate shape: one wide Gaussian and a spike) is put
+    back to :data:`MAX_HALO_RATIO` by the projected step; the bounded shape the final refinement
+    projects is flat beyond it (no gradient there) and the same within it."""
+    cloud = AtomCloud(torch.zeros(2, 3), 0.6, 1.0, shape=AtomShape(fraction=0.98, ratio=14.0))
+    cloud.clamp_widths()
+    assert cloud.shape.ratio().item() == pytest.approx(MAX_HALO_RATIO)
+    assert cloud.shape.fraction().item() == pytest.approx(0.98)  # the fraction is not bounded
+    excess = torch.tensor([math.log(13.0), math.log(0.65)], requires_grad=True)
+    bounded = bounded_shape({"halo_logit": torch.tensor(0.0), "halo_log_excess": excess})["halo_log_excess"]
+    bounded.sum().backward()
+    assert bounded.tolist() == pytest.approx([math.log(MAX_HALO_RATIO - 1.0), math.log(0.65)])
+    assert excess.grad.tolist() == [0.0, 1.0]
+    assert bounded_shape(None) is None
 
 
 def test_views_split_in_order():

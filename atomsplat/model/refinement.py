@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from atomsplat.geometry import pixel_index
-from atomsplat.model.cloud import Views, project
+from atomsplat.model.cloud import Views, bounded_shape, project
 from atomsplat.model.density import width_of
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
 from atomsplat.render.projector import detector_centres
@@ -69,12 +69,16 @@ def _total(
     bounds=None, solve: bool = False,
 ) -> float:  # fmt: skip
     """``scale`` x the data term summed over the pixels of ``views``, in chunks (gradients accumulated
-    when ``backward``); log-widths clamped to ``bounds`` (low, high) when given (:func:`_bounded`).
+    when ``backward``); log-widths clamped to ``bounds`` (low, high) when given (:func:`_bounded`),
+    and then the halo's ratio too (:func:`atomsplat.model.cloud.bounded_shape`).
     With ``solve``, each view's background is first solved for the atoms (profiled out: at its
     optimum the data term's gradient in the atoms is that of the profile likelihood)."""
     total = 0.0
     for part in views.split(chunk):
-        model = project(params if bounds is None else _bounded(params, *bounds), part, shape=shape)
+        if bounds is None:
+            model = project(params, part, shape=shape)
+        else:
+            model = project(_bounded(params, *bounds), part, shape=bounded_shape(shape))
         if corrections.has_background and solve:
             corrections.fit(model.detach().float(), measured[part.indices], part.indices, iterations=50, noise=noise)
         if corrections.has_background:
