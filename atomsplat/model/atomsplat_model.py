@@ -140,8 +140,8 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Counts per data unit (None: the series' ``gain``, 1 for data recorded in counts)."""
     read_noise: float = 0.0
     """Read-noise standard deviation in data units, for the "mixed" loss."""
-    refine_shifts: Optional[bool] = None
-    """Learn one detector shift per projection (alignment) with the atoms; None: for counts only."""
+    refine_shifts: bool = False
+    """Learn one detector shift per projection (alignment) jointly with the atoms."""
     shifts_after: float = 0.05
     """Fraction of the training steps before the shifts start to move (the atoms take shape first)."""
     background_degree: Optional[int] = None
@@ -185,7 +185,7 @@ class AtomSplatModel(SplatfactoModel):
         self.register_buffer("measured", stack, persistent=False)
         train = torch.as_tensor(np.asarray(metadata["indices"]), dtype=torch.long)
         self.register_buffer("train_indices", train, persistent=False)
-        self.noise, degree, shifts = noise_model(self.series, config)
+        self.noise, degree = noise_model(self.series, config)
         distance = minimum_distance(self.series, config)
         if config.merge_distance is None and distance != DEFAULT_MERGE_DISTANCE:
             CONSOLE.print(f"minimum distance between atoms {distance:.2f} A (0.55 x the shortest bond of the elements)")
@@ -193,7 +193,7 @@ class AtomSplatModel(SplatfactoModel):
         # so a config shared by several runs resolves it again for each dataset
         self.config = config = replace(config, merge_distance=distance)
         rotations = torch.from_numpy(view_rotations(self.series.tilt_angles, self.series.tilt_axis_angle)).float()
-        self.corrections = ViewCorrections(rotations, train, stack, shifts, degree, self.noise)
+        self.corrections = ViewCorrections(rotations, train, stack, config.refine_shifts, degree, self.noise)
         signal = stack
         if self.corrections.has_background:
             signal = stack - self.corrections.background_of(torch.arange(len(stack)))
@@ -777,16 +777,15 @@ class AtomSplatModel(SplatfactoModel):
 
 
 def noise_model(series, config: AtomSplatModelConfig):
-    """The data term, the background degree and whether shifts are learned for ``series``: the
-    config's, or, where it says "auto" / None, for counts their Poisson likelihood with a plane per
-    projection and learned shifts (what a microscope's counts need: a support film's ramp, a drifting
-    stage), for other data the paper's L1 with neither (says which on the console)."""
+    """The data term and the background degree for ``series``: the config's, or, where it says
+    "auto" / None, for counts their Poisson likelihood with a plane per projection (a pedestal, and a
+    support film's ramp), for other data the paper's L1 without a background (says which on the
+    console)."""
     counts = bool(series.counts)
     kind = config.loss if config.loss != "auto" else ("poisson" if counts else "l1")
     degree = config.background_degree if config.background_degree is not None else (1 if counts else -1)
-    shifts = config.refine_shifts if config.refine_shifts is not None else counts
     gain = series.gain if config.gain is None else config.gain
-    if config.loss == "auto" or config.background_degree is None or config.refine_shifts is None:
+    if config.loss == "auto" or config.background_degree is None:
         likelihood = {"poisson": "their Poisson likelihood", "l1": "the L1 norm (the paper's)"}.get(kind, kind)
         names = {-1: "no background", 0: "a pedestal per projection", 1: "a plane per projection"}
         background = names.get(degree, f"a degree-{degree} background per projection")
@@ -794,12 +793,11 @@ def noise_model(series, config: AtomSplatModelConfig):
         if counts and series.subtracted:
             what += f" over an offset of {series.subtracted:.6g} data units (subtracted)"
         CONSOLE.print(
-            f"{series.source or 'tilt series'}: {what}; fitting them by {likelihood}, with {background} and "
-            f"{'learned' if shifts else 'no'} shifts (--pipeline.model.loss, .background-degree and "
-            ".refine-shifts choose otherwise)"
+            f"{series.source or 'tilt series'}: {what}; fitting them by "
+            f"{likelihood}, with {background} (--pipeline.model.loss and .background-degree choose otherwise)"
         )
     level = float(series.projections.max())
-    return NoiseModel(kind, 1e-3 * level, gain, config.read_noise), degree, shifts
+    return NoiseModel(kind, 1e-3 * level, gain, config.read_noise), degree
 
 
 def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Optional[SpeciesPrior]:
