@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atomsplat.geometry import view_rotations
-from atomsplat.model.cloud import MAX_HALO_RATIO, AtomCloud, AtomShape, Views, atoms_of, bounded_shape
+from atomsplat.model.cloud import MAX_HALO_RATIO, AtomCloud, AtomShape, Views, atoms_of, bounded_shape, held
 from atomsplat.model.corrections import ViewCorrections, background, background_basis
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, transplant
@@ -72,6 +72,22 @@ def test_the_halo_is_held_to_at_most_three_times_the_core():
     assert bounded.tolist() == pytest.approx([math.log(MAX_HALO_RATIO - 1.0), math.log(0.65)])
     assert excess.grad.tolist() == [0.0, 1.0]
     assert bounded_shape(None) is None
+
+
+def test_a_bounded_value_on_its_bound_can_leave_it_inward():
+    """:func:`held`: flat beyond a bound, but a value on it (as float32 stores the projected step's
+    bound, a hair beyond it in float64) keeps its gradient; torch.clamp's would be 0 there, and a
+    width on its bound stayed there through the final refinement, whatever the data or prior asked."""
+    low = math.log(0.05)
+    on = torch.tensor(low, dtype=torch.float32).double()
+    values = torch.tensor([on.item(), low - 1.0, -1.0, 0.9, 2.0], dtype=torch.float64, requires_grad=True)
+    bounded = held(values, low, 1.0)
+    bounded.sum().backward()
+    assert bounded.tolist() == pytest.approx([low, low, -1.0, 0.9, 1.0])
+    assert values.grad.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
+    stuck = on.clone().requires_grad_(True)
+    torch.clamp(stuck, low, 1.0).backward()
+    assert stuck.grad.item() == 0.0  # what the final refinement saw before
 
 
 def test_views_split_in_order():

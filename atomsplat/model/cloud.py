@@ -223,12 +223,31 @@ MAX_HALO_LOG_EXCESS = math.log(MAX_HALO_RATIO - 1.0)
 """The bound of :data:`MAX_HALO_RATIO` on ``halo_log_excess`` (ratio = 1 + exp)."""
 
 
+# How far beyond a bound a parameter counts as on it: the projected step stores the bound in float32.
+ON_BOUND = 1e-5
+
+
+def held(values: torch.Tensor, low: Optional[float] = None, high: Optional[float] = None) -> torch.Tensor:
+    """``values`` clamped to [low, high] for an objective that is flat beyond the bounds, as the
+    projected step of :meth:`AtomCloud.clamp_widths` leaves it, but not on them: a value on a bound
+    (within :data:`ON_BOUND`) keeps its gradient, so that an optimizer can move it back inside.
+    (``torch.clamp`` passes no gradient there: a width the projected step had set on its bound stayed
+    there through the final refinement, whatever the data or the species prior asked.)"""
+    clamped = values.clamp(low, high)
+    inside = torch.ones_like(values, dtype=torch.bool)
+    if low is not None:
+        inside &= values >= low - ON_BOUND
+    if high is not None:
+        inside &= values <= high + ON_BOUND
+    return torch.where(inside, values - (values - clamped).detach(), clamped)
+
+
 def bounded_shape(shape: Optional[Dict[str, torch.Tensor]]) -> Optional[Dict[str, torch.Tensor]]:
-    """``shape`` (:class:`AtomShape`'s parameters) with the halo's ratio held to :data:`MAX_HALO_RATIO`:
-    flat beyond it, as the projected step of :meth:`AtomCloud.clamp_widths` leaves it."""
+    """``shape`` (:class:`AtomShape`'s parameters) with the halo's ratio held to :data:`MAX_HALO_RATIO`
+    (:func:`held`)."""
     if shape is None:
         return None
-    return {**shape, "halo_log_excess": shape["halo_log_excess"].clamp(max=MAX_HALO_LOG_EXCESS)}
+    return {**shape, "halo_log_excess": held(shape["halo_log_excess"], high=MAX_HALO_LOG_EXCESS)}
 
 
 class AtomShape(torch.nn.Module):

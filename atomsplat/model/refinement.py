@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from atomsplat.geometry import pixel_index
-from atomsplat.model.cloud import Views, bounded_shape, project
+from atomsplat.model.cloud import Views, bounded_shape, held, project
 from atomsplat.model.density import width_of
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
 from atomsplat.render.projector import detector_centres
@@ -94,7 +94,7 @@ def _bounded(params: dict, low: float, high: float) -> dict:
     """``params`` with log-widths clamped to [low, high]: the objective L-BFGS sees is that of the
     widths the cloud keeps (:meth:`AtomCloud.clamp_widths`), flat beyond the bounds, so the clamp
     after the optimisation cannot raise it."""
-    return {name: p.clamp(low, high) if name in ("log_sigmas", "log_scales") else p for name, p in params.items()}
+    return {name: held(p, low, high) if name in ("log_sigmas", "log_scales") else p for name, p in params.items()}
 
 
 def _nats(noise, residual_variance: float) -> float:
