@@ -245,9 +245,23 @@ def test_species_prior_ties_weights_and_widths_to_their_species():
     assert curvature[0].tolist() == pytest.approx([100.0, 400.0]) and curvature[6].tolist() == [0.0, 0.0]
 
 
-def test_species_are_tied_by_default_for_counts_that_name_their_elements(lowest_dose):
+def test_a_dataset_that_names_no_elements_has_its_widths_tied_alone():
+    prior = SpeciesPrior([], weight_spread=0.1, width_spread=0.05)
+    log_weights = torch.log(torch.tensor([1.0, 4.0, 9.0, 0.06]))  # three species and a faint spike
+    log_widths = torch.log(torch.tensor([0.30, 0.29, 0.31, 0.05]))
+    prior.update(log_weights, log_widths, torch.ones(4, dtype=torch.bool))
+    assert prior.labels.tolist() == [0, 0, 0, 0] and prior.means.shape == (1, 2)
+    weights, widths = log_weights.clone().requires_grad_(True), log_widths.clone().requires_grad_(True)
+    prior.negative_log_prior(weights, widths).backward()
+    assert weights.grad.abs().max() == 0  # weights free: the species are unknown
+    assert widths.grad[3] < 0  # the spike is pulled out to the others' width
+    assert prior.curvature()[0].tolist() == pytest.approx([0.0, 400.0])
+
+
+def test_species_are_tied_by_default_for_counts(lowest_dose):
     """The default ("auto") ties them in the final refinement only ("final"), where the data are
-    counts and the dataset names its elements; never for float data, which "final" and "on" refuse."""
+    counts (weights and widths where the dataset names its elements, widths alone where it does
+    not); never for float data, which "final" and "on" refuse."""
     series, _ = lowest_dose
     named = TiltSeries(series.projections, series.tilt_angles, series.pixel_size, elements=["Si"])
     assert AtomSplatModelConfig().tie_species == "auto"
@@ -255,10 +269,10 @@ def test_species_are_tied_by_default_for_counts_that_name_their_elements(lowest_
     assert isinstance(species_prior(named, AtomSplatModelConfig(), noise), SpeciesPrior)
     assert species_prior(named, AtomSplatModelConfig(tie_species="off"), noise) is None
     unnamed = TiltSeries(series.projections, series.tilt_angles, series.pixel_size)
-    assert species_prior(unnamed, AtomSplatModelConfig(), noise) is None
+    assert species_prior(unnamed, AtomSplatModelConfig(), noise).elements == []
     floats = TiltSeries(additive(series), series.tilt_angles, series.pixel_size, elements=["Si"])
     l1, _ = noise_model(floats, AtomSplatModelConfig())
     assert species_prior(floats, AtomSplatModelConfig(), l1) is None
     for tie in ("final", "on"):
-        with pytest.raises(ValueError, match=f"tie_species '{tie}' needs the dataset's elements"):
+        with pytest.raises(ValueError, match=f"tie_species '{tie}' needs counts"):
             species_prior(floats, AtomSplatModelConfig(tie_species=tie), l1)

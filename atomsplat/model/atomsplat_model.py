@@ -150,7 +150,7 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     counts, none for other data."""
     tie_species: Literal["auto", "final", "on", "off"] = "auto"
     """Tie each atom's weight and width to its species': "final": in the final refinement and
-    uncertainties; "on": in training too; "auto": "final" for counts of named elements."""
+    uncertainties; "on": in training too; "auto": "final" for counts (no elements: widths alone)."""
     # "auto" is "final": on the low-dose preset it lowered the position error at every dose; tied in
     # training as well, it made doublets at 1.6e4 e/A^2 (docs/lowdose.md, "The species tie")
     species_spread: float = 0.1
@@ -801,17 +801,20 @@ def noise_model(series, config: AtomSplatModelConfig):
 
 
 def species_prior(series, config: AtomSplatModelConfig, noise: NoiseModel) -> Optional[SpeciesPrior]:
-    """The species prior the config asks for: "final" and "on" need the dataset's elements and a
-    likelihood (counts), "auto" ties species where both are there, "off" never."""
-    possible = bool(series.elements) and noise.nats is not None and config.isotropic
+    """The species prior the config asks for: "final" and "on" need a likelihood (counts) and
+    isotropic Gaussians, "auto" ties where both are there, "off" never. Without the dataset's
+    elements the prior ties the widths alone (:class:`SpeciesPrior`), and says so."""
+    possible = noise.nats is not None and config.isotropic
     if config.tie_species in ("final", "on") and not possible:
-        raise ValueError(
-            f"tie_species '{config.tie_species}' needs the dataset's elements (metadata.json \"elements\"), counts and "
-            "isotropic Gaussians"
-        )
+        raise ValueError(f"tie_species '{config.tie_species}' needs counts and isotropic Gaussians")
     if config.tie_species == "off" or not possible:
         return None
-    return SpeciesPrior(series.elements, config.species_spread, 0.5 * config.species_spread)
+    if not series.elements:
+        CONSOLE.print(
+            f'{series.source or "tilt series"}: no elements named (metadata.json "elements"): the atoms\' '
+            "widths are tied to one, their weights stay free"
+        )
+    return SpeciesPrior(series.elements or [], config.species_spread, 0.5 * config.species_spread)
 
 
 def _print_refinement(what: str, done) -> None:
