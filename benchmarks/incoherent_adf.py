@@ -6,7 +6,8 @@ probe, to test atomsplat on atoms of a shape it was not tuned on.
         [--figure PNG]
 
 SOURCE: a counts dataset of ``atomsplat-simulate --dose`` (its atoms, tilt angles, pixels, dose
-and pedestal are kept). OUTPUT gets the same atoms imaged another way:
+and pedestal are kept; one that is misaligned, has a ramp, or whose projections are no longer
+those its simulation record draws, e.g. after microscope_effects.py, is refused: those would be lost). OUTPUT gets the same atoms imaged another way:
 
 - the image of an atom is the probe's intensity (not a projected potential): incoherent ADF
   imaging, whose object is the atom's high-angle scattering, far narrower than the probe;
@@ -47,6 +48,7 @@ from atomsplat.data.series import GROUND_TRUTH, METADATA
 from atomsplat.data.tiff_dataset import ANGLES, PROJECTIONS, read_tiff_dataset
 from atomsplat.geometry import view_rotations
 from atomsplat.sim.adf import adf_cross_sections
+from atomsplat.sim.simulate import rebuild_expected_counts
 
 
 def wavelength(voltage_kv: float) -> float:
@@ -172,7 +174,20 @@ def main() -> None:
     record = (series.extra or {}).get("simulation", {})
     if record.get("dose") is None:
         raise SystemExit(f"{args.source}: not a counts dataset of atomsplat-simulate --dose")
+    # what this simulator does not reproduce would be silently dropped: refuse it instead
+    spoilt = {
+        "an unknown misalignment": record.get("misalignment_pixels", 0.0) > 0,
+        "a background ramp": record.get("background_ramp", 0.0) > 0,
+    }
+    if any(spoilt.values()):
+        raise SystemExit(f"{args.source}: holds {', '.join(k for k, v in spoilt.items() if v)}; use an unspoilt series")
     atoms = ase_read(args.source / GROUND_TRUTH)
+    redrawn = np.random.default_rng(record["seed"]).poisson(rebuild_expected_counts(series, atoms))
+    if not np.array_equal(redrawn, series.projections):
+        raise SystemExit(
+            f"{args.source}: its projections are not those its simulation record draws (changed after "
+            "atomsplat-simulate, e.g. by benchmarks/microscope_effects.py); use an unspoilt series"
+        )
     symbols = atoms.get_chemical_symbols()
     sigma = adf_cross_sections(sorted(set(symbols)))
     weights = np.array([sigma[s] for s in symbols])
