@@ -7,7 +7,8 @@ probe, to test atomsplat on atoms of a shape it was not tuned on.
 
 SOURCE: a counts dataset of ``atomsplat-simulate --dose`` (its atoms, tilt angles, pixels, dose
 and pedestal are kept; one that is misaligned, has a ramp, or whose projections are no longer
-those its simulation record draws, e.g. after microscope_effects.py, is refused: those would be lost). OUTPUT gets the same atoms imaged another way:
+those its simulation record draws, e.g. after microscope_effects.py, is refused: those would be
+lost). OUTPUT gets the same atoms imaged another way:
 
 - the image of an atom is the probe's intensity (not a projected potential): incoherent ADF
   imaging, whose object is the atom's high-angle scattering, far narrower than the probe;
