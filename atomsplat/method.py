@@ -37,8 +37,7 @@ def trainer_config(method_name: str, model: AtomSplatModelConfig) -> AtomSplatTr
         "positions": _adam(0.05, 0.002),
         "log_weights": _adam(0.02),
         **widths,
-        # learned per-projection shifts (A) and the atoms' shape, used when the model enables them
-        "view_shifts": _adam(0.01, 0.001),
+        # the atoms' shape, used when the model enables it
         "atom_shape": _adam(0.01),
     }
     return _trainer(method_name, model, STEPS, optimizers)

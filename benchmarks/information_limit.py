@@ -140,7 +140,7 @@ def calibration(series, train, positions: np.ndarray, truth: np.ndarray, weight:
     for key, full_limit, band_limit in (("exported", limit, None), ("own_block", 0, 0)):
         began = time.perf_counter()
         args = (cloud, corrections, measured, series_views(series, train), noise)
-        deviations, how = position_uncertainties(*args, step=0, full_limit=full_limit, band_limit=band_limit)
+        deviations, how = position_uncertainties(*args, full_limit=full_limit, band_limit=band_limit)
         z = (positions - truth) / deviations.numpy()
         result[key] = {
             "kind": how,

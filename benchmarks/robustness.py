@@ -65,7 +65,7 @@ def datasets(structure: Path, tilt: str, misalign: float, ramp: float, dose: flo
 
 
 def alignment_error(model, data: Path) -> float:
-    """RMS error (A) of the learned shifts against the true misalignment, both without the
+    """RMS error (A) of the solved shifts against the true misalignment, both without the
     part a rigid translation of the sample explains (which the atoms absorb instead)."""
     series = read_tilt_series(data)
     truth = torch.tensor(series.extra["simulation"]["misalignment_shifts"], dtype=torch.float32)
@@ -75,7 +75,7 @@ def alignment_error(model, data: Path) -> float:
 
 def rigid_rmse(found: np.ndarray, truth: np.ndarray) -> float:
     """RMS distance (A) of matched pairs after the best common translation: misaligned data fix
-    the atoms only up to a rigid shift (the gauge that the learned shifts leave to the atoms)."""
+    the atoms only up to a rigid shift (the gauge that the solved shifts leave to the atoms)."""
     pred, true, _ = match_atoms(found, truth)
     difference = found[pred] - truth[true]
     return float(np.sqrt(np.mean(np.sum((difference - difference.mean(0)) ** 2, axis=1))))
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             **report.as_dict(),
             "rigid_rmse": rigid_rmse(atoms.positions, truth.positions),
         }
-        if model.corrections.learns_shifts:
+        if model.corrections.solves_shifts:
             row["shift_rms_error"] = alignment_error(model, paths[data])
         results[name] = row
         print(f"\n{name}: {report.summary()}")

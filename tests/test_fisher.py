@@ -128,7 +128,7 @@ def test_an_atom_outside_every_view_has_infinite_deviations_and_leaves_the_other
     counts = cloud.project(views).detach() + 1.0
     corrections = ViewCorrections(rotations.float(), views.indices, counts, background_degree=0, noise=noise)
     for limit in (1000, 0):  # the whole matrix, then the blocks
-        deviations, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0, full_limit=limit)
+        deviations, how = position_uncertainties(cloud, corrections, counts, views, noise, full_limit=limit)
         assert how == ("marginal" if limit else "own block")
         assert torch.isinf(deviations[4]).all() and torch.isfinite(deviations[:4]).all()
 
@@ -235,10 +235,10 @@ def test_cramer_rao_bound_matches_the_spread_of_maximum_likelihood_fits():
             cloud.params["log_sigmas"].copy_(sigmas.log())
             cloud.params["log_weights"].copy_(weights.log())
         corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
-        refine(cloud, corrections, counts, views, noise, step=0, iterations=60)
+        refine(cloud, corrections, counts, views, noise, iterations=60)
         fitted.append(cloud.positions.detach().clone())
         if bounds is None:
-            bounds, how = position_uncertainties(cloud, corrections, counts, views, noise, step=0)
+            bounds, how = position_uncertainties(cloud, corrections, counts, views, noise)
             assert how == "marginal"
     errors = torch.stack(fitted) - truth  # (40, 3 atoms, 3 axes)
     assert float(errors.mean(dim=0).abs().max()) < 0.5 * float(bounds.max())  # no bias beyond noise
@@ -269,7 +269,7 @@ def test_final_refinement_ends_at_the_optimum_of_the_widths_the_cloud_keeps():
         return torch.cat([cloud.params["positions"].grad.reshape(-1), cloud.params["log_weights"].grad]).norm()
 
     start = float(gradient())
-    report = refine(cloud, corrections, clean, views, noise, step=0, iterations=100)
+    report = refine(cloud, corrections, clean, views, noise, iterations=100)
     assert report.after < report.before
     assert float(cloud.sigmas[0]) == pytest.approx(0.6, rel=1e-5)
     assert float(gradient()) < 1e-3 * start
@@ -292,16 +292,16 @@ def test_removal_rise_with_every_gaussian_a_neighbour_is_that_of_refitting_all()
     noise = NoiseModel("poisson", 1e-3)
     cloud = AtomCloud(positions.clone(), 0.55, 30.0)
     corrections = ViewCorrections(rotations, views.indices, measured, background_degree=-1, noise=noise)
-    refine(cloud, corrections, measured, views, noise, step=0, iterations=200)
+    refine(cloud, corrections, measured, views, noise, iterations=200)
     everything = {name: values.clone() for name, values in cloud.detached().items()}
     with torch.no_grad():
         model = cloud.project(views)
     for drop in range(4):
         others = torch.nonzero(torch.arange(4) != drop).squeeze(1)
         rise, fitted = removal_rise(cloud, drop, others, views, model, measured, noise, margin=100.0)
-        with_it = refine(cloud, corrections, measured, views, noise, step=0, iterations=200).after
+        with_it = refine(cloud, corrections, measured, views, noise, iterations=200).after
         cloud.install({name: values[others].clone() for name, values in everything.items()})
-        without = refine(cloud, corrections, measured, views, noise, step=0, iterations=200).after
+        without = refine(cloud, corrections, measured, views, noise, iterations=200).after
         torch.testing.assert_close(fitted["positions"], cloud.positions.detach(), atol=0.01, rtol=0)
         cloud.install({name: values.clone() for name, values in everything.items()})
         assert rise == pytest.approx((without - with_it) * measured.numel(), abs=0.05)
@@ -334,7 +334,7 @@ def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     held = cloud.detached()
     prior.update(held["log_weights"], held["log_sigmas"], torch.ones(4, dtype=torch.bool))
     corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
-    report = refine(cloud, corrections, counts, views, noise, step=0, iterations=60, rounds=1, prior=prior)
+    report = refine(cloud, corrections, counts, views, noise, iterations=60, rounds=1, prior=prior)
     pixels = counts.numel()  # the report's data term is per pixel, its prior in nats
     assert report.after * pixels + report.prior_after < report.before * pixels + report.prior_before
     mean_of_prior, mean_of_atoms = float(prior.means[0, 0]), float(cloud.params["log_weights"].detach().mean())
@@ -366,11 +366,11 @@ def test_scaled_own_blocks_estimate_the_marginal_deviations_above_the_whole_matr
     counts = cloud.project(views).detach() + 1.0
     corrections = ViewCorrections(rotations, views.indices, counts, background_degree=0, noise=noise)
     args = (cloud, corrections, counts, views, noise)
-    marginal, how = position_uncertainties(*args, step=0, full_limit=1000)
+    marginal, how = position_uncertainties(*args, full_limit=1000)
     assert how == "marginal"
-    scaled, how = position_uncertainties(*args, step=0, full_limit=20)
+    scaled, how = position_uncertainties(*args, full_limit=20)
     assert how == "scaled own block"
-    own, how = position_uncertainties(*args, step=0, full_limit=20, band_limit=20)
+    own, how = position_uncertainties(*args, full_limit=20, band_limit=20)
     assert how == "own block"
     assert torch.all(own < scaled) and torch.all(scaled < 2 * own)
     ratio = (scaled / marginal).numpy()

@@ -59,7 +59,7 @@ def test_counts_get_their_likelihood_and_a_plane_other_data_the_papers_loss(lowe
     assert scaled.counts and (noise.kind, degree) == ("poisson", 1) and noise.gain == pytest.approx(2.5, rel=1e-6)
     noise, degree = noise_model(series, AtomSplatModelConfig(loss="l2", background_degree=0))
     assert (noise.kind, degree) == ("l2", 0)  # what the user asks for wins
-    assert not AtomSplatModelConfig().refine_shifts  # aligned counts at 8e3 lose atoms to learned shifts
+    assert AtomSplatModelConfig().refine_shifts is None  # solved for counts, shrunk to 0 where aligned
 
 
 def test_minimum_distance_of_counts_follows_the_shortest_bond_of_their_elements(lowest_dose):

@@ -180,16 +180,16 @@ def test_truth_bound_is_the_cramer_rao_bound_of_the_matched_atoms_at_their_true_
     moved = np.random.default_rng(1).uniform(-0.1, 0.1, (4, 3))
     truth = np.concatenate([found[:4].numpy() + moved, [[6.0, 6.0, 6.0]]])[[4, 2, 0, 3, 1]]  # any order
 
-    bound = truth_bound(cloud, corrections, counts, views, noise, 0, atoms, truth)
+    bound = truth_bound(cloud, corrections, counts, views, noise, atoms, truth)
 
     reference = AtomCloud(found, 0.5, 20.0)
     with torch.no_grad():
         reference.params["positions"][:4] += torch.from_numpy(moved).float()
         reference.params["log_sigmas"].copy_(sigmas.log())
         reference.params["log_weights"].copy_(weights.log())
-    expected, how = position_uncertainties(reference, corrections, counts, views, noise, 0)
+    expected, how = position_uncertainties(reference, corrections, counts, views, noise)
     assert how == "marginal"
     assert bound == pytest.approx(float(expected[:4].double().square().sum(dim=1).mean().sqrt()), rel=1e-6)
     assert 0.005 < bound < 0.5  # A: a bound of a few pm to tens of pm for these counts
     torch.testing.assert_close(cloud.positions.detach(), found)  # the fitted cloud is left as it was
-    assert truth_bound(cloud, corrections, counts, views, noise, 0, atoms, truth[:1] + 5.0) is None  # nothing matched
+    assert truth_bound(cloud, corrections, counts, views, noise, atoms, truth[:1] + 5.0) is None  # nothing matched

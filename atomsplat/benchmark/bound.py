@@ -42,7 +42,6 @@ def truth_bound(
     measured: torch.Tensor,
     views,
     noise,
-    step: int,
     atoms: np.ndarray,
     true_positions: np.ndarray,
     full_limit: int = 1000,
@@ -52,9 +51,9 @@ def truth_bound(
 
     Args:
         cloud: the fitted :class:`atomsplat.model.cloud.AtomCloud` (isotropic; not changed).
-        corrections, measured, views, noise, step, full_limit: as
+        corrections, measured, views, noise, full_limit: as
             :func:`atomsplat.model.refinement.position_uncertainties` (the fit's background,
-            projections (N, H, W), training views, data term and step).
+            projections (N, H, W), training views and data term).
         atoms: (K,) indices into the cloud of the Gaussians that are atoms (the ones scored).
         true_positions: (T, 3) the true atoms, A, sample frame.
         prior: the model's fitted :class:`atomsplat.model.species_prior.SpeciesPrior`, or None.
@@ -70,20 +69,20 @@ def truth_bound(
         positions = at_truth.params["positions"]
         positions[index] = torch.as_tensor(np.asarray(true_positions)[true]).to(positions)
     sigmas, _ = position_uncertainties(
-        at_truth, corrections, measured, views, noise, step, full_limit=full_limit, prior=prior
+        at_truth, corrections, measured, views, noise, full_limit=full_limit, prior=prior
     )
     return float(sigmas[index].double().square().sum(dim=1).mean().sqrt())
 
 
-def model_truth_bound(model, step: int, true_positions: np.ndarray) -> Optional[float]:
+def model_truth_bound(model, true_positions: np.ndarray) -> Optional[float]:
     """:func:`truth_bound` of a trained :class:`atomsplat.model.atomsplat_model.AtomSplatModel` that
     ran its final pass (its atoms: :meth:`~atomsplat.model.atomsplat_model.AtomSplatModel.atom_mask`)
-    on all its training projections, at training ``step``."""
+    on all its training projections."""
     if not bool(model.finished):
         raise ValueError("the model has not run its final pass: its Gaussians are not final atoms")
     atoms = np.flatnonzero(model.atom_mask(model.cloud.detached()).cpu().numpy())
     views = model.series_views(model.train_indices)
     return truth_bound(
-        model.cloud, model.corrections, model.measured, views, model.noise, step, atoms, true_positions,
+        model.cloud, model.corrections, model.measured, views, model.noise, atoms, true_positions,
         model.config.full_uncertainty_limit, model.fitted_prior(),
     )  # fmt: skip

@@ -186,10 +186,10 @@ class AtomsplatTraining:
         start = time.perf_counter()
         config = train(case.data, steps, case.work, method=self.method, holdout_every=case.holdout_every, **options)
         seconds = time.perf_counter() - start
-        model, step = load_model(config)
+        model, _ = load_model(config)
         answer = model_answer(model, case, seconds)
         if case.series.counts and model.cloud.isotropic and (case.data / GROUND_TRUTH).is_file():
-            answer.crb = model_truth_bound(model, step, ase.io.read(case.data / GROUND_TRUTH).positions)
+            answer.crb = model_truth_bound(model, ase.io.read(case.data / GROUND_TRUTH).positions)
         return answer
 
 

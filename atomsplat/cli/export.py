@@ -4,7 +4,7 @@ an MRC volume, its report figure.
     atomsplat-export --load-config outputs/.../config.yml --output atoms.xyz [--elements Fe,Pt]
                      [--volume potential.mrc [--voxel A]] [--report report.png] [--overwrite]
 
-A run that learned per-projection shifts or a background also gets ``ATOMS_corrections.json``.
+A run that solved per-projection shifts or a background also gets ``ATOMS_corrections.json``.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class Export:
         if sidecar is not None:
             sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
             learned = ", ".join(k for k in ("shifts", "background") if k in corrections)
-            print(f"learned per-projection corrections ({learned}) written to {sidecar}")
+            print(f"fitted per-projection corrections ({learned}) written to {sidecar}")
         if volume is not None:
             values, corner, voxel = volume
             unit = atoms.info["weight_unit"].split(" (")[0]

@@ -70,6 +70,10 @@ from atomsplat.viewer.display import species_colours
 from atomsplat.viewer.monitor import TrainingMonitor
 from atomsplat.viewer.spheres import gsplat_camera, render_spheres, sphere_style
 
+FINAL_SHIFT_ITERATIONS = 3
+"""Fisher scoring steps of the shifts before the final refinement, which holds them (in training
+one follows each density pass)."""
+
 RESIDUAL_SIRT_ITERATIONS = 5
 """Passes of the residual's SIRT in training's births under evidence selection
 (:meth:`AtomSplatModel.residual_volume`). Fitted from the truth less 20 % (``benchmarks/birth_search.py``),
@@ -140,10 +144,11 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     """Counts per data unit (None: the series' ``gain``, 1 for data recorded in counts)."""
     read_noise: float = 0.0
     """Read-noise standard deviation in data units, for the "mixed" loss."""
-    refine_shifts: bool = False
-    """Learn one detector shift per projection (alignment) jointly with the atoms."""
+    refine_shifts: Optional[bool] = None
+    """Solve a detector shift per projection (alignment), shrunk by the spread the shifts show (an
+    aligned series stays put); None: for counts."""
     shifts_after: float = 0.05
-    """Fraction of the training steps before the shifts start to move (the atoms take shape first)."""
+    """Fraction of the training steps before the shifts are first solved (the atoms take shape first)."""
     background_degree: Optional[int] = None
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
     2: quadratic); -1: none, the projections are of the atoms alone. None: a plane (1) for
@@ -193,7 +198,10 @@ class AtomSplatModel(SplatfactoModel):
         # so a config shared by several runs resolves it again for each dataset
         self.config = config = replace(config, merge_distance=distance)
         rotations = torch.from_numpy(view_rotations(self.series.tilt_angles, self.series.tilt_axis_angle)).float()
-        self.corrections = ViewCorrections(rotations, train, stack, config.refine_shifts, degree, self.noise)
+        shifts = config.refine_shifts if config.refine_shifts is not None else bool(self.series.counts)
+        if shifts and config.refine_shifts is None:
+            CONSOLE.print("counts: a shift solved per view (--pipeline.model.refine-shifts False holds the views)")
+        self.corrections = ViewCorrections(rotations, train, stack, shifts, degree, self.noise)
         signal = stack
         if self.corrections.has_background:
             signal = stack - self.corrections.background_of(torch.arange(len(stack)))
@@ -254,7 +262,6 @@ class AtomSplatModel(SplatfactoModel):
         shape = {} if self.cloud.shape is None else {"atom_shape": list(self.cloud.shape.parameters())}
         return {
             **self.get_gaussian_param_groups(),
-            **{name: [param] for name, param in self.corrections.params.items()},
             **shape,
         }
 
@@ -324,19 +331,19 @@ class AtomSplatModel(SplatfactoModel):
     def views(self, cameras: Cameras) -> Views:
         """The :class:`Views` of nerfstudio cameras (scene units undone: A;
         :func:`atomsplat.model.camera_views.camera_views`). Cameras of the dataset, of every split,
-        know their projections and get their learned shifts and background (a held-out projection:
+        know their projections and get their solved shifts and background (a held-out projection:
         its known shift and the border fit of its background; its shift is not learned)."""
         return camera_views(cameras, self.scale)
 
     def render(self, views: Views, fit: bool = False) -> Dict[str, torch.Tensor]:
         """The model of ``views``: the one path by which every image of the model is made.
 
-        Views of measured projections get their learned shifts and their background; with ``fit``
+        Views of measured projections get their solved shifts and their background; with ``fit``
         the background is first solved for the atoms as they are (training). Returns
         "projection" (V, H, W) data units, "atoms" (V, H, W) the atoms' part of it, and "offsets"
         (V, 2) A, the detector offsets the atoms were projected with.
         """
-        offsets = self.corrections.offsets(views.offsets, views.indices, self.step)
+        offsets = self.corrections.offsets(views.offsets, views.indices)
         atoms = self.cloud.project(views.moved(offsets))
         outputs = {"projection": atoms, "atoms": atoms, "offsets": offsets}
         if views.indices is not None and self.corrections.has_background:
@@ -485,9 +492,10 @@ class AtomSplatModel(SplatfactoModel):
     def _after_step(self, step: int):
         record = self.strategy.step_post_backward(self.cloud, self.optimizers, step, self.residuals)
         self.cloud.clamp_widths()
-        self.corrections.after_step()
         if record is not None:
             self.finished.fill_(False)
+            if self.corrections.solves_shifts and step >= self.corrections.shifts_from:
+                self._solve_shifts()
             if self.config.tie_species == "on":
                 self._update_prior()
             self.report(record)
@@ -522,6 +530,9 @@ class AtomSplatModel(SplatfactoModel):
         self.report(record)
         prior = self.fitted_prior()
         args = self.refinement_args()
+        if self.corrections.solves_shifts and self.cloud.count > 0:
+            spread = ", ".join(f"{100 * float(t):.1f}" for t in self._solve_shifts(FINAL_SHIFT_ITERATIONS))
+            CONSOLE.print(f"shifts solved: spread {spread} pm (x, y), the final refinement holds them")
         if self.config.final_refinement and self.cloud.count > 0:
             done = refine(*args, prior=prior)
             _print_refinement(f"final refinement on all {len(args[3])} training projections", done)
@@ -555,10 +566,18 @@ class AtomSplatModel(SplatfactoModel):
         return record
 
     def refinement_args(self) -> tuple:
-        """The first six arguments of :func:`atomsplat.model.refinement.refine` (and of the
-        uncertainties): the cloud, corrections, measured projections, training views, noise, step."""
+        """The first five arguments of :func:`atomsplat.model.refinement.refine` (and of the
+        uncertainties): the cloud, corrections, measured projections, training views, noise."""
         views = self.series_views(self.train_indices)
-        return self.cloud, self.corrections, self.measured, views, self.noise, self.step
+        return self.cloud, self.corrections, self.measured, views, self.noise
+
+    def _solve_shifts(self, iterations: int = 1) -> torch.Tensor:
+        """Solve the training views' shifts for the atoms as they are ``iterations`` times
+        (:meth:`atomsplat.model.corrections.ViewCorrections.solve_shifts`); returns their spread (2,) A."""
+        views = self.series_views(self.train_indices)
+        for _ in range(iterations):
+            spread = self.corrections.solve_shifts(self.cloud.project, views, self.measured)
+        return spread
 
     def _take_back_diffuse(self, args, prior):
         """After the final refinement: under weight selection with merging, remove the Gaussians still
@@ -661,7 +680,7 @@ class AtomSplatModel(SplatfactoModel):
 
     def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
-        spread evenly over the series, their views (with learned shifts), and the variance of every
+        spread evenly over the series, their views (with solved shifts), and the variance of every
         pixel (V, H, W) where the data term is a likelihood, else None: for births."""
         train = self.train_indices
         picks = torch.linspace(0, len(train) - 1, min(count, len(train))).round().long().unique()
@@ -690,9 +709,9 @@ class AtomSplatModel(SplatfactoModel):
         return volume, origin, float(series.pixel_size)
 
     def _shifted_training_views(self) -> Views:
-        """The training views with their learned shifts as they are (no gradient)."""
+        """The training views with their solved shifts as they are (no gradient)."""
         views = self.series_views(self.train_indices)
-        return views.moved(self.corrections.offsets(views.offsets, views.indices, self.step).detach())
+        return views.moved(self.corrections.offsets(views.offsets, views.indices))
 
     def _models(self, params):
         """Yields (views, model (V, H, W), measured (V, H, W)) of the training projections in chunks,

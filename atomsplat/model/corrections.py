@@ -10,16 +10,29 @@ with ``s_k`` (2,) in A (the convention of the dataset's known ``shifts``: detect
 ``(M_k r)[:2] + s_k``) and ``b_k`` a polynomial of low degree in the detector coordinates; its
 constant term is the pedestal (dark counts, detector offset) that counting data sit on.
 
-The shifts are learned by gradient steps with the atoms. The background is linear in its
-coefficients, so it is not learned but solved: whenever the model renders measured projections
-in training, their coefficients are set to the minimum of the data term for the atoms as they
-are (:meth:`atomsplat.model.losses.NoiseModel.fit_linear`; variable projection). The background
-then never lags behind the atoms, and a view's coefficients do not drift while other views are
-being fitted (as those of an optimizer with momentum would).
+Neither is learned by gradient steps; both are solved for the atoms as they are. The background
+is linear in its coefficients: whenever the model renders measured projections in training, their
+coefficients are set to the minimum of the data term (:meth:`atomsplat.model.losses.NoiseModel.fit_linear`;
+variable projection). It then never lags behind the atoms, and a view's coefficients do not drift
+while other views are being fitted (as those of an optimizer with momentum would).
+
+The shifts are solved after each density pass (:meth:`ViewCorrections.solve_shifts`): one Fisher
+scoring step per view from its shift as it is (the data term's exact gradient in the shift, over
+its expected curvature ``I_k`` (2, 2), the sum of the image gradient's outer products over the
+pixel variances) estimates the shift of maximum likelihood ``m_k``, whose covariance is ``I_k^-1``.
+The shifts are then the posterior means of a prior ``s_k ~ N(0, diag(t^2))`` whose spread ``t``
+(2,) the estimates themselves give (empirical Bayes, :func:`shrink_shifts`): ``s_k = T (T + I_k^-1)^-1
+m_k``. An aligned series gives ``t`` near 0 and keeps its views where they are; a misaligned one
+gives ``t`` of its misalignment, far above the estimates' noise, and the shifts keep nearly all of
+it. Learned by Adam instead, each view's shift moved only when its view was drawn, by about the
+learning rate per step, and fitted the noise: on an aligned 2 nm Si series at 8e3 e/A^2 (peak 9
+counts) the learned shifts were noise at the Cramer-Rao bound of one view's shift (5 pm per axis)
+and cost a false atom; started late, they recovered 5 pm of a 23 pm misalignment
+(docs/lowdose.md, "Shifts solved").
 
 Shifts have a gauge freedom: moving the whole sample by ``t`` (3,) moves every projection by
 ``(M_k t)[:2]``, which the shifts can absorb. :func:`remove_gauge` takes that component out so
-that the learned shifts describe misalignment only and the atoms stay in the sample frame.
+that the shifts describe misalignment only and the atoms stay in the sample frame.
 
 :class:`ViewCorrections` holds both for every projection of a series; the rest are pure
 functions of tensors. Lengths in A.
@@ -27,12 +40,19 @@ functions of tensors. Lengths in A.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from scipy import stats
 from torch.nn import Parameter
 
 from atomsplat.model.losses import NoiseModel
+
+SHIFT_SIGNIFICANCE = 1e-3
+"""Shifts are solved only where their estimates' chi-square is above this level of noise alone
+(:func:`shrink_shifts`): on an aligned series tiny shifts changed no atom's evidence, but they
+changed the path of training (4 Fe atoms of 287 lost in the 2 nm FePt particle at 8e3 e/A^2 with
+shifts of 0.1-0.5 pm RMS; docs/lowdose.md, "Shifts solved")."""
 
 
 def gauge_basis(rotations: torch.Tensor) -> torch.Tensor:
@@ -60,6 +80,37 @@ def shift_error(learned: torch.Tensor, true: torch.Tensor, basis: torch.Tensor) 
     """RMS distance (A) between learned and true shifts (N, 2), both without the part that a
     rigid translation of the sample explains (the atoms take that part instead)."""
     return float(remove_gauge(learned - true, basis).square().sum(1).mean().sqrt())
+
+
+def shrink_shifts(estimates: torch.Tensor, covariances: torch.Tensor, basis: torch.Tensor) -> tuple:
+    """Empirical-Bayes posterior means of shifts from their independent estimates.
+
+    Each estimate ``m_k`` is the true shift plus noise of covariance ``C_k``; the shifts are drawn
+    from ``N(0, diag(t^2))``. Where the estimates are noise (their chi-square ``sum m_k^T C_k^-1 m_k``
+    in the ``2N - 3`` dimensions left once the rigid translation, ``basis``, is taken out is below
+    its :data:`SHIFT_SIGNIFICANCE` level), ``t = 0`` and every shift is 0: an aligned series is
+    trained as without shifts. Otherwise ``t^2`` per detector axis is the estimates' mean square
+    less their mean noise variance (method of moments, floored at 0), counted in those dimensions,
+    and each shift is ``T (T + C_k)^-1 m_k`` without that translation.
+
+    Args:
+        estimates: (N, 2) shift estimates, A.
+        covariances: (N, 2, 2) their noise covariances, A^2.
+        basis: (2N, 3) from :func:`gauge_basis`.
+
+    Returns:
+        (shifts (N, 2) A, spread t (2,) A).
+    """
+    count = len(estimates)
+    free = remove_gauge(estimates, basis)
+    chi2 = float((free.unsqueeze(1) @ torch.linalg.solve(covariances, free.unsqueeze(-1))).sum())
+    if chi2 < stats.chi2.isf(SHIFT_SIGNIFICANCE, max(2 * count - 3, 1)):
+        return torch.zeros_like(estimates), estimates.new_zeros(2)
+    kept = max(2 * count - 3, 1) / (2 * count)  # the share of the noise the gauge leaves
+    spread2 = (free.square().mean(0) / kept - covariances.diagonal(dim1=1, dim2=2).mean(0)).clamp_min(0.0)
+    prior = torch.diag_embed(spread2.expand(count, 2))
+    shifts = (prior @ torch.linalg.solve(prior + covariances, free.unsqueeze(-1))).squeeze(-1)
+    return remove_gauge(shifts, basis), spread2.sqrt()
 
 
 def background_basis(height: int, width: int, degree: int) -> torch.Tensor:
@@ -111,15 +162,16 @@ class ViewCorrections(torch.nn.Module):
         train: (N_train,) long indices of the projections that training fits (the gauge is taken
             out of these).
         measured: (N, H, W) the measured projections; the background starts at a fit to their border.
-        shifts: learn a detector shift per projection.
+        shifts: solve a detector shift per training projection (:meth:`solve_shifts`).
         background_degree: degree of the polynomial background per projection (0: a constant
             pedestal, 1: a plane, ...), or -1 for none.
         noise: the data term the background minimises.
-        shifts_from: training step from which the shifts move (before it their gradient is dropped,
-            so that the atoms take shape first).
+        shifts_from: training step from which the shifts are solved (before it they stay at 0, so
+            that the atoms take shape first).
 
-    State: the Parameter ``view_shifts`` (N, 2) A, and the buffer ``background`` (N, T) of
-    coefficients in data units of :func:`background_basis` (saved in checkpoints, not learned).
+    State: ``view_shifts`` (N, 2) A (a Parameter without gradient: no optimizer moves it), and the
+    buffer ``background`` (N, T) of coefficients in data units of :func:`background_basis` (saved in
+    checkpoints, not learned).
     """
 
     def __init__(
@@ -137,7 +189,7 @@ class ViewCorrections(torch.nn.Module):
         self.noise, self.shifts_from = noise, shifts_from
         self.params = torch.nn.ParameterDict()
         if shifts:
-            self.params["view_shifts"] = Parameter(torch.zeros(count, 2))
+            self.params["view_shifts"] = Parameter(torch.zeros(count, 2), requires_grad=False)
             self.register_buffer("_train", train.long(), persistent=False)
             self.register_buffer("_gauge", gauge_basis(rotations[train].float()), persistent=False)
         self.degree = background_degree
@@ -147,20 +199,19 @@ class ViewCorrections(torch.nn.Module):
             self.register_buffer("background", border_background(measured.float(), basis))
 
     @property
-    def learns_shifts(self) -> bool:
+    def solves_shifts(self) -> bool:
         return "view_shifts" in self.params
 
     @property
     def has_background(self) -> bool:
         return self.degree >= 0
 
-    def offsets(self, offsets: torch.Tensor, indices: Optional[torch.Tensor], step: int) -> torch.Tensor:
+    def offsets(self, offsets: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
         """Detector offsets (V, 2) A of views of projections ``indices`` (V,): the known ``offsets``
-        plus the learned shifts (no gradient before ``shifts_from``). Free views (None) keep theirs."""
-        if indices is None or not self.learns_shifts:
+        plus the solved shifts (no gradient). Free views (None) keep theirs."""
+        if indices is None or not self.solves_shifts:
             return offsets
-        shifts = self.params["view_shifts"][indices]
-        return offsets + (shifts if step >= self.shifts_from else shifts.detach())
+        return offsets + self.params["view_shifts"].detach()[indices]
 
     def background_of(self, indices: torch.Tensor) -> torch.Tensor:
         """(V, H, W) the backgrounds of projections ``indices`` (V,)."""
@@ -190,20 +241,57 @@ class ViewCorrections(torch.nn.Module):
         noise = self.noise if noise is None else noise
         self.background[indices] = noise.fit_linear(atoms, measured, self._basis, start, iterations)
 
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Take the rigid translation out of the training views' shifts (the atoms carry it)."""
-        if self.learns_shifts:
-            shifts = self.params["view_shifts"].data
-            shifts[self._train] = remove_gauge(shifts[self._train], self._gauge)
+    def solve_shifts(self, project: Callable, views, measured: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Set the training views' shifts to their empirical-Bayes posterior means for the atoms as
+        they are: one Fisher scoring step per view from its shift, then :func:`shrink_shifts` (see
+        the module docstring). Each view's background is solved first, for the atoms as they are.
+
+        Args:
+            project: the atoms' projections (V, H, W) into views (a
+                :class:`atomsplat.model.cloud.Views`), differentiable in their offsets.
+            views: the training views (those of ``train``, in its order) with their known offsets.
+            measured: (N, H, W) all measured projections.
+            chunk: views projected at a time.
+
+        Returns:
+            the spread of the shifts t (2,) A, per detector axis (x, y).
+        """
+        smooth = self.noise.smooth
+        estimates, informations, squares, pixels = [], [], 0.0, 0
+        for part in views.split(chunk):
+            data = measured[part.indices]
+            shifts = self.params["view_shifts"].detach()[part.indices].clone().requires_grad_(True)
+            with torch.enable_grad():
+                atoms = project(part.moved(part.offsets + shifts))
+                model = atoms
+                if self.has_background:
+                    self.fit(atoms.detach(), data, part.indices, noise=smooth)
+                    model = atoms + self.background_of(part.indices)
+                scale = smooth.nats if smooth.is_likelihood else 0.5  # l2: nats at unit variance
+                (gradient,) = torch.autograd.grad(scale * smooth.pixels(model, data).sum(), shifts)
+            model = model.detach()
+            variance = smooth.variance(model) if smooth.is_likelihood else torch.ones_like(model)
+            d_row, d_col = torch.gradient(model, spacing=part.pixel_size, dim=(1, 2))
+            slopes = torch.stack([d_col, d_row], dim=-1).flatten(1, 2)  # (V, P, 2): -d model / d shift
+            information = torch.einsum("vpa,vpb->vab", slopes / variance.flatten(1, 2)[..., None], slopes)
+            estimates.append(shifts.detach() - torch.linalg.solve(information, gradient.unsqueeze(-1)).squeeze(-1))
+            informations.append(information)
+            squares += float((model - data).square().sum())
+            pixels += model.numel()
+        covariances = torch.linalg.inv(torch.cat(informations).double())
+        if not smooth.is_likelihood:  # l2: the noise variance is the residual's
+            covariances = covariances * (squares / pixels)
+        shifts, spread = shrink_shifts(torch.cat(estimates).double(), covariances, self._gauge.double())
+        self.params["view_shifts"].data[views.indices] = shifts.to(self.params["view_shifts"].dtype)
+        return spread.float()
 
     def as_dict(self) -> dict:
-        """The learned corrections, JSON-ready (empty when there are none): "shifts" (N, 2) A, the
+        """The fitted corrections, JSON-ready (empty when there are none): "shifts" (N, 2) A, the
         detector shift of each projection in the dataset's convention (add them to known shifts);
         "background" (N, T) coefficients in data units of the monomials of :func:`background_basis`
         and "background_degree"."""
         result = {}
-        if self.learns_shifts:
+        if self.solves_shifts:
             result["shifts"] = self.params["view_shifts"].detach().cpu().double().numpy().tolist()
         if self.has_background:
             result["background_degree"] = self.degree

@@ -5,7 +5,7 @@ Training steps see a few projections at a time and end with a small, finite lear
 leaves the atoms a little short of the likelihood's maximum. Once density control is done, the
 atoms are refined on every training projection at once by L-BFGS (float64, strong-Wolfe line
 search) on the smooth likelihood of the data (:attr:`atomsplat.model.losses.NoiseModel.smooth`:
-Poisson for counts, Gaussian for data trained with L1); shifts stay as learned, tied species are
+Poisson for counts, Gaussian for data trained with L1); shifts stay as solved, tied species are
 assigned again between rounds. The background is profiled out (solved for the atoms at every
 evaluation, a small convex problem per view) and the species' means are parameters of the same
 optimisation (their optimum is the mean of the atoms they tie): the fit ends at the joint maximum,
@@ -58,9 +58,9 @@ class RefinementReport:
     prior_after: Optional[float] = None
 
 
-def _views_of(views: Views, corrections, step: int) -> Views:
-    """The views with their learned shifts (fixed here), in float64."""
-    offsets = corrections.offsets(views.offsets, views.indices, step).detach()
+def _views_of(views: Views, corrections) -> Views:
+    """The views with their solved shifts (fixed here), in float64."""
+    offsets = corrections.offsets(views.offsets, views.indices)
     return Views(views.rotations.double(), offsets.double(), views.pixel_size, views.height, views.width, views.indices)
 
 
@@ -105,7 +105,7 @@ def _nats(noise, residual_variance: float) -> float:
     return noise.nats if noise.nats is not None else 0.5 / max(residual_variance, 1e-30)
 
 
-def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step: int, iterations: int = 100,
+def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, iterations: int = 100,
            rounds: int = 2, chunk: int = 8, prior=None, solve_background: bool = True) -> RefinementReport:  # fmt: skip
     """Refine ``cloud``'s parameters in place on all ``views`` (of measured projections) to convergence.
 
@@ -115,7 +115,6 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
         measured: (N, H, W) all measured projections; ``views.indices`` select from them.
         views: the training views.
         noise: the training data term; its :attr:`smooth` form is maximised.
-        step: the training step (the shifts' schedule).
         iterations: most L-BFGS iterations per round; rounds: the prior's species assigned again
             between them.
         chunk: views projected at a time.
@@ -126,7 +125,7 @@ def refine(cloud, corrections, measured: torch.Tensor, views: Views, noise, step
     """
     start = time.perf_counter()
     smooth = noise.smooth
-    views = _views_of(views, corrections, step)
+    views = _views_of(views, corrections)
     params = {name: p.detach().double().clone().requires_grad_(True) for name, p in cloud.params.items()}
     shape = None
     if cloud.shape_params is not None:
@@ -207,7 +206,7 @@ def removal_rise(
     Args:
         cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
         drop: index of the Gaussian to remove; neighbours: (M,) long indices of those to refit.
-        views: the training views, with their learned shifts.
+        views: the training views, with their solved shifts.
         model: (V, H, W) the model of ``views`` as it is (Gaussians and background), data units.
         measured: (V, H, W) the measured projections of ``views``.
         noise: a likelihood data term (:attr:`atomsplat.model.losses.NoiseModel.is_likelihood`).
@@ -309,7 +308,6 @@ def position_uncertainties(
     measured: torch.Tensor,
     views: Views,
     noise,
-    step: int,
     full_limit: int = 1000,
     chunk: int = 8,
     prior=None,
@@ -324,7 +322,7 @@ def position_uncertainties(
     Isotropic Gaussians only. An atom the data say nothing about (e.g. a Gaussian outside every
     view) gets infinite deviations; where a whole matrix is singular otherwise, the next kind stands
     in for it."""
-    views = _views_of(views, corrections, step)
+    views = _views_of(views, corrections)
     params = {name: p.detach().double() for name, p in cloud.params.items()}
     models = []
     shape = None if cloud.shape_params is None else {k: v.detach().double() for k, v in cloud.shape_params.items()}

@@ -252,7 +252,7 @@ class TrainingMonitor(torch.nn.Module):
 
     @torch.no_grad()
     def draw_view(self) -> None:
-        """Measured (left) and modelled (right) projection of the chosen tilt, with its learned shift
+        """Measured (left) and modelled (right) projection of the chosen tilt, with its solved shift
         and background when the model learns them; the series maximum is white."""
         if self.server is None:
             return
