@@ -245,6 +245,8 @@ def test_solved_shifts_find_a_misalignment_and_leave_an_aligned_series():
         for _ in range(4):
             spread = corrections.solve_shifts(cloud.project, views, counts)
         solved = corrections.params["view_shifts"].detach()
+        with pytest.raises(ValueError, match="training views"):  # the gauge is the training views'
+            corrections.solve_shifts(cloud.project, next(iter(views.split(4))), counts)
         error = float((solved - misalignment).square().mean().sqrt())
         if scale > 0:
             assert error < 0.045 and 0.08 < float(spread.min())  # at most 0.031 over 8 seeds

@@ -22,10 +22,11 @@ its expected curvature ``I_k`` (2, 2), the sum of the image gradient's outer pro
 pixel variances) estimates the shift of maximum likelihood ``m_k``, whose covariance is ``I_k^-1``.
 The shifts are then the posterior means of a prior ``s_k ~ N(0, diag(t^2))`` whose spread ``t``
 (2,) the estimates themselves give (empirical Bayes, :func:`shrink_shifts`): ``s_k = T (T + I_k^-1)^-1
-m_k``. An aligned series gives ``t`` near 0 and keeps its views where they are; a misaligned one
-gives ``t`` of its misalignment, far above the estimates' noise, and the shifts keep nearly all of
-it. Learned by Adam instead, each view's shift moved only when its view was drawn, by about the
-learning rate per step, and fitted the noise: on an aligned 2 nm Si series at 8e3 e/A^2 (peak 9
+m_k``. Where the estimates are noise (their chi-square below :data:`SHIFT_SIGNIFICANCE`) every
+shift is 0: an aligned series keeps its views where they are. A misaligned one gives ``t`` of its
+misalignment, far above the estimates' noise, and the shifts keep nearly all of it. Learned by
+Adam instead, each view's shift moved only when its view was drawn, by about the learning rate per
+step, and fitted the noise: on an aligned 2 nm Si series at 8e3 e/A^2 (peak 9
 counts) the learned shifts were noise at the Cramer-Rao bound of one view's shift (5 pm per axis)
 and cost a false atom; started late, they recovered 5 pm of a 23 pm misalignment
 (docs/lowdose.md, "Shifts solved").
@@ -256,6 +257,8 @@ class ViewCorrections(torch.nn.Module):
         Returns:
             the spread of the shifts t (2,) A, per detector axis (x, y).
         """
+        if not torch.equal(views.indices.cpu(), self._train.cpu()):
+            raise ValueError("solve_shifts needs the training views, in their order (the gauge is theirs)")
         smooth = self.noise.smooth
         estimates, informations, squares, pixels = [], [], 0.0, 0
         for part in views.split(chunk):
