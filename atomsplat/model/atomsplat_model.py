@@ -524,8 +524,9 @@ class AtomSplatModel(SplatfactoModel):
         to convergence (under weight selection with merging, the Gaussians still diffuse then
         removed and the rest refined again, the background held: :meth:`_take_back_diffuse`), atoms
         born where the converged residual shows them missing and refined again (:meth:`_final_births`;
-        under evidence selection at :data:`FINAL_BIRTH_SIGNIFICANCE`), and the atoms' positional
-        uncertainties. The atoms are then final."""
+        under evidence selection at :data:`FINAL_BIRTH_SIGNIFICANCE`), the shifts of the projections
+        held out of training solved for the final atoms (:meth:`ViewCorrections.solve_held_out`), and
+        the atoms' positional uncertainties. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
@@ -540,6 +541,10 @@ class AtomSplatModel(SplatfactoModel):
             if self.strategy.evidence is not None and self.cloud.count > 0:
                 prior = self._final_births(args, prior, FINAL_BIRTH_SIGNIFICANCE)
                 prior = self._refit_crowded(args, prior)
+        if self.corrections.solves_shifts and self.cloud.count > 0:
+            held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
+            if len(held_out):
+                self.corrections.solve_held_out(self.cloud.project, self.series_views(held_out), self.measured)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(

@@ -23,7 +23,9 @@ pixel variances) estimates the shift of maximum likelihood ``m_k``, whose covari
 The shifts are then the posterior means of a prior ``s_k ~ N(0, diag(t^2))`` whose spread ``t``
 (2,) the estimates themselves give (empirical Bayes, :func:`shrink_shifts`): ``s_k = T (T + I_k^-1)^-1
 m_k``. Where the estimates are noise (their chi-square below :data:`SHIFT_SIGNIFICANCE`) every
-shift is 0: an aligned series keeps its views where they are. A misaligned one gives ``t`` of its
+shift is 0: an aligned series keeps its views where they are. The projections held out of
+training get theirs once, for the final atoms and under the same prior
+(:meth:`ViewCorrections.solve_held_out`). A misaligned one gives ``t`` of its
 misalignment, far above the estimates' noise, and the shifts keep nearly all of it. Learned by
 Adam instead, each view's shift moved only when its view was drawn, by about the learning rate per
 step, and fitted the noise: on an aligned 2 nm Si series at 8e3 e/A^2 (peak 9
@@ -56,6 +58,11 @@ changed the path of training (4 Fe atoms of 287 lost in the 2 nm FePt particle a
 shifts of 0.1-0.5 pm RMS; docs/lowdose.md, "Shifts solved")."""
 
 
+HELD_OUT_STEPS = 5
+"""Fisher scoring steps of each held-out view's shift from its whole pixel of best overlay
+(:meth:`ViewCorrections.solve_held_out`)."""
+
+
 def gauge_basis(rotations: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis (2N, 3) of the shift patterns that a rigid translation of the sample makes.
 
@@ -81,6 +88,28 @@ def shift_error(learned: torch.Tensor, true: torch.Tensor, basis: torch.Tensor) 
     """RMS distance (A) between learned and true shifts (N, 2), both without the part that a
     rigid translation of the sample explains (the atoms take that part instead)."""
     return float(remove_gauge(learned - true, basis).square().sum(1).mean().sqrt())
+
+
+def coarse_shifts(atoms: torch.Tensor, data: torch.Tensor, pixel_size: float) -> torch.Tensor:
+    """The whole-pixel shifts (V, 2) A (x, y) that best overlay model projections on data: the
+    maximum of each pair's circular cross-correlation, both less their means.
+
+    Args:
+        atoms: (V, H, W) the model's projections at the views' shifts as they are.
+        data: (V, H, W) the measured projections, their background taken off.
+        pixel_size: A per pixel.
+
+    Returns:
+        (V, 2) the shifts to add, A: data(x) ~ atoms(x - shift).
+    """
+    height, width = data.shape[-2:]
+    model = atoms - atoms.mean(dim=(1, 2), keepdim=True)
+    measured = data - data.mean(dim=(1, 2), keepdim=True)
+    overlap = torch.fft.irfft2(torch.fft.rfft2(measured) * torch.fft.rfft2(model).conj(), s=(height, width))
+    best = overlap.flatten(1).argmax(dim=1)
+    rows = (best // width + height // 2) % height - height // 2
+    cols = (best % width + width // 2) % width - width // 2
+    return torch.stack([cols, rows], dim=1).to(data.dtype) * pixel_size
 
 
 def shrink_shifts(estimates: torch.Tensor, covariances: torch.Tensor, basis: torch.Tensor) -> tuple:
@@ -193,6 +222,7 @@ class ViewCorrections(torch.nn.Module):
             self.params["view_shifts"] = Parameter(torch.zeros(count, 2), requires_grad=False)
             self.register_buffer("_train", train.long(), persistent=False)
             self.register_buffer("_gauge", gauge_basis(rotations[train].float()), persistent=False)
+            self.register_buffer("_spread", torch.zeros(2, dtype=torch.float64), persistent=False)
         self.degree = background_degree
         if background_degree >= 0:
             basis = background_basis(height, width, background_degree)
@@ -259,6 +289,51 @@ class ViewCorrections(torch.nn.Module):
         """
         if not torch.equal(views.indices.cpu(), self._train.cpu()):
             raise ValueError("solve_shifts needs the training views, in their order (the gauge is theirs)")
+        estimates, covariances = self._estimates(project, views, measured, chunk)
+        shifts, spread = shrink_shifts(estimates, covariances, self._gauge.double())
+        self.params["view_shifts"].data[views.indices] = shifts.to(self.params["view_shifts"].dtype)
+        self._spread = spread.to(self._spread)
+        return spread.float()
+
+    def solve_held_out(self, project: Callable, views, measured: torch.Tensor, chunk: int = 8) -> None:
+        """Set the shifts of views that training did not fit (held out for evaluation) for the
+        final atoms. Training brought its views' shifts along as the atoms took shape; these start
+        far from theirs, with sharp atoms, so each starts at the whole pixel of best overlay
+        (:func:`coarse_shifts`), takes :data:`HELD_OUT_STEPS` Fisher scoring steps to its maximum
+        of likelihood ``m_k`` and ends at the posterior mean ``T (T + C_k)^-1 m_k`` under the spread
+        ``t`` of the training views' last :meth:`solve_shifts` (0 for an aligned series, and before
+        any solve). No gauge is taken out: the atoms, fixed by the training views, define it.
+
+        Args:
+            project: as for :meth:`solve_shifts`; views: views of projections not in ``train``;
+            measured: (N, H, W) all measured projections; chunk: views projected at a time.
+        """
+        if not len(views):
+            return
+        if bool(torch.isin(views.indices.cpu(), self._train.cpu()).any()):
+            raise ValueError("solve_held_out takes views that training does not fit")
+        shifts = self.params["view_shifts"].data
+        shifts[views.indices] = 0.0
+        if not bool((self._spread > 0).any()):
+            return
+        for part in views.split(chunk):
+            with torch.no_grad():
+                atoms, data = project(part), measured[part.indices]
+                if self.has_background:
+                    self.fit(atoms, data, part.indices, noise=self.noise.smooth)
+                    data = data - self.background_of(part.indices)
+                shifts[part.indices] = coarse_shifts(atoms, data, part.pixel_size).to(shifts)
+        for _ in range(HELD_OUT_STEPS):
+            estimates, covariances = self._estimates(project, views, measured, chunk)
+            shifts[views.indices] = estimates.to(shifts)
+        prior = torch.diag_embed(self._spread.square().expand(len(views), 2))
+        posterior = (prior @ torch.linalg.solve(prior + covariances, estimates.unsqueeze(-1))).squeeze(-1)
+        shifts[views.indices] = posterior.to(shifts)
+
+    def _estimates(self, project: Callable, views, measured: torch.Tensor, chunk: int) -> tuple:
+        """Each view's maximum-likelihood shift, one Fisher scoring step from its shift as it is,
+        and its covariance (the inverse expected information; for l2 scaled by the residual
+        variance): ((V, 2) A, (V, 2, 2) A^2, float64). Each view's background is solved first."""
         smooth = self.noise.smooth
         estimates, informations, squares, pixels = [], [], 0.0, 0
         for part in views.split(chunk):
@@ -284,9 +359,7 @@ class ViewCorrections(torch.nn.Module):
         covariances = torch.linalg.inv(torch.cat(informations).double())
         if not smooth.is_likelihood:  # l2: the noise variance is the residual's
             covariances = covariances * (squares / pixels)
-        shifts, spread = shrink_shifts(torch.cat(estimates).double(), covariances, self._gauge.double())
-        self.params["view_shifts"].data[views.indices] = shifts.to(self.params["view_shifts"].dtype)
-        return spread.float()
+        return torch.cat(estimates).double(), covariances
 
     def as_dict(self) -> dict:
         """The fitted corrections, JSON-ready (empty when there are none): "shifts" (N, 2) A, the
