@@ -1,5 +1,6 @@
 """A trained model's report figure: measured vs modelled projection, residual, the atoms by species,
-their weights and their positional uncertainties.
+their weights and their positional uncertainties, and per projection its solved shift, its
+background and how well the model fits it.
 
 The comparison's tables and figures are in :mod:`atomsplat.benchmark.report`."""
 
@@ -69,14 +70,21 @@ def plot_report(model, atoms, truth_path: Optional[Path], path: Path, slab: floa
 
 def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float = 1.5):
     """The report of a trained ``model`` and its exported ``atoms`` (:func:`atomsplat.export.atoms_from_model`):
-    a matplotlib figure of 2 x 3 panels (16 x 10 inches), with ``truth_path`` the true atoms (ase-readable) or None.
+    a matplotlib figure of 2 x 3 panels over 4 (16 x 15 inches), with ``truth_path`` the true atoms
+    (ase-readable) or None.
 
     Top: the measured projection nearest to 0 degrees, the model's projection of that view, their
     difference. Bottom: the atoms within ``slab`` A of the central z = 0 plane (sample frame) in
     their species' Jmol colours, with missed true atoms and unmatched found atoms marked when the
     true atoms are known; the histogram of the atoms' weights (log scale) by species, with the
     weights that split the species and the count of each (and the true count when known); the
-    Cramer-Rao positional uncertainties of x, y, z when the run finished (else a note).
+    Cramer-Rao positional uncertainties of x, y, z when the run finished (else a note). Last row,
+    against each projection's tilt angle (:func:`projection_fit`), projections held out of training
+    drawn open: the solved detector shift in x and y; the background's mean level; the factor by
+    which the atoms best fit each projection, with its deviation (a dose that drifts between
+    projections scatters it beyond them: the model has no such factor); and the misfit (for counts
+    the Pearson chi-square per pixel, 1 where the model explains a projection to its noise;
+    otherwise the residual's RMS), which shows a projection the model cannot take.
     """
     import ase.io
 
@@ -89,7 +97,9 @@ def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float =
     extent = np.array([-width, width, height, -height]) * series.pixel_size / 2.0
     truth = ase.io.read(truth_path) if truth_path is not None else None
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 10), constrained_layout=True)
+    fig = plt.figure(figsize=(16, 15), layout="constrained")
+    upper, lower = fig.subfigures(2, 1, height_ratios=[2, 1])
+    axes = upper.subplots(2, 3)
     top = float(measured.max())
     for ax, image, title in (
         (axes[0, 0], measured, f"measured, tilt {series.tilt_angles[k]:.0f} deg"),
@@ -97,17 +107,107 @@ def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float =
     ):
         shown = ax.imshow(image, cmap="gray", vmin=0, vmax=top, extent=extent)
         ax.set(title=title, xlabel="x (A)", ylabel="y (A)")
-    fig.colorbar(shown, ax=axes[0, :2], shrink=0.8, label="projection (data units)")
+    upper.colorbar(shown, ax=axes[0, :2], shrink=0.8, label="projection (data units)")
     residual = measured - modelled
     bound = float(np.abs(residual).max())
     shown = axes[0, 2].imshow(residual, cmap="RdBu_r", vmin=-bound, vmax=bound, extent=extent)
     axes[0, 2].set(title="measured - model", xlabel="x (A)", ylabel="y (A)")
-    fig.colorbar(shown, ax=axes[0, 2], shrink=0.8)
+    upper.colorbar(shown, ax=axes[0, 2], shrink=0.8)
 
     _plot_slab(axes[1, 0], atoms, truth, slab)
     _plot_weights(axes[1, 1], atoms, truth)
     _plot_uncertainty(axes[1, 2], atoms)
+    _plot_projections(lower.subplots(1, 4), projection_fit(model))
     return fig
+
+
+def projection_fit(model) -> dict:
+    """Per projection of ``model``'s series (N): "tilt" (N,) deg; "trained" (N,) bool; "shifts" (N, 2)
+    A, the solved detector shifts, or None where none are solved; "background" (N,) data units, the
+    background's mean over the field, or None without one; "scale" and "scale_deviation" (N,), the
+    factor by which the atoms best fit each projection and its standard deviation
+    (:func:`atomsplat.model.corrections.atom_scales`); "misfit" (N,) and its "misfit_label": for a
+    likelihood data term the Pearson chi-square per pixel, mean((measured - model)^2 / variance),
+    about 1 where the model explains the projection to its noise, else the residual's RMS, data
+    units."""
+    import torch
+
+    from atomsplat.model.corrections import atom_scales
+
+    series, count = model.series, len(model.series.tilt_angles)
+    with torch.no_grad():
+        rendered = [model.render(views) for views in model.series_views(torch.arange(count)).split(8)]
+        modelled = torch.cat([part["projection"] for part in rendered]).cpu().double()
+        atoms = torch.cat([part["atoms"] for part in rendered]).cpu().double()
+        measured = torch.from_numpy(np.asarray(series.projections, dtype=np.float64))
+        scales, deviations = atom_scales(atoms, modelled - atoms, measured, model.noise.smooth)
+        residual = measured - modelled
+        if model.noise.is_likelihood:
+            misfit = (residual.square() / model.noise.variance(modelled)).mean(dim=(1, 2))
+            label = "Pearson chi-square per pixel"
+        else:
+            misfit = residual.square().mean(dim=(1, 2)).sqrt()
+            label = "residual RMS (data units)"
+        corrections = model.corrections
+        shifts = corrections.params["view_shifts"].detach().cpu().numpy() if corrections.solves_shifts else None
+        level = (modelled - atoms).mean(dim=(1, 2)).numpy() if corrections.has_background else None
+    trained = np.zeros(count, dtype=bool)
+    trained[model.train_indices.cpu().numpy()] = True
+    return {
+        "tilt": np.asarray(series.tilt_angles, dtype=np.float64),
+        "trained": trained,
+        "shifts": shifts,
+        "background": level,
+        "scale": scales.numpy(),
+        "scale_deviation": deviations.numpy(),
+        "misfit": misfit.numpy(),
+        "misfit_label": label,
+    }
+
+
+def _plot_projections(axes, fit: dict) -> None:
+    """Four panels against the tilt angle: shifts (pm), background level, the atoms' scale, misfit
+    (:func:`projection_fit`)."""
+    tilt, trained = fit["tilt"], fit["trained"]
+
+    def draw(ax, values, colour, label, errors=None):
+        for pick, style, name in (
+            (trained, {"ms": 4}, label),
+            (~trained, {"ms": 6, "mfc": "none"}, f"{label}, held out"),
+        ):
+            if pick.any():
+                bars = None if errors is None else errors[pick]
+                ax.errorbar(
+                    tilt[pick], values[pick], yerr=bars, fmt="o", color=colour, label=name, elinewidth=0.8, **style
+                )
+
+    def note(ax, title, text):
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xticks=[], yticks=[])
+
+    if fit["shifts"] is None:
+        note(axes[0], "shift per projection", "no shifts solved:\nthe projections held as given")
+    else:
+        for axis, name, colour in ((0, "x", "tab:blue"), (1, "y", "tab:orange")):
+            draw(axes[0], 100.0 * fit["shifts"][:, axis], colour, name)
+        axes[0].axhline(0.0, color="0.7", lw=0.8, zorder=0)
+        axes[0].set(title="shift per projection", xlabel="tilt (deg)", ylabel="solved shift (pm)")
+        axes[0].legend(loc="upper right", fontsize=8)
+    if fit["background"] is None:
+        note(axes[1], "background per projection", "no background fitted")
+    else:
+        draw(axes[1], fit["background"], "tab:gray", "mean level")
+        axes[1].set(title="background per projection", xlabel="tilt (deg)", ylabel="mean over the field (data units)")
+    scale, deviation = fit["scale"], fit["scale_deviation"]
+    spread, noise = 100.0 * float(np.std(scale[trained])), 100.0 * float(np.sqrt(np.mean(deviation[trained] ** 2)))
+    draw(axes[2], scale, "tab:green", "factor", deviation)
+    axes[2].axhline(1.0, color="0.7", lw=0.8, zorder=0)
+    title = f"atoms' scale per projection\nspread {spread:.1f} %, noise {noise:.1f} %"
+    axes[2].set(title=title, xlabel="tilt (deg)", ylabel="best factor on the atoms")
+    draw(axes[3], fit["misfit"], "tab:red", "misfit")
+    if fit["misfit_label"].startswith("Pearson"):
+        axes[3].axhline(1.0, color="0.7", lw=0.8, zorder=0)
+    axes[3].set(title="misfit per projection", xlabel="tilt (deg)", ylabel=fit["misfit_label"])
 
 
 def _plot_slab(ax, atoms, truth, slab: float) -> None:

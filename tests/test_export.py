@@ -26,7 +26,7 @@ from atomsplat.export import (
     weight_unit,
     write_atoms,
 )
-from atomsplat.report import report_figure, species_boundaries
+from atomsplat.report import projection_fit, report_figure, species_boundaries
 from atomsplat.training import train
 
 STEPS = 200
@@ -198,7 +198,18 @@ def test_export_refuses_to_overwrite_and_to_write_what_it_cannot(run, tmp_path, 
 
 
 def test_report_shows_weights_by_species_and_uncertainties(run):
+    """The report's panels; per projection (float data trained on all projections, no shifts, no
+    background) the atoms' best factor is about 1 and the residual's RMS about the noise."""
     _, model, atoms = run
+    fit = projection_fit(model)
+    count = len(model.series.tilt_angles)
+    assert fit["trained"].all() and fit["shifts"] is None and fit["background"] is None
+    assert fit["misfit_label"] == "residual RMS (data units)" and fit["misfit"].shape == (count,)
+    scale, deviation = fit["scale"], fit["scale_deviation"]
+    assert np.abs(scale - 1.0).max() < 0.03  # 0.994-1.006 (deviations 0.002) after the fixture's 200 steps
+    sigma = model.series.extra["simulation"]["noise_sigma"]  # 50; the residual RMS was 49.3-51.0
+    assert (0.9 * sigma < fit["misfit"]).all() and (fit["misfit"] < 1.1 * sigma).all()
+    spread, noise = 100.0 * scale.std(), 100.0 * np.sqrt(np.mean(deviation**2))
     figure = report_figure(model, atoms, bundled_demo_path() / "ground_truth.xyz")
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert titles == [
@@ -208,8 +219,12 @@ def test_report_shows_weights_by_species_and_uncertainties(run):
         "atoms with |z| < 1.5 A",
         f"atom weights ({len(atoms)} atoms)",
         "positional uncertainty (Cramer-Rao)",
+        "shift per projection",
+        "background per projection",
+        f"atoms' scale per projection\nspread {spread:.1f} %, noise {noise:.1f} %",
+        "misfit per projection",
     ]
-    assert tuple(figure.get_size_inches()) == (16, 10)
+    assert tuple(figure.get_size_inches()) == (16, 15)
     weights_panel = figure.axes[4]
     assert weights_panel.get_xscale() == "log"
     legend = [text.get_text() for text in weights_panel.get_legend().get_texts()]
