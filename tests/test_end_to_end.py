@@ -97,7 +97,7 @@ def test_training_with_the_web_viewer_trains_the_same_atoms(tmp_path):
 
 def test_demo_command_prints_what_its_files_hold(tmp_path, capsys):
     """``atomsplat-demo`` trains, writes atoms.xyz (with the weights' unit) and report.png (its 2 x 3
-    panels: 16 x 10 inches at 80 dpi), and prints the scores of exactly the atoms it wrote against
+    panels over 4: 16 x 15 inches at 80 dpi), and prints the scores of exactly the atoms it wrote against
     the dataset's ground truth."""
     from matplotlib.image import imread
 
@@ -105,7 +105,7 @@ def test_demo_command_prints_what_its_files_hold(tmp_path, capsys):
     printed = capsys.readouterr().out
     (written,) = tmp_path.rglob("atoms.xyz")
     (figure,) = tmp_path.rglob("report.png")
-    assert imread(figure).shape[:2] == (800, 1280)
+    assert imread(figure).shape[:2] == (1200, 1280)
     assert ase.io.read(written).info["weight_unit"] == "data units A^2"
     found = ase.io.read(written)
     truth = ase.io.read(bundled_demo_path() / "ground_truth.xyz")
