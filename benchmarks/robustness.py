@@ -45,7 +45,7 @@ CASES = [
     ("spoilt, + shifts", "spoilt", {"refine_shifts": True}),
     ("spoilt, + background", "spoilt", {"background_degree": 1}),
     ("spoilt, + shifts + background", "spoilt", {"refine_shifts": True, "background_degree": 1}),
-    ("low dose, L1 loss", "lowdose", {}),
+    ("low dose, L1 loss", "lowdose", {"loss": "l1"}),
     ("low dose, Poisson loss", "lowdose", {"loss": "poisson"}),
 ]
 
