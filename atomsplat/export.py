@@ -122,7 +122,8 @@ def corrections_from_model(model) -> dict:
     Keys: "tilt_angles" (N,) degrees; "shifts" (N, 2) A, the detector shift of each projection
     in the dataset's convention (detector point = (M r)[:2] + shift; add them to known shifts);
     "background" (N, T) coefficients in data units of the monomials of
-    :func:`atomsplat.model.corrections.background_basis` and "background_degree".
+    :func:`atomsplat.model.corrections.background_basis` and "background_degree"; "gains" (N,) the
+    factor of each projection's atoms (its dose over the training views' mean).
     """
     learned = model.corrections.as_dict()
     if not learned:

@@ -82,7 +82,8 @@ def report_figure(model, atoms, truth_path: Optional[Path] = None, slab: float =
     against each projection's tilt angle (:func:`projection_fit`), projections held out of training
     drawn open: the solved detector shift in x and y; the background's mean level; the factor by
     which the atoms best fit each projection, with its deviation (a dose that drifts between
-    projections scatters it beyond them: the model has no such factor); and the misfit (for counts
+    projections scatters it beyond them), and the solved dose factors (gains) where the model has
+    them; and the misfit (for counts
     the Pearson chi-square per pixel, 1 where the model explains a projection to its noise;
     otherwise the residual's RMS), which shows a projection the model cannot take.
     """
@@ -125,8 +126,9 @@ def projection_fit(model) -> dict:
     """Per projection of ``model``'s series (N): "tilt" (N,) deg; "trained" (N,) bool; "shifts" (N, 2)
     A, the solved detector shifts, or None where none are solved; "background" (N,) data units, the
     background's mean over the field, or None without one; "scale" and "scale_deviation" (N,), the
-    factor by which the atoms best fit each projection and its standard deviation
-    (:func:`atomsplat.model.corrections.atom_scales`); "misfit" (N,) and its "misfit_label": for a
+    factor by which the atoms (at gain 1) best fit each projection and its standard deviation
+    (:func:`atomsplat.model.corrections.atom_scales`); "gains" (N,) the solved dose factors, or None
+    where none are solved; "misfit" (N,) and its "misfit_label": for a
     likelihood data term the Pearson chi-square per pixel, mean((measured - model)^2 / variance),
     about 1 where the model explains the projection to its noise, else the residual's RMS, data
     units."""
@@ -141,6 +143,10 @@ def projection_fit(model) -> dict:
         atoms = torch.cat([part["atoms"] for part in rendered]).cpu().double()
         measured = torch.from_numpy(np.asarray(series.projections, dtype=np.float64))
         scales, deviations = atom_scales(atoms, modelled - atoms, measured, model.noise.smooth)
+        gains = None
+        if model.corrections.solves_gains:  # the atoms were rendered at their gains: factors at gain 1
+            gains = model.corrections.gains.detach().cpu().double()
+            scales, deviations = scales * gains, deviations * gains
         residual = measured - modelled
         if model.noise.is_likelihood:
             misfit = (residual.square() / model.noise.variance(modelled)).mean(dim=(1, 2))
@@ -160,6 +166,7 @@ def projection_fit(model) -> dict:
         "background": level,
         "scale": scales.numpy(),
         "scale_deviation": deviations.numpy(),
+        "gains": None if gains is None else gains.numpy(),
         "misfit": misfit.numpy(),
         "misfit_label": label,
     }
@@ -200,10 +207,13 @@ def _plot_projections(axes, fit: dict) -> None:
         axes[1].set(title="background per projection", xlabel="tilt (deg)", ylabel="mean over the field (data units)")
     scale, deviation = fit["scale"], fit["scale_deviation"]
     spread, noise = 100.0 * float(np.std(scale[trained])), 100.0 * float(np.sqrt(np.mean(deviation[trained] ** 2)))
-    draw(axes[2], scale, "tab:green", "factor", deviation)
+    draw(axes[2], scale, "tab:green", "best factor", deviation)
     axes[2].axhline(1.0, color="0.7", lw=0.8, zorder=0)
     title = f"atoms' scale per projection\nspread {spread:.1f} %, noise {noise:.1f} %"
-    axes[2].set(title=title, xlabel="tilt (deg)", ylabel="best factor on the atoms")
+    if fit["gains"] is not None:
+        axes[2].plot(tilt, fit["gains"], "x", color="black", ms=5, label="solved dose factor")
+        axes[2].legend(loc="lower right", fontsize=8)
+    axes[2].set(title=title, xlabel="tilt (deg)", ylabel="factor on the atoms")
     draw(axes[3], fit["misfit"], "tab:red", "misfit")
     if fit["misfit_label"].startswith("Pearson"):
         axes[3].axhline(1.0, color="0.7", lw=0.8, zorder=0)

@@ -203,7 +203,7 @@ def test_report_shows_weights_by_species_and_uncertainties(run):
     _, model, atoms = run
     fit = projection_fit(model)
     count = len(model.series.tilt_angles)
-    assert fit["trained"].all() and fit["shifts"] is None and fit["background"] is None
+    assert fit["trained"].all() and fit["shifts"] is None and fit["background"] is None and fit["gains"] is None
     assert fit["misfit_label"] == "residual RMS (data units)" and fit["misfit"].shape == (count,)
     scale, deviation = fit["scale"], fit["scale_deviation"]
     assert np.abs(scale - 1.0).max() < 0.03  # 0.994-1.006 (deviations 0.002) after the fixture's 200 steps

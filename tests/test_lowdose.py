@@ -60,6 +60,7 @@ def test_counts_get_their_likelihood_and_a_plane_other_data_the_papers_loss(lowe
     noise, degree = noise_model(series, AtomSplatModelConfig(loss="l2", background_degree=0))
     assert (noise.kind, degree) == ("l2", 0)  # what the user asks for wins
     assert AtomSplatModelConfig().refine_shifts is None  # solved for counts, shrunk to 0 where aligned
+    assert AtomSplatModelConfig().refine_gains is None  # solved for counts, shrunk to 1 at one dose
 
 
 def test_minimum_distance_of_counts_follows_the_shortest_bond_of_their_elements(lowest_dose):

@@ -111,7 +111,7 @@ class Export:
             print(f"{len(atoms)} atoms from step {step} written to {self.output} ({what})")
         if sidecar is not None:
             sidecar.write_text(json.dumps(corrections, indent=1) + "\n")
-            learned = ", ".join(k for k in ("shifts", "background") if k in corrections)
+            learned = ", ".join(k for k in ("shifts", "background", "gains") if k in corrections)
             print(f"fitted per-projection corrections ({learned}) written to {sidecar}")
         if volume is not None:
             values, corner, voxel = volume

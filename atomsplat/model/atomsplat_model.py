@@ -17,6 +17,7 @@ and downloads LPIPS weights), nor its rasterizer, which alpha-composites.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,6 +150,10 @@ class AtomSplatModelConfig(ModelConfig, DensityOptions):
     aligned series stays put); None: for counts."""
     shifts_after: float = 0.05
     """Fraction of the training steps before the shifts are first solved (the atoms take shape first)."""
+    refine_gains: Optional[bool] = None
+    """Solve a dose factor per projection (a drifting beam current or exposure) once training's
+    passes are done, before the final refinement, shrunk by the spread the factors show (a series
+    of one dose keeps every factor at 1); None: for counts."""
     background_degree: Optional[int] = None
     """Fit a polynomial background of this degree per projection (0: constant pedestal, 1: plane,
     2: quadratic); -1: none, the projections are of the atoms alone. None: a plane (1) for
@@ -201,7 +206,10 @@ class AtomSplatModel(SplatfactoModel):
         shifts = config.refine_shifts if config.refine_shifts is not None else bool(self.series.counts)
         if shifts and config.refine_shifts is None:
             CONSOLE.print("counts: a shift solved per view (--pipeline.model.refine-shifts False holds the views)")
-        self.corrections = ViewCorrections(rotations, train, stack, shifts, degree, self.noise)
+        gains = config.refine_gains if config.refine_gains is not None else bool(self.series.counts)
+        if gains and config.refine_gains is None:
+            CONSOLE.print("counts: a dose factor solved per view (--pipeline.model.refine-gains False holds them at 1)")
+        self.corrections = ViewCorrections(rotations, train, stack, shifts, degree, self.noise, gains=gains)
         signal = stack
         if self.corrections.has_background:
             signal = stack - self.corrections.background_of(torch.arange(len(stack)))
@@ -253,6 +261,8 @@ class AtomSplatModel(SplatfactoModel):
         self.uncertainty = self.uncertainty.new_zeros(state_dict["uncertainty"].shape)
         if "uncertainty_kind" not in state_dict:  # saved before the kind was kept
             state_dict = {**state_dict, "uncertainty_kind": torch.zeros((), dtype=torch.int8)}
+        if self.corrections.solves_gains and "corrections.gains" not in state_dict:  # saved before gains were solved
+            state_dict = {**state_dict, "corrections.gains": torch.ones_like(self.corrections.gains)}
         return torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -338,14 +348,14 @@ class AtomSplatModel(SplatfactoModel):
     def render(self, views: Views, fit: bool = False) -> Dict[str, torch.Tensor]:
         """The model of ``views``: the one path by which every image of the model is made.
 
-        Views of measured projections get their solved shifts and their background; with ``fit``
+        Views of measured projections get their solved shifts, gains and background; with ``fit``
         the background is first solved for the atoms as they are (training). Returns
         "projection" (V, H, W) data units, "atoms" (V, H, W) the atoms' part of it, and "offsets"
         (V, 2) A, the detector offsets the atoms were projected with.
         """
-        offsets = self.corrections.offsets(views.offsets, views.indices)
-        atoms = self.cloud.project(views.moved(offsets))
-        outputs = {"projection": atoms, "atoms": atoms, "offsets": offsets}
+        views = self.corrections.applied(views)
+        atoms = self.cloud.project(views)
+        outputs = {"projection": atoms, "atoms": atoms, "offsets": views.offsets}
         if views.indices is not None and self.corrections.has_background:
             if fit:
                 self.corrections.fit(atoms.detach(), self.measured[views.indices], views.indices)
@@ -524,9 +534,11 @@ class AtomSplatModel(SplatfactoModel):
         to convergence (under weight selection with merging, the Gaussians still diffuse then
         removed and the rest refined again, the background held: :meth:`_take_back_diffuse`), atoms
         born where the converged residual shows them missing and refined again (:meth:`_final_births`;
-        under evidence selection at :data:`FINAL_BIRTH_SIGNIFICANCE`), the shifts of the projections
-        held out of training solved for the final atoms (:meth:`ViewCorrections.solve_held_out`), and
-        the atoms' positional uncertainties. The atoms are then final."""
+        under evidence selection at :data:`FINAL_BIRTH_SIGNIFICANCE`), the shifts and gains of the
+        projections held out of training solved for the final atoms
+        (:meth:`ViewCorrections.solve_held_out`, :meth:`ViewCorrections.solve_held_out_gains`), and
+        the atoms' positional uncertainties. The training views' gains are solved before the final
+        refinement (:meth:`_solve_gains`), which holds them. The atoms are then final."""
         record = self.strategy.refine(self.cloud, self.optimizers, self.step, final=True)
         self.report(record)
         prior = self.fitted_prior()
@@ -534,6 +546,13 @@ class AtomSplatModel(SplatfactoModel):
         if self.corrections.solves_shifts and self.cloud.count > 0:
             spread = ", ".join(f"{100 * float(t):.1f}" for t in self._solve_shifts(FINAL_SHIFT_ITERATIONS))
             CONSOLE.print(f"shifts solved: spread {spread} pm (x, y), the final refinement holds them")
+        if self.corrections.solves_gains and self.cloud.count > 0:
+            self._solve_gains()
+            gains = self.corrections.gains[self.train_indices]
+            CONSOLE.print(
+                f"dose factors solved: {float(gains.min()):.3f} to {float(gains.max()):.3f} "
+                f"(spread {100 * float(self.corrections._gain_spread):.1f} %), the final refinement holds them"
+            )
         if self.config.final_refinement and self.cloud.count > 0:
             done = refine(*args, prior=prior)
             _print_refinement(f"final refinement on all {len(args[3])} training projections", done)
@@ -545,6 +564,11 @@ class AtomSplatModel(SplatfactoModel):
             held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
             if len(held_out):
                 self.corrections.solve_held_out(self.cloud.project, self.series_views(held_out), self.measured)
+        if self.corrections.solves_gains and self.cloud.count > 0:
+            held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
+            if len(held_out):
+                views = self.series_views(held_out)
+                self.corrections.solve_held_out_gains(self.cloud.project, views, self.measured)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()
             self.uncertainty, how = position_uncertainties(
@@ -583,6 +607,14 @@ class AtomSplatModel(SplatfactoModel):
         for _ in range(iterations):
             spread = self.corrections.solve_shifts(self.cloud.project, views, self.measured)
         return spread
+
+    def _solve_gains(self) -> None:
+        """Solve the training views' gains for the atoms as they are
+        (:meth:`atomsplat.model.corrections.ViewCorrections.solve_gains`); the atoms' weights take the
+        level (the model of the mean dose does not change)."""
+        level = self.corrections.solve_gains(self.cloud.project, self.series_views(self.train_indices), self.measured)
+        if level != 1.0:
+            self.cloud.params["log_weights"].data += math.log(level)
 
     def _take_back_diffuse(self, args, prior):
         """After the final refinement: under weight selection with merging, remove the Gaussians still
@@ -685,16 +717,22 @@ class AtomSplatModel(SplatfactoModel):
 
     def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections
-        spread evenly over the series, their views (with solved shifts), and the variance of every
-        pixel (V, H, W) where the data term is a likelihood, else None: for births."""
+        spread evenly over the series, their views (with solved shifts and gains), and the variance
+        of every pixel (V, H, W) where the data term is a likelihood, else None: for births. With
+        gains both are divided by each view's gain and its square (the atoms' units, in which a
+        born Gaussian's footprint is the same in every view: the matched filter's score and
+        information are those of the data)."""
         train = self.train_indices
         picks = torch.linspace(0, len(train) - 1, min(count, len(train))).round().long().unique()
         views = self.series_views(train[picks.to(train.device)])
-        parts = [self.render(chunk) for chunk in views.split(8)]
-        model = torch.cat([part["projection"] for part in parts])
+        model = torch.cat([self.render(chunk)["projection"] for chunk in views.split(8)])
         variance = self.noise.variance(model) if self.noise.is_likelihood else None
-        views = views.moved(torch.cat([part["offsets"] for part in parts]))
-        return self.measured[views.indices] - model, views, variance
+        views = self.corrections.applied(views)
+        residuals = self.measured[views.indices] - model
+        if views.gains is None:
+            return residuals, views, variance
+        gains = views.gains[:, None, None]  # in the atoms' units: an atom's image is the same in every view
+        return residuals / gains, views, None if variance is None else variance / gains.square()
 
     def residual_volume(self, images: torch.Tensor, views: Views):
         """:data:`atomsplat.model.strategy.Reconstruct` for births: a signed SIRT of residual images
@@ -714,9 +752,8 @@ class AtomSplatModel(SplatfactoModel):
         return volume, origin, float(series.pixel_size)
 
     def _shifted_training_views(self) -> Views:
-        """The training views with their solved shifts as they are (no gradient)."""
-        views = self.series_views(self.train_indices)
-        return views.moved(self.corrections.offsets(views.offsets, views.indices))
+        """The training views with their solved shifts and gains as they are (no gradient)."""
+        return self.corrections.applied(self.series_views(self.train_indices))
 
     def _models(self, params):
         """Yields (views, model (V, H, W), measured (V, H, W)) of the training projections in chunks,
@@ -735,7 +772,7 @@ class AtomSplatModel(SplatfactoModel):
         for views, model, measured in self._models(params):
             gain, touch = removal_gains(
                 positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, model, measured,
-                self.noise.negative_log_likelihood, self.cloud.window, self.cloud.halo(),
+                self.noise.negative_log_likelihood, self.cloud.window, self.cloud.halo(), views.gains,
             )  # fmt: skip
             gains += gain
             touched += touch
@@ -754,6 +791,8 @@ class AtomSplatModel(SplatfactoModel):
             with torch.enable_grad():
                 level = model.detach().requires_grad_(True)
                 (slope,) = torch.autograd.grad(self.noise.negative_log_likelihood(level, measured).sum(), level)
+            if views.gains is not None:  # an atom's footprint in a view is its gain times its own
+                slope = slope * views.gains[:, None, None]
             gradients += covariance_gradients(
                 positions, sigmas, weights, views.rotations, views.offsets, views.pixel_size, slope,
                 self.cloud.window, self.cloud.halo(),

@@ -41,6 +41,9 @@ class Views:
         height, width: detector size in pixels.
         indices: (V,) long, the views' projections in the tilt series, or None for views of no
             measured projection (a viewer's free camera).
+        gains: (V,) the factor each view's projection of the atoms is multiplied by (the dose of a
+            projection relative to the series' mean: :meth:`atomsplat.model.corrections.ViewCorrections.solve_gains`),
+            or None for 1.
     """
 
     rotations: torch.Tensor
@@ -49,6 +52,7 @@ class Views:
     height: int
     width: int
     indices: Optional[torch.Tensor] = None
+    gains: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.rotations.shape[0]
@@ -59,7 +63,9 @@ class Views:
 
     def to(self, device) -> "Views":
         indices = None if self.indices is None else self.indices.to(device)
-        return replace(self, rotations=self.rotations.to(device), offsets=self.offsets.to(device), indices=indices)
+        gains = None if self.gains is None else self.gains.to(device)
+        rotations, offsets = self.rotations.to(device), self.offsets.to(device)
+        return replace(self, rotations=rotations, offsets=offsets, indices=indices, gains=gains)
 
     def cropped(self, start_y: torch.Tensor, start_x: torch.Tensor, height: int, width: int) -> "Views":
         """The same views seen through a window of ``height`` x ``width`` pixels per view, its first
@@ -74,7 +80,9 @@ class Views:
         for first in range(0, len(self), size):
             part = slice(first, first + size)
             indices = None if self.indices is None else self.indices[part]
-            yield replace(self, rotations=self.rotations[part], offsets=self.offsets[part], indices=indices)
+            gains = None if self.gains is None else self.gains[part]
+            rotations, offsets = self.rotations[part], self.offsets[part]
+            yield replace(self, rotations=rotations, offsets=offsets, indices=indices, gains=gains)
 
 
 def series_views(series, indices) -> Views:
@@ -288,21 +296,22 @@ def project(
     ``views``: mean density per pixel, data units, differentiable in every parameter and in the
     views' offsets. ``weights`` (K,) replaces the Gaussians' own (e.g. weights times depth, for a
     depth map). ``shape``: the parameters of an :class:`AtomShape` (core and halo), or None: one
-    Gaussian per atom."""
+    Gaussian per atom. Each view's image is times its gain when ``views.gains`` is set."""
     weights = params["log_weights"].exp() if weights is None else weights
     dtype = params["positions"].dtype
     args = (views.rotations.to(dtype), views.offsets.to(dtype), views.pixel_size, views.height, views.width, window)
     if "log_sigmas" not in params:
-        return project_anisotropic(params["positions"], covariances(params), weights, *args)
-    sigmas = params["log_sigmas"].exp()
-    if shape is None:
-        return project_isotropic(params["positions"], sigmas, weights, *args)
-    fraction = torch.sigmoid(shape["halo_logit"]).to(dtype)
-    ratio = (1.0 + torch.exp(shape["halo_log_excess"])).to(dtype)
-    positions = torch.cat([params["positions"], params["positions"]])
-    return project_isotropic(
-        positions, torch.cat([sigmas, ratio * sigmas]), torch.cat([(1 - fraction) * weights, fraction * weights]), *args
-    )
+        images = project_anisotropic(params["positions"], covariances(params), weights, *args)
+    elif shape is None:
+        images = project_isotropic(params["positions"], params["log_sigmas"].exp(), weights, *args)
+    else:
+        sigmas = params["log_sigmas"].exp()
+        fraction = torch.sigmoid(shape["halo_logit"]).to(dtype)
+        ratio = (1.0 + torch.exp(shape["halo_log_excess"])).to(dtype)
+        positions = torch.cat([params["positions"], params["positions"]])
+        both = (torch.cat([sigmas, ratio * sigmas]), torch.cat([(1 - fraction) * weights, fraction * weights]))
+        images = project_isotropic(positions, *both, *args)
+    return images if views.gains is None else images * views.gains.to(images)[:, None, None]
 
 
 def covariances(params: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,6 +33,18 @@ counts) the learned shifts were noise at the Cramer-Rao bound of one view's shif
 and cost a false atom; started late, they recovered 5 pm of a 23 pm misalignment
 (docs/lowdose.md, "Shifts solved").
 
+A projection's dose may drift from the others' (the beam current, the exposure, a detector's
+gain): its atoms are then brighter or fainter by a factor ``g_k``, the gain of the view
+(:attr:`atomsplat.model.cloud.Views.gains`), solved for the atoms at the end of training, before
+the final refinement (:meth:`ViewCorrections.solve_gains`): each view's factor of best fit
+(:func:`atom_scales`), then the posterior means under a spread that the factors themselves give
+(:func:`shrink_gains`), 1 where they are noise; the gains' mean over the training views is 1 (the
+atoms' weights take the series' mean dose). For counts a gain is exact: a projection recorded at g
+times the dose has g times the mean counts of its atoms, still Poisson. Solved after every density
+pass as the shifts are, on a series whose dose drifts by up to 20 % they changed training's path
+and cost 3 false atoms and 1 pm (docs/lowdose.md, "A dose factor per projection"): before the
+atoms are complete the factors carry their model error too.
+
 Shifts have a gauge freedom: moving the whole sample by ``t`` (3,) moves every projection by
 ``(M_k t)[:2]``, which the shifts can absorb. :func:`remove_gauge` takes that component out so
 that the shifts describe misalignment only and the atoms stay in the sample frame.
@@ -43,6 +55,7 @@ functions of tensors. Lengths in A.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -61,6 +74,11 @@ shifts of 0.1-0.5 pm RMS; docs/lowdose.md, "Shifts solved")."""
 HELD_OUT_STEPS = 5
 """Fisher scoring steps of each held-out view's shift from its whole pixel of best overlay
 (:meth:`ViewCorrections.solve_held_out`)."""
+
+
+FACTOR_ROUNDS = 3
+"""Rounds of a view's background solved for its atoms' factor and the factor for its background
+(:meth:`ViewCorrections.solve_gains`); a pedestal shares counts with the atoms."""
 
 
 def gauge_basis(rotations: torch.Tensor) -> torch.Tensor:
@@ -143,8 +161,44 @@ def shrink_shifts(estimates: torch.Tensor, covariances: torch.Tensor, basis: tor
     return remove_gauge(shifts, basis), spread2.sqrt()
 
 
+def shrink_gains(estimates: torch.Tensor, variances: torch.Tensor, previous: torch.Tensor) -> tuple:
+    """Empirical-Bayes gains of views from independent estimates of their factors.
+
+    Each estimate ``m_k`` is the view's true factor plus noise of variance ``v_k``; the factors are
+    drawn about a common level ``mu`` with spread ``t``. Where the estimates are noise about their
+    weighted mean (their chi-square in ``N - 1`` dimensions below its :data:`SHIFT_SIGNIFICANCE`
+    level) every gain is 1 and the level is the ``previous`` gains' mean (so that the model does not
+    change: the atoms' weights take the dose every view shares). Otherwise ``t^2`` is the estimates'
+    variance less their mean noise variance (floored at 0), the posterior means are ``s_k = mu +
+    t^2 / (t^2 + v_k) (m_k - mu)`` and the gains ``s_k / mean(s)``, the level ``mean(s)``.
+
+    Args:
+        estimates: (N,) the factors; variances: (N,) their noise variances; previous: (N,) the views'
+            gains the estimates were made with.
+
+    Returns:
+        (gains (N,) of mean 1, level: the factor the atoms' weights take, spread t relative to the
+        level), float64.
+    """
+    estimates, variances = estimates.double(), variances.double()
+    count = len(estimates)
+    mean = (estimates / variances).sum() / (1.0 / variances).sum()
+    chi2 = float(((estimates - mean).square() / variances).sum())
+    if count < 2 or chi2 < stats.chi2.isf(SHIFT_SIGNIFICANCE, count - 1):
+        return torch.ones_like(estimates), previous.double().mean(), estimates.new_zeros(())
+    spread2 = (estimates.var() - variances.mean()).clamp_min(0.0)
+    posterior = mean + spread2 / (spread2 + variances) * (estimates - mean)
+    level = posterior.mean()
+    return posterior / level, level, spread2.sqrt() / level
+
+
 def atom_scales(
-    atoms: torch.Tensor, background: torch.Tensor, measured: torch.Tensor, noise: NoiseModel, steps: int = 10
+    atoms: torch.Tensor,
+    background: torch.Tensor,
+    measured: torch.Tensor,
+    noise: NoiseModel,
+    steps: int = 10,
+    basis: Optional[torch.Tensor] = None,
 ) -> tuple:
     """The factor by which each view's atoms best fit its data, and its standard deviation.
 
@@ -152,8 +206,11 @@ def atom_scales(
     term (counts) by ``steps`` Fisher scoring steps from 1 (the data term's exact gradient over its
     expected information ``sum atoms^2 / variance``), the deviation the inverse square root of that
     information; otherwise by least squares, the deviation from the residual variance. A series
-    whose dose drifts between projections gives factors that scatter beyond their deviations; the
-    model has no such factor (a diagnostic: :func:`atomsplat.report.projection_fit`).
+    whose dose drifts between projections gives factors that scatter beyond their deviations
+    (:func:`atomsplat.report.projection_fit`; the gains of :meth:`ViewCorrections.solve_gains`). With
+    the background's ``basis`` (T, H, W) the deviation is the factor's marginal, its information less
+    what the background's coefficients, fitted too, take (the Schur complement; the background as
+    given is then their fit).
 
     Args:
         atoms: (V, H, W) the atoms' projections; background: (V, H, W) the rest of the model;
@@ -167,16 +224,28 @@ def atom_scales(
         energy = atoms.square().sum(dim=(1, 2))
         scales = (atoms * (measured - background)).sum(dim=(1, 2)) / energy
         rest = measured - background - scales[:, None, None] * atoms
-        return scales, (rest.square().mean(dim=(1, 2)) / energy).sqrt()
+        residual = rest.square().mean(dim=(1, 2))
+        return scales, (residual * _inverse_information(atoms, torch.ones_like(atoms), basis)).sqrt()
     scales = torch.ones(len(atoms), dtype=torch.float64, device=atoms.device)
     for _ in range(steps):
         free = scales.clone().requires_grad_(True)
         with torch.enable_grad():
             model = free[:, None, None] * atoms + background
             (gradient,) = torch.autograd.grad(noise.negative_log_likelihood(model, measured).sum(), free)
-        information = (atoms.square() / noise.variance(model.detach())).sum(dim=(1, 2))
+        variance = noise.variance(model.detach())
+        information = (atoms.square() / variance).sum(dim=(1, 2))
         scales = scales - gradient / information
-    return scales, information.rsqrt()
+    return scales, _inverse_information(atoms, variance, basis).sqrt()
+
+
+def _inverse_information(atoms: torch.Tensor, variance: torch.Tensor, basis: Optional[torch.Tensor]) -> torch.Tensor:
+    """(V,) the inverse information of each view's factor on ``atoms`` (V, H, W) under pixel
+    ``variance`` (V, H, W), with the coefficients of ``basis`` (T, H, W) free too when given."""
+    columns = atoms.flatten(1)[:, None, :]  # (V, 1, P)
+    if basis is not None:
+        columns = torch.cat([columns, basis.flatten(1).to(atoms).expand(len(atoms), -1, -1)], dim=1)
+    information = torch.einsum("vap,vbp->vab", columns / variance.flatten(1)[:, None, :], columns)
+    return torch.linalg.inv(information)[:, 0, 0]
 
 
 def background_basis(height: int, width: int, degree: int) -> torch.Tensor:
@@ -234,10 +303,11 @@ class ViewCorrections(torch.nn.Module):
         noise: the data term the background minimises.
         shifts_from: training step from which the shifts are solved (before it they stay at 0, so
             that the atoms take shape first).
+        gains: solve a dose factor per projection (:meth:`solve_gains`).
 
     State: ``view_shifts`` (N, 2) A (a Parameter without gradient: no optimizer moves it), and the
-    buffer ``background`` (N, T) of coefficients in data units of :func:`background_basis` (saved in
-    checkpoints, not learned).
+    buffers ``background`` (N, T) of coefficients in data units of :func:`background_basis` and
+    ``gains`` (N,) (saved in checkpoints, not learned).
     """
 
     def __init__(
@@ -249,6 +319,7 @@ class ViewCorrections(torch.nn.Module):
         background_degree: int = -1,
         noise: NoiseModel = NoiseModel(),
         shifts_from: int = 0,
+        gains: bool = False,
     ):
         super().__init__()
         count, height, width = measured.shape
@@ -259,6 +330,11 @@ class ViewCorrections(torch.nn.Module):
             self.register_buffer("_train", train.long(), persistent=False)
             self.register_buffer("_gauge", gauge_basis(rotations[train].float()), persistent=False)
             self.register_buffer("_spread", torch.zeros(2, dtype=torch.float64), persistent=False)
+        if gains:
+            self.register_buffer("gains", torch.ones(count))
+            self.register_buffer("_gain_spread", torch.zeros((), dtype=torch.float64), persistent=False)
+            if not shifts:
+                self.register_buffer("_train", train.long(), persistent=False)
         self.degree = background_degree
         if background_degree >= 0:
             basis = background_basis(height, width, background_degree)
@@ -272,6 +348,21 @@ class ViewCorrections(torch.nn.Module):
     @property
     def has_background(self) -> bool:
         return self.degree >= 0
+
+    @property
+    def solves_gains(self) -> bool:
+        return hasattr(self, "gains")
+
+    def scaled(self, views):
+        """``views`` (a :class:`atomsplat.model.cloud.Views`) with the gains of their projections;
+        free views, and all views where gains are not solved, as they are."""
+        if views.indices is None or not self.solves_gains:
+            return views
+        return replace(views, gains=self.gains[views.indices].to(views.offsets))
+
+    def applied(self, views):
+        """``views`` with their projections' solved shifts (added to their known offsets) and gains."""
+        return self.scaled(views).moved(self.offsets(views.offsets, views.indices))
 
     def offsets(self, offsets: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
         """Detector offsets (V, 2) A of views of projections ``indices`` (V,): the known ``offsets``
@@ -308,6 +399,59 @@ class ViewCorrections(torch.nn.Module):
         noise = self.noise if noise is None else noise
         self.background[indices] = noise.fit_linear(atoms, measured, self._basis, start, iterations)
 
+    def solve_gains(self, project: Callable, views, measured: torch.Tensor, chunk: int = 8) -> float:
+        """Set the training views' gains to their empirical-Bayes posterior means for the atoms as
+        they are (:func:`atom_scales` from the gains as they are, then :func:`shrink_gains`; each view's
+        background solved first), their mean 1.
+
+        Args:
+            project: the atoms' projections (V, H, W) into views; views: the training views (those of
+                ``train``) with their known offsets; measured: (N, H, W) all measured projections.
+
+        Returns:
+            the level: the factor by which the atoms' weights must be multiplied for the model to keep
+            the dose every view shares (1 where the gains stay 1).
+        """
+        if not torch.equal(views.indices.cpu(), self._train.cpu()):
+            raise ValueError("solve_gains needs the training views, in their order")
+        factors, deviations = self._factors(project, views, measured, chunk)
+        previous = self.gains[views.indices].double()
+        gains, level, spread = shrink_gains(previous * factors, (previous * deviations).square(), previous)
+        self.gains[views.indices] = gains.to(self.gains)
+        self._gain_spread = spread.to(self._gain_spread)
+        return float(level)
+
+    def solve_held_out_gains(self, project: Callable, views, measured: torch.Tensor, chunk: int = 8) -> None:
+        """Set the gains of views that training did not fit, for the final atoms (and their shifts):
+        each view's factor of best fit (:func:`atom_scales` from 1), shrunk to 1 under the spread
+        of the training views' last :meth:`solve_gains` (1 where it is 0)."""
+        if not len(views):
+            return
+        self.gains[views.indices] = 1.0
+        if float(self._gain_spread) <= 0.0:
+            return
+        factors, deviations = self._factors(project, views, measured, chunk)
+        spread2 = self._gain_spread.square()
+        self.gains[views.indices] = (1.0 + spread2 / (spread2 + deviations.square()) * (factors - 1.0)).to(self.gains)
+
+    def _factors(self, project: Callable, views, measured: torch.Tensor, chunk: int) -> tuple:
+        """(V,) each view's factor of best fit over its gain as it is, and its deviation
+        (:func:`atom_scales`, for the smooth data term), float64; each view's background solved first."""
+        factors, deviations, smooth = [], [], self.noise.smooth
+        for part in self.applied(views).split(chunk):
+            with torch.no_grad():
+                atoms, data = project(part), measured[part.indices]
+            factor, basis = torch.ones(len(atoms), dtype=torch.float64, device=atoms.device), self.basis
+            for _ in range(FACTOR_ROUNDS if self.has_background else 1):  # the background and the factor in turn
+                rest = torch.zeros_like(atoms)
+                if self.has_background:
+                    self.fit(atoms * factor[:, None, None].to(atoms), data, part.indices, noise=smooth)
+                    rest = self.background_of(part.indices)
+                factor, deviation = atom_scales(atoms, rest, data, smooth, basis=basis)
+            factors.append(factor)
+            deviations.append(deviation)
+        return torch.cat(factors), torch.cat(deviations)
+
     def solve_shifts(self, project: Callable, views, measured: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         """Set the training views' shifts to their empirical-Bayes posterior means for the atoms as
         they are: one Fisher scoring step per view from its shift, then :func:`shrink_shifts` (see
@@ -325,7 +469,7 @@ class ViewCorrections(torch.nn.Module):
         """
         if not torch.equal(views.indices.cpu(), self._train.cpu()):
             raise ValueError("solve_shifts needs the training views, in their order (the gauge is theirs)")
-        estimates, covariances = self._estimates(project, views, measured, chunk)
+        estimates, covariances = self._estimates(project, self.scaled(views), measured, chunk)
         shifts, spread = shrink_shifts(estimates, covariances, self._gauge.double())
         self.params["view_shifts"].data[views.indices] = shifts.to(self.params["view_shifts"].dtype)
         self._spread = spread.to(self._spread)
@@ -346,6 +490,7 @@ class ViewCorrections(torch.nn.Module):
         """
         if not len(views):
             return
+        views = self.scaled(views)
         if bool(torch.isin(views.indices.cpu(), self._train.cpu()).any()):
             raise ValueError("solve_held_out takes views that training does not fit")
         shifts = self.params["view_shifts"].data
@@ -401,11 +546,14 @@ class ViewCorrections(torch.nn.Module):
         """The fitted corrections, JSON-ready (empty when there are none): "shifts" (N, 2) A, the
         detector shift of each projection in the dataset's convention (add them to known shifts);
         "background" (N, T) coefficients in data units of the monomials of :func:`background_basis`
-        and "background_degree"."""
+        and "background_degree"; "gains" (N,) the factor of each projection's atoms (its dose over
+        the training views' mean)."""
         result = {}
         if self.solves_shifts:
             result["shifts"] = self.params["view_shifts"].detach().cpu().double().numpy().tolist()
         if self.has_background:
             result["background_degree"] = self.degree
             result["background"] = self.background.cpu().double().numpy().tolist()
+        if self.solves_gains:
+            result["gains"] = self.gains.cpu().double().numpy().tolist()
         return result

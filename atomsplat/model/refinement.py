@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -59,9 +59,10 @@ class RefinementReport:
 
 
 def _views_of(views: Views, corrections) -> Views:
-    """The views with their solved shifts (fixed here), in float64."""
-    offsets = corrections.offsets(views.offsets, views.indices)
-    return Views(views.rotations.double(), offsets.double(), views.pixel_size, views.height, views.width, views.indices)
+    """The views with their solved shifts and gains (fixed here), in float64."""
+    views = corrections.applied(views)
+    gains = None if views.gains is None else views.gains.double()
+    return replace(views, rotations=views.rotations.double(), offsets=views.offsets.double(), gains=gains)
 
 
 def _total(
@@ -206,7 +207,7 @@ def removal_rise(
     Args:
         cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
         drop: index of the Gaussian to remove; neighbours: (M,) long indices of those to refit.
-        views: the training views, with their solved shifts.
+        views: the training views, with their solved shifts and gains.
         model: (V, H, W) the model of ``views`` as it is (Gaussians and background), data units.
         measured: (V, H, W) the measured projections of ``views``.
         noise: a likelihood data term (:attr:`atomsplat.model.losses.NoiseModel.is_likelihood`).
@@ -221,7 +222,7 @@ def removal_rise(
     local = {name: values[group].double() for name, values in params.items()}
     halo = cloud.halo()
     reach = cloud.window * float(width_of(local).max()) * (1.0 if halo is None else halo[1]) + margin
-    views = Views(views.rotations.double(), views.offsets.double(), views.pixel_size, views.height, views.width)
+    views = replace(views, rotations=views.rotations.double(), offsets=views.offsets.double(), indices=None)
     centres = detector_centres(local["positions"], views.rotations, views.offsets)  # (V, M + 1, 2)
 
     def span(coord: torch.Tensor, n: int):
@@ -335,6 +336,9 @@ def position_uncertainties(
     data = measured[views.indices].double()
     residual_variance = None if noise.is_likelihood else float((data - model).square().mean())
     inverse_variance = 1.0 / noise.variance(model, residual_variance)
+    if views.gains is not None:  # the atoms' derivatives are times the gain (the background's coefficients
+        # over it are parameters of the same model; the positions' marginals do not change)
+        inverse_variance = inverse_variance * views.gains[:, None, None].square()
     atoms = (params["positions"], params["log_sigmas"].exp(), params["log_weights"].exp())
     geometry = (views.rotations, views.offsets, views.pixel_size, inverse_variance)
     curvature = torch.zeros(cloud.count, 2) if prior is None else prior.curvature()

@@ -195,6 +195,7 @@ def removal_gains(
     pixel_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     window: float = DEFAULT_WINDOW,
     halo: Optional[Tuple[float, float]] = None,
+    view_gains: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """What each atom is worth to the data: how much the data term grows when it alone is removed.
 
@@ -205,6 +206,8 @@ def removal_gains(
         measured: (V, H, W) the measured projections.
         pixel_cost: the data term of every pixel, ``pixel_cost(model, measured)`` (same shape), e.g.
             the negative log-likelihood of counts.
+        view_gains: (V,) each view's factor on the atoms' footprints (:attr:`atomsplat.model.cloud.Views.gains`),
+            or None for 1.
 
     Returns:
         gains (K,): sum over the atom's windows of ``pixel_cost(model - footprint) - pixel_cost(model)``
@@ -220,6 +223,8 @@ def removal_gains(
     ):
         inside = part.gather(detector) > 0  # (V, k, S, S)
         footprint = part.footprints()
+        if view_gains is not None:
+            footprint = footprint * view_gains.to(footprint)[:, None, None, None]
         whole = part.gather(model_pixels)
         data = part.gather(data_pixels)
         change = (pixel_cost(whole - footprint, data) - pixel_cost(whole, data)) * inside
