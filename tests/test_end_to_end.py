@@ -363,9 +363,9 @@ def test_a_drifting_dose_is_taken_by_solved_gains(tmp_path):
     of training (:meth:`ViewCorrections.solve_gains`) give the factors over their mean (which spread
     by 14 %), the held-out projections theirs, and the atoms are found.
 
-    Measured (data and noise seeds 0-3, one and two threads): training views' gains 1.5-2.0 % RMS
-    from the truth, correlation 0.993-0.996, held-out views' 2.2-3.2 %; TPR 0.990-1.000, FPR
-    0.005-0.015."""
+    Measured (data and noise seeds 0-3, one thread, seed 2 with two): training views' gains 1.5-2.0 %
+    RMS from the truth, correlation 0.993-0.996, held-out views' 1.6-3.2 %; TPR 0.975-1.000, FPR
+    0.005-0.020; 170-180 s of training beside other runs."""
     from dataclasses import replace
 
     from atomsplat.data.formats import write_tilt_series
@@ -387,7 +387,7 @@ def test_a_drifting_dose_is_taken_by_solved_gains(tmp_path):
     truth = factors / factors[trained].mean()
     assert np.sqrt(np.mean((gains[trained] - truth[trained]) ** 2)) < 0.035  # 0.015-0.020
     assert np.corrcoef(gains[trained], truth[trained])[0, 1] > 0.95  # 0.993-0.996
-    assert np.sqrt(np.mean((gains[held] - truth[held]) ** 2)) < 0.06  # 0.022-0.032
+    assert np.sqrt(np.mean((gains[held] - truth[held]) ** 2)) < 0.06  # 0.016-0.032
     report = evaluate(atoms_from_model(model).positions, atoms.positions)
     print(report.summary())
-    assert report.tpr >= 0.95 and report.fpr <= 0.05  # 0.990-1.000 / 0.005-0.015
+    assert report.tpr >= 0.93 and report.fpr <= 0.06  # 0.975-1.000 / 0.005-0.020
