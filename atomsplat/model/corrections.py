@@ -214,7 +214,8 @@ def atom_scales(
 
     Args:
         atoms: (V, H, W) the atoms' projections; background: (V, H, W) the rest of the model;
-        measured: (V, H, W), all in data units; noise: the data term.
+        measured: (V, H, W), all in data units; noise: the data term; steps: Fisher scoring steps;
+        basis: (T, H, W) the background's images, or None (the background known).
 
     Returns:
         (scales (V,), deviations (V,)), float64.
