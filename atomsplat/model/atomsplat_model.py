@@ -560,14 +560,12 @@ class AtomSplatModel(SplatfactoModel):
             if self.strategy.evidence is not None and self.cloud.count > 0:
                 prior = self._final_births(args, prior, FINAL_BIRTH_SIGNIFICANCE)
                 prior = self._refit_crowded(args, prior)
-        if self.corrections.solves_shifts and self.cloud.count > 0:
-            held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
-            if len(held_out):
-                self.corrections.solve_held_out(self.cloud.project, self.series_views(held_out), self.measured)
-        if self.corrections.solves_gains and self.cloud.count > 0:
-            held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
-            if len(held_out):
-                views = self.series_views(held_out)
+        held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
+        if len(held_out) and self.cloud.count > 0:
+            views = self.series_views(held_out)
+            if self.corrections.solves_shifts:
+                self.corrections.solve_held_out(self.cloud.project, views, self.measured)
+            if self.corrections.solves_gains:
                 self.corrections.solve_held_out_gains(self.cloud.project, views, self.measured)
         if self.config.isotropic and self.cloud.count > 0:
             start = time.perf_counter()

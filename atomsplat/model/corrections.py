@@ -328,14 +328,13 @@ class ViewCorrections(torch.nn.Module):
         self.params = torch.nn.ParameterDict()
         if shifts:
             self.params["view_shifts"] = Parameter(torch.zeros(count, 2), requires_grad=False)
-            self.register_buffer("_train", train.long(), persistent=False)
             self.register_buffer("_gauge", gauge_basis(rotations[train].float()), persistent=False)
             self.register_buffer("_spread", torch.zeros(2, dtype=torch.float64), persistent=False)
         if gains:
             self.register_buffer("gains", torch.ones(count))
             self.register_buffer("_gain_spread", torch.zeros((), dtype=torch.float64), persistent=False)
-            if not shifts:
-                self.register_buffer("_train", train.long(), persistent=False)
+        if shifts or gains:
+            self.register_buffer("_train", train.long(), persistent=False)
         self.degree = background_degree
         if background_degree >= 0:
             basis = background_basis(height, width, background_degree)
