@@ -14,7 +14,7 @@ from atomsplat.model.corrections import background, background_basis, border_bac
 from atomsplat.model.init import EmptySeriesError, check_signal, initial_positions
 from atomsplat.model.losses import NoiseModel
 from atomsplat.model.species_prior import SpeciesPrior
-from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, minimum_distance
+from atomsplat.model.strategy import DensityOptions, DensityStrategy, Evidence, bond_halves, minimum_distance
 from atomsplat.render.footprints import covariance_gradients, removal_gains
 from atomsplat.render.projector import project_isotropic_dense
 
@@ -191,6 +191,21 @@ def test_a_pair_along_the_beam_of_a_missing_wedge_is_crowded():
     assert strategy.crowded(params, gains, touched, full).tolist() == []
     wedge = resolution_stretch(view_rotations(np.arange(-70.0, 71.0, 3.0)))
     assert strategy.crowded(params, gains, touched, wedge).tolist() == [0]
+
+
+def test_a_pair_is_crowded_by_the_bond_its_two_species_make():
+    """SiO2's minimum distance is O's (0.55 x an O-O bond: 0.73 A, crowded below 1.09 A), but a Si
+    and an O Gaussian 1.3 A apart are closer than any Si-O bond allows (0.55 x 1.77 A: crowded below
+    1.46 A), and two O Gaussians 1.3 A apart are not crowded: the pair separation follows the bond
+    of each pair's species (:func:`bond_halves`)."""
+    positions = torch.tensor([[0.0, 0.0, 0.0], [1.3, 0.0, 0.0], [10.0, 0.0, 0.0], [11.3, 0.0, 0.0]])
+    params = {"positions": positions, "log_sigmas": torch.full((4,), np.log(0.6)), "log_weights": torch.zeros(4)}
+    gains, touched = torch.tensor([40.0, 30.0, 40.0, 30.0]), torch.full((4,), 1000.0)
+    halves = bond_halves(["Si", "O", "O", "O"])
+    assert halves[1] * 2.0 == pytest.approx(0.55 * 2 * 0.66) and halves[0] + halves[1] == pytest.approx(0.55 * 1.77)
+    strategy = DensityStrategy(DensityOptions(merge_distance=2 * halves[1]), evidence=Evidence(lambda params: None))
+    assert strategy.crowded(params, gains, touched, np.eye(3)).tolist() == []
+    assert strategy.crowded(params, gains, touched, np.eye(3), halves).tolist() == [1]
 
 
 def test_a_gaussian_on_two_atoms_is_split_along_their_bond():

@@ -62,6 +62,8 @@ from atomsplat.model.strategy import (
     DensityStrategy,
     Evidence,
     RefineRecord,
+    bond_halves,
+    bonded,
     minimum_distance,
     rebind,
 )
@@ -197,6 +199,9 @@ class AtomSplatModel(SplatfactoModel):
         self.register_buffer("train_indices", train, persistent=False)
         self.noise, degree = noise_model(self.series, config)
         distance = minimum_distance(self.series, config)
+        self.bonded = bonded(self.series, config)
+        """Whether the minimum distance follows the elements' bonds (then by each pair's species
+        in the test of crowded Gaussians: :meth:`_refit_crowded`)."""
         if config.merge_distance is None and distance != DEFAULT_MERGE_DISTANCE:
             CONSOLE.print(f"minimum distance between atoms {distance:.2f} A (0.55 x the shortest bond of the elements)")
         # the model's own copy holds the distance used; the caller's config (and config.yml) keep None,
@@ -678,7 +683,9 @@ class AtomSplatModel(SplatfactoModel):
         params = self.cloud.detached()
         views = self._shifted_training_views()
         stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
-        chosen = self.strategy.crowded(params, *self.removal_evidence(params), stretch).tolist()
+        symbols = self.species_labels() if self.bonded else None
+        halves = None if symbols is None else bond_halves(symbols)
+        chosen = self.strategy.crowded(params, *self.removal_evidence(params), stretch, halves).tolist()
         if not chosen:
             return prior
         start = time.perf_counter()

@@ -172,7 +172,14 @@ counts, elongated along the beam, can take two Gaussians straddling it along the
 apart (2 nm Si, -70:70:3, 1.6e4 e/A^2, 2026-12-06: 1.99 A, 1.95 of it along z, each of 0.8 x the
 median weight and 0.77 and 1.28 A from the atom: a false atom and a missed one; measured in the
 views' resolution 1.72 A, tested and removed, 0.995 / 0.0099 / 16.1 pm -> 1.000 / 0 / 15.9 pm; at
-8e3 5 tested, none removed, 0.995 / 0 / 30.3 pm both). A full tilt range is measured as it is."""
+8e3 5 tested, none removed, 0.995 / 0 / 30.3 pm both). A full tilt range is measured as it is.
+Where the minimum distance follows the bonds (:func:`bonded`), each pair's is that of the bond its
+two species make (:func:`bond_halves`, species by weight): in SiO2 the minimum distance is O's (an
+O-O bond, 0.73 A), but a Si and an O closer than 1.46 A are as implausible (Si-O bonds 1.57 A and
+more). On the 2 nm SiO2 particle at 1.6e4 e/A^2 (2026-12-07) most false Gaussians sat 1.16-1.37 A
+from a Si atom's, out of reach of the one distance: with each pair's, 53 tested and 42 removed (38
+false, 4 O atoms), against 28 (23 and 5), FPR 0.088 -> 0.039 (docs/lowdose.md, "Crowded pairs by
+their species' bond")."""
 
 CROWDED_GATE = 2.5
 """Evidence selection: a crowded Gaussian is refitted without only when its removal costs less
@@ -214,12 +221,23 @@ def minimum_distance(series, config) -> float:
     counts whose dataset names them, and :data:`DEFAULT_MERGE_DISTANCE` otherwise. Counts need the
     margin (the Gaussians wander more during training at low dose): on 2 nm amorphous Si (bonds from
     2.2 A) at 1.6e4 e/A^2, 1.6 A gave TPR 0.95 / FPR 0.015, 1.2 A 1.00 / 0.005."""
-    if config.merge_distance is not None:
-        return float(config.merge_distance)
-    radii = [covalent_radii[atomic_numbers[e]] for e in (series.elements or []) if e in atomic_numbers]
-    if not (series.counts and radii):
-        return DEFAULT_MERGE_DISTANCE
-    return min(DEFAULT_MERGE_DISTANCE, 0.55 * 2.0 * float(min(radii)))
+    if not bonded(series, config):
+        return DEFAULT_MERGE_DISTANCE if config.merge_distance is None else float(config.merge_distance)
+    return float(bond_halves(series.elements).min()) * 2.0
+
+
+def bonded(series, config) -> bool:
+    """Whether the minimum distance follows the bonds of the dataset's elements
+    (:func:`minimum_distance`): counts whose dataset names its elements, no distance set."""
+    return config.merge_distance is None and bool(series.counts) and bool(series.elements)
+
+
+def bond_halves(symbols) -> np.ndarray:
+    """(N,) A: half the minimum distance between two atoms of each symbol's element, 0.55 x its
+    covalent radius (ASE's table), at most half :data:`DEFAULT_MERGE_DISTANCE`; two atoms' minimum
+    distance is the sum of their halves (0.55 x the bond their elements make; :meth:`DensityStrategy.crowded`)."""
+    radii = np.array([covalent_radii[atomic_numbers[e]] for e in symbols], dtype=float)
+    return np.minimum(0.55 * radii, 0.5 * DEFAULT_MERGE_DISTANCE)
 
 
 @dataclass
@@ -496,19 +514,29 @@ class DensityStrategy:
         return len(crowded)
 
     def crowded(
-        self, params: density.Params, gains: torch.Tensor, touched: torch.Tensor, stretch: np.ndarray
+        self,
+        params: density.Params,
+        gains: torch.Tensor,
+        touched: torch.Tensor,
+        stretch: np.ndarray,
+        halves: Optional[np.ndarray] = None,
     ) -> torch.Tensor:
-        """(R,) long: of each two narrow Gaussians closer than :data:`PAIR_SEPARATION` x
-        ``merge_distance``, measured by ``stretch`` (3, 3) (:func:`atomsplat.geometry.resolution_stretch`
-        of the views: in a missing wedge a pair along the beam counts closer), the one whose removal
-        costs less (``gains`` (K,) nats, the others held),
-        the cheapest first and never both of a close pair, where that cost is under
+        """(R,) long: of each two narrow Gaussians closer than :data:`PAIR_SEPARATION` x their
+        minimum distance (the sum of their ``halves`` (K,) A, :func:`bond_halves` of their species;
+        None: ``merge_distance``), measured by ``stretch`` (3, 3)
+        (:func:`atomsplat.geometry.resolution_stretch` of the views: in a missing wedge a pair along
+        the beam counts closer), the one whose removal costs less (``gains`` (K,) nats, the others
+        held), the cheapest first and never both of a close pair, where that cost is under
         :data:`CROWDED_GATE` x its price (``touched`` (K,) pixels): the Gaussians to test for removal
         with the rest refitted (:meth:`atomsplat.model.atomsplat_model.AtomSplatModel._refit_crowded`)."""
         device = params["positions"].device
         narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1).cpu()
         points = params["positions"].detach()[narrow.to(device)].cpu().double().numpy() @ stretch
-        pairs = cKDTree(points).query_pairs(PAIR_SEPARATION * self.options.merge_distance, output_type="ndarray")
+        half = np.full(len(narrow), 0.5 * self.options.merge_distance) if halves is None else halves[narrow.numpy()]
+        pairs = cKDTree(points).query_pairs(PAIR_SEPARATION * 2.0 * half.max(initial=0.0), output_type="ndarray")
+        if len(pairs):
+            apart = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+            pairs = pairs[apart < PAIR_SEPARATION * (half[pairs[:, 0]] + half[pairs[:, 1]])]
         if len(pairs) == 0:
             return torch.zeros(0, dtype=torch.long, device=device)
         cost = gains.detach().cpu()[narrow].numpy()
