@@ -198,8 +198,10 @@ def removal_rise(
     removed: the minimum with ``drop`` and its ``neighbours`` fitted to convergence (positions,
     widths and weights; L-BFGS as in :func:`refine`) against the minimum without ``drop``, every
     other Gaussian, the atom shape, the shifts and the background held; with a species ``prior``,
-    its terms of these Gaussians join what is minimised (species and means held) and the rise is
-    that of the data term alone, as :func:`refine` reports it. The likelihood-ratio statistic of
+    its terms of these Gaussians join what is minimised (the species' means held, each Gaussian's
+    term that of the species it is nearest: a neighbour that takes up the counts of ``drop`` may
+    change species, as one of two Gaussians on a Si atom, each of an O's weight, must) and the rise
+    is that of the data term alone, as :func:`refine` reports it. The likelihood-ratio statistic of
     ``drop`` with its neighbourhood free to take up its counts. Only pixels the neighbourhood can
     reach enter: in each view a window over the footprints of ``drop`` and the neighbours, widened
     by ``margin`` (A) for them to move in.
@@ -249,7 +251,9 @@ def removal_rise(
             value = noise.negative_log_likelihood(rest + project(part, window, window=cloud.window, shape=shape), data)
             if prior is None or not posterior:
                 return value.sum()
-            return value.sum() + prior.negative_log_prior(part["log_weights"], part["log_sigmas"], rows=members)
+            return value.sum() + prior.negative_log_prior(
+                part["log_weights"], part["log_sigmas"], rows=members, relabel=True
+            )
 
         optimizer = torch.optim.LBFGS(
             list(free.values()), lr=1.0, max_iter=iterations, history_size=20, tolerance_grad=1e-9,

@@ -78,17 +78,21 @@ class SpeciesPrior:
 
     def negative_log_prior(
         self, log_weights: torch.Tensor, log_widths: torch.Tensor, means: Optional[torch.Tensor] = None,
-        rows: Optional[torch.Tensor] = None,
+        rows: Optional[torch.Tensor] = None, relabel: bool = False,
     ) -> torch.Tensor:  # fmt: skip
         """The prior's negative log-density in nats (differentiable in all arguments: (K,), (K,) and
         ``means`` (S, 2), the species' means, the prior's own where None); ``rows`` (M,) long: the
-        values are those of these Gaussians alone (M,), their terms the sum."""
+        values are those of these Gaussians alone (M,), their terms the sum. ``relabel``: each
+        Gaussian's term is that of the species it is nearest (the least of its terms over species),
+        not of its label: a Gaussian that takes up a removed neighbour's counts may change species."""
         rows = slice(None) if rows is None else rows.to(self.labels.device)
-        means = (self.means if means is None else means).to(log_weights)[self.labels[rows]]
+        means = (self.means if means is None else means).to(log_weights)
         keep = self.members[rows].to(log_weights.device)
-        weight_term = ((log_weights - means[:, 0]) / self.weight_spread).square()
-        width_term = ((log_widths - means[:, 1]) / self.width_spread).square()
-        return 0.5 * (weight_term + width_term)[keep].sum()
+        if not relabel:
+            means = means[self.labels[rows]][:, None, :]  # (M, 1, 2): each its own species
+        weight_term = ((log_weights[:, None] - means[..., 0]) / self.weight_spread).square()
+        width_term = ((log_widths[:, None] - means[..., 1]) / self.width_spread).square()
+        return 0.5 * (weight_term + width_term).min(dim=1).values[keep].sum()
 
     def curvature(self) -> torch.Tensor:
         """(K, 2) the prior's second derivatives by each Gaussian's log-weight and log-width (the
