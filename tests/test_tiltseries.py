@@ -314,6 +314,16 @@ def test_counts_in_metadata_override_detection_both_ways(tmp_path):
     expect_error(tmp_path / "s", METADATA, '"counts" must be true or false', "'yes'")
 
 
+def test_elements_must_be_chemical_symbols(dataset):
+    """metadata.json's "elements" is read as given, or refused with the file named: the minimum
+    distance, the species and their bonds are looked up by symbol when training starts."""
+    set_metadata(dataset, elements=["Si", "O"])
+    assert read_tilt_series(dataset).elements == ["Si", "O"]
+    for bad in ("Si", ["Si", "Xx"], [14, 8]):
+        set_metadata(dataset, elements=bad)
+        expect_error(dataset, METADATA, '"elements" must be a list of chemical symbols', repr(bad))
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.int32])
 def test_integer_tiff_stack_is_read_as_counts_exactly(dataset, dtype):
     info = np.iinfo(dtype)

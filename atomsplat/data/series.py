@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+from ase.data import atomic_numbers
 
 from atomsplat.data.photon_transfer import photon_transfer
 
@@ -413,6 +414,17 @@ def metadata_number(meta: dict, key: str, path: Path, default=None) -> float:
         raise TiltSeriesError(f'{path}: "{key}" must be a number, got {value!r}') from err
 
 
+def metadata_elements(meta: dict, path: Path) -> Optional[list]:
+    """``meta["elements"]``: a list of chemical symbols (None if absent), or an error naming ``path``."""
+    value = meta.get("elements")
+    if value is None:
+        return None
+    symbols = isinstance(value, list) and all(isinstance(e, str) and atomic_numbers.get(e, 0) for e in value)
+    if not symbols:
+        raise TiltSeriesError(f'{path}: "elements" must be a list of chemical symbols like ["Si", "O"]; got {value!r}')
+    return value
+
+
 def counts_fields(meta: dict, path: Path, counts: Optional[bool] = None) -> dict:
     """The TiltSeries fields ``counts``, ``gain`` and ``offset`` from metadata.json ``path``: its
     ``"counts"`` (true or false) wins over ``counts`` (None: detect from the values), its ``"gain"``
@@ -436,7 +448,7 @@ def metadata_fields(meta: dict, path: Path) -> dict:
     return dict(
         tilt_axis_angle=metadata_number(meta, "tilt_axis_angle", path, 0.0),
         shifts=shifts,
-        elements=meta.get("elements"),
+        elements=metadata_elements(meta, path),
         **counts_fields(meta, path),
         extra={k: v for k, v in meta.items() if k not in known},
     )

@@ -41,6 +41,7 @@ from atomsplat.data.series import (
     TiltSeriesError,
     check_pixel_size,
     counts_fields,
+    metadata_elements,
     metadata_number,
     read_metadata,
 )
@@ -203,7 +204,7 @@ def read_transforms_series(path, pixel_size: Optional[float] = None) -> TiltSeri
         tilt_angles=np.asarray(angles),
         pixel_size=pixel_size,
         shifts=shifts,
-        elements=meta.get("elements"),
+        elements=metadata_elements(meta, meta_path),
         **counts_fields(meta, meta_path, counts=False),
         extra={k: v for k, v in meta.items() if k not in known},
         source=path,
