@@ -176,8 +176,8 @@ views' resolution 1.72 A, tested and removed, 0.995 / 0.0099 / 16.1 pm -> 1.000 
 Where the minimum distance follows the bonds (:func:`bonded`), each pair's is that of the bond its
 two species make (:func:`bond_halves`, species by weight): in SiO2 the minimum distance is O's (an
 O-O bond, 0.73 A), but a Si and an O closer than 1.46 A are as implausible (Si-O bonds 1.57 A and
-more). On the 2 nm SiO2 particle at 1.6e4 e/A^2 (2026-12-07) most false Gaussians sat 1.16-1.37 A
-from a Si atom's, out of reach of the one distance: with each pair's, 53 tested and 42 removed (38
+more). On the 2 nm SiO2 particle at 1.6e4 e/A^2 (2026-12-07) most false Gaussians sat 1.1-1.4 A
+from another, beside a Si atom, out of reach of the one distance: with each pair's, 53 tested and 42 removed (38
 false, 4 O atoms), against 28 (23 and 5), FPR 0.088 -> 0.039 (docs/lowdose.md, "Crowded pairs by
 their species' bond")."""
 
