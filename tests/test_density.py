@@ -569,7 +569,7 @@ def _closest_pair(truth):
     return list(np.unravel_index(np.argmin(gaps), gaps.shape)), float(gaps.min())
 
 
-def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_path, monkeypatch):
+def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_path):
     """Poisson counts; the closest two atoms (weight 15 each, the others 100) fitted at 0.7 of their
     weight, and a Gaussian at their midpoint with 0.6 of one atom's (a split along the bond that left
     its middle), all refined. With its neighbours refitted without it, the atoms take their weight
@@ -577,7 +577,6 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
     Gaussians opened); the atoms stay. The series' -60:60 wedge makes heavy atoms close along z
     crowded too, and with the gate open they are tested first: the refit may carry the midpoint
     Gaussian onto one of them, so the atoms are compared one-to-one, not by index."""
-    import atomsplat.model.strategy as module
     from atomsplat.analysis.matching import match_atoms
 
     model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
@@ -591,7 +590,6 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
         "log_weights": torch.tensor([np.log(0.6 * 15.0)], dtype=params["log_weights"].dtype),
     }
     model.cloud.install({name: torch.cat([values, midpoint[name]]) for name, values in params.items()})
-    monkeypatch.setattr(module, "CROWDED_GATE", float("inf"))
     refine(*model.refinement_args())  # converged, as after the final births
     model._refit_crowded(model.refinement_args(), None)
     assert model.num_points == len(truth)
@@ -602,12 +600,11 @@ def test_a_gaussian_between_two_atoms_is_refitted_out_and_the_atoms_stay(tmp_pat
     torch.testing.assert_close(model.cloud.weights.detach()[light], torch.tensor([15.0, 15.0]), rtol=0.1, atol=0)
 
 
-def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
+def test_a_crowded_light_atom_stays(tmp_path):
     """The closest two atoms, one of them light (weight 15, the others 100), within the pair
     separation of a minimum distance of 2 A: the light one is tested, and with its neighbours
     refitted without it the data term rises by far more than CROWDED_RISE, so all stays as it was,
     the optimizers' moments too."""
-    import atomsplat.model.strategy as module
     from atomsplat.model.strategy import PAIR_SEPARATION
 
     model, truth = _model_missing_atoms(tmp_path, [], counts=True, loss="poisson")
@@ -623,7 +620,6 @@ def test_a_crowded_light_atom_stays(tmp_path, monkeypatch):
         p.grad = torch.ones_like(p)
         model.optimizers[name].step()
         p.data.copy_(params[name])
-    monkeypatch.setattr(module, "CROWDED_GATE", float("inf"))
     model._refit_crowded(model.refinement_args(), None)
     assert model.num_points == len(truth)
     for name, values in model.cloud.detached().items():

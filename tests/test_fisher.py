@@ -350,6 +350,45 @@ def test_a_gaussian_that_takes_up_a_removed_neighbours_counts_may_change_species
     assert held > free + 4.0 and float(fitted["log_weights"][0].exp()) < 5.1
 
 
+def test_two_close_gaussians_that_hold_each_others_species_take_them_back():
+    """Poisson counts over a pedestal of 1 of a heavy atom (weight 6) and a light one (2.5) 1.6 A
+    apart, fitted with each other's weights (a species prior: light 2.5, heavy 6, spread 0.1): no
+    gradient step leaves that minimum, but started at each other assignment of the two species,
+    refitted, the right one has the higher posterior (over seeds 0-3 by 11-20 nats) and ends at the
+    atoms. Started right, no other assignment is better."""
+    from atomsplat.model.refinement import relabel_fall
+    from atomsplat.model.species_prior import SpeciesPrior
+
+    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
+    offsets = torch.zeros(len(rotations), 2)
+    truth = torch.tensor([[0.0, 0.0, 0.0], [1.6, 0.0, 0.0]])
+    mean = project_isotropic_dense(
+        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([6.0, 2.5]).double(),
+        rotations.double(), offsets.double(), P, H, W,
+    )  # fmt: skip
+    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
+    noise = NoiseModel("poisson", 1e-3)
+    views = Views(rotations, offsets, P, H, W, torch.arange(len(rotations)))
+
+    def fall(weights):
+        cloud = AtomCloud(truth.clone(), 0.55, 2.5)
+        cloud.params["log_weights"].data = torch.tensor(weights).log()
+        prior = SpeciesPrior(["O", "Si"])
+        prior.labels, prior.members = torch.tensor([int(w > 4.0) for w in weights]), torch.ones(2, dtype=torch.bool)
+        prior.means = torch.tensor([[math.log(2.5), math.log(0.55)], [math.log(6.0), math.log(0.55)]])
+        with torch.no_grad():
+            model = cloud.project(views) + 1.0  # the pedestal: the background is part of the model
+        nobody = torch.zeros(0, dtype=torch.long)
+        return relabel_fall(cloud, torch.tensor([0, 1]), nobody, views, model, measured, noise, 3.0, prior)
+
+    swapped, fitted = fall([2.5, 6.0])
+    assert swapped > 5.0
+    assert fitted["log_weights"].exp().tolist() == pytest.approx([6.0, 2.5], rel=0.1)
+    assert float((fitted["positions"] - truth).norm(dim=1).max()) < 0.2
+    right, _ = fall([6.0, 2.5])
+    assert right <= 0.0
+
+
 def test_tied_refinement_ends_with_the_species_means_at_their_fixed_point():
     """Four atoms of one element (weight 25), started tied to a species mean far below it (about 16):
     the background is profiled out and the species' mean optimised with the atoms, so a single round

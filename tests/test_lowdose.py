@@ -185,12 +185,12 @@ def test_a_pair_along_the_beam_of_a_missing_wedge_is_crowded():
     is not."""
     positions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [10.0, -1.0, 0.0], [10.0, 1.0, 0.0]])
     params = {"positions": positions, "log_sigmas": torch.full((4,), np.log(0.6)), "log_weights": torch.zeros(4)}
-    gains, touched = torch.tensor([30.0, 40.0, 30.0, 40.0]), torch.full((4,), 1000.0)
+    gains = torch.tensor([30.0, 40.0, 30.0, 40.0])
     strategy = DensityStrategy(DensityOptions(merge_distance=1.22), evidence=Evidence(lambda params: None))
     full = resolution_stretch(view_rotations(np.arange(0.0, 178.0, 3.0)))
-    assert strategy.crowded(params, gains, touched, full).tolist() == []
+    assert strategy.crowded(params, gains, full).tolist() == []
     wedge = resolution_stretch(view_rotations(np.arange(-70.0, 71.0, 3.0)))
-    assert strategy.crowded(params, gains, touched, wedge).tolist() == [0]
+    assert strategy.crowded(params, gains, wedge).tolist() == [0]
 
 
 def test_a_pair_is_crowded_by_the_bond_its_two_species_make():
@@ -200,12 +200,12 @@ def test_a_pair_is_crowded_by_the_bond_its_two_species_make():
     of each pair's species (:func:`bond_halves`)."""
     positions = torch.tensor([[0.0, 0.0, 0.0], [1.3, 0.0, 0.0], [10.0, 0.0, 0.0], [11.3, 0.0, 0.0]])
     params = {"positions": positions, "log_sigmas": torch.full((4,), np.log(0.6)), "log_weights": torch.zeros(4)}
-    gains, touched = torch.tensor([40.0, 30.0, 40.0, 30.0]), torch.full((4,), 1000.0)
+    gains = torch.tensor([40.0, 30.0, 40.0, 30.0])
     halves = bond_halves(["Si", "O", "O", "O"])
     assert halves[1] * 2.0 == pytest.approx(0.55 * 2 * 0.66) and halves[0] + halves[1] == pytest.approx(0.55 * 1.77)
     strategy = DensityStrategy(DensityOptions(merge_distance=2 * halves[1]), evidence=Evidence(lambda params: None))
-    assert strategy.crowded(params, gains, touched, np.eye(3)).tolist() == []
-    assert strategy.crowded(params, gains, touched, np.eye(3), halves).tolist() == [1]
+    assert strategy.crowded(params, gains, np.eye(3)).tolist() == []
+    assert strategy.crowded(params, gains, np.eye(3), halves).tolist() == [1]
 
 
 def test_a_gaussian_on_two_atoms_is_split_along_their_bond():

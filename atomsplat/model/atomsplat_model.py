@@ -48,7 +48,7 @@ from atomsplat.model.cloud import AtomCloud, AtomShape, Views, atoms_of, project
 from atomsplat.model.corrections import ViewCorrections
 from atomsplat.model.init import initial_positions, start_from_atoms
 from atomsplat.model.losses import NoiseModel
-from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine, removal_rise
+from atomsplat.model.refinement import UNCERTAINTY_KINDS, position_uncertainties, refine, relabel_fall, removal_rise
 from atomsplat.model.species_prior import SpeciesPrior
 from atomsplat.model.strategy import (
     CROWDED_LIMIT,
@@ -565,6 +565,7 @@ class AtomSplatModel(SplatfactoModel):
             if self.strategy.evidence is not None and self.cloud.count > 0:
                 prior = self._final_births(args, prior, FINAL_BIRTH_SIGNIFICANCE)
                 prior = self._refit_crowded(args, prior)
+                prior = self._relabel_crowded(args, prior)
         held_out = torch.from_numpy(np.setdiff1d(np.arange(len(self.measured)), self.train_indices.cpu().numpy()))
         if len(held_out) and self.cloud.count > 0:
             views = self.series_views(held_out)
@@ -685,7 +686,7 @@ class AtomSplatModel(SplatfactoModel):
         stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
         symbols = self.species_labels() if self.bonded else None
         halves = None if symbols is None else bond_halves(symbols)
-        chosen = self.strategy.crowded(params, *self.removal_evidence(params), stretch, halves).tolist()
+        chosen = self.strategy.crowded(params, self.removal_evidence(params)[0], stretch, halves).tolist()
         if not chosen:
             return prior
         start = time.perf_counter()
@@ -701,13 +702,7 @@ class AtomSplatModel(SplatfactoModel):
             if rise >= CROWDED_RISE:
                 continue
             group = torch.cat([near.new_tensor([index]), near])
-            before = {name: values[group] for name, values in params.items()}
-            after = {name: values.clone() for name, values in fitted.items()}
-            shape = self.cloud.shape_params
-            with torch.no_grad():
-                model += project(after, views, window=self.cloud.window, shape=shape)
-                model -= project(before, views, window=self.cloud.window, shape=shape)
-            params = {name: values.index_copy(0, near, after[name]) for name, values in params.items()}
+            params = self._replace_locally(params, group, near, fitted, views, model)
             kept = torch.nonzero(torch.arange(self.cloud.count, device=near.device) != index).squeeze(1)
             self.strategy.install(self.cloud, self.optimizers, {n: v[kept] for n, v in params.items()}, kept)
             alive[old], prior = False, self.fitted_prior()
@@ -719,6 +714,61 @@ class AtomSplatModel(SplatfactoModel):
         if removed:
             _print_refinement(f"{removed} crowded Gaussians removed, refined", refine(*args, prior=prior))
         return prior
+
+    def _relabel_crowded(self, args, prior):
+        """Under evidence selection with two species tied or more, at the end: each two Gaussians of
+        :meth:`DensityStrategy.close_pairs`, the closest first, take the other species (weights and
+        widths started at their means) that their neighbours within :data:`CROWDED_REACH` x the merge
+        distance, refitted with them, fit with a higher posterior, if any does (:func:`relabel_fall`:
+        a Si and an O atom fitted each with the other's weight); then, if any changed, all are
+        refined. Only up to :data:`CROWDED_LIMIT` Gaussians. ``args``: :meth:`refinement_args`;
+        returns the species prior."""
+        if prior is None or len(prior.means) < 2 or self.cloud.count > CROWDED_LIMIT:
+            return prior
+        views = self._shifted_training_views()
+        stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
+        halves = bond_halves(self.species_labels()) if self.bonded else None
+        pairs = self.strategy.close_pairs(self.cloud.detached(), stretch, halves)
+        if len(pairs) == 0:
+            return prior
+        start = time.perf_counter()
+        with torch.no_grad():
+            model = torch.cat([part for _, part, _ in self._models(self.cloud.detached())])
+        measured, reach = self.measured[views.indices], CROWDED_REACH * self.strategy.options.merge_distance
+        changed = 0
+        for pair in torch.as_tensor(pairs, device=self.cloud.positions.device):
+            params = self.cloud.detached()
+            apart = torch.cdist(params["positions"], params["positions"][pair]).min(dim=1).values
+            near = torch.nonzero(apart < reach).squeeze(1)
+            near = near[(near != pair[0]) & (near != pair[1])]
+            fall, fitted = relabel_fall(self.cloud, pair, near, views, model, measured, self.noise, reach, prior)
+            if fall <= 0.0:
+                continue
+            group = torch.cat([pair, near])
+            params = self._replace_locally(params, group, group, fitted, views, model)
+            self.strategy.install(
+                self.cloud, self.optimizers, params, torch.arange(self.cloud.count, device=near.device)
+            )
+            changed, prior = changed + 1, self.fitted_prior()
+        CONSOLE.print(
+            f"close pairs: {changed} of {len(pairs)} took other species, their neighbours refitted with them "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        if changed:
+            _print_refinement(f"{changed} close pairs relabelled, refined", refine(*args, prior=prior))
+        return prior
+
+    def _replace_locally(self, params, group, rows, fitted, views, model):
+        """``params`` with the Gaussians ``rows`` (N,) long set to ``fitted`` ({name: (N, ...)}), and
+        ``model`` (V, H, W) of ``views`` (changed in place) with the Gaussians ``group`` (M,) long as
+        they are replaced by ``fitted`` (``group`` holds ``rows``; those of it not in ``rows`` leave)."""
+        shape = self.cloud.shape_params
+        with torch.no_grad():
+            model += project(fitted, views, window=self.cloud.window, shape=shape)
+            model -= project(
+                {name: values[group] for name, values in params.items()}, views, window=self.cloud.window, shape=shape
+            )
+        return {name: values.index_copy(0, rows, fitted[name]) for name, values in params.items()}
 
     def residuals(self, count: int):
         """Measured minus modelled projections (V, H, W) of about ``count`` training projections

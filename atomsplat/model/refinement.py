@@ -24,6 +24,7 @@ for other data the residual variance of the fit stands in for the noise level.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -190,42 +191,24 @@ def _prior_nats(prior, params: dict, low: float, high: float) -> float:
         return float(prior.negative_log_prior(bounded["log_weights"].detach(), bounded["log_sigmas"].detach()))
 
 
-def removal_rise(
-    cloud, drop: int, neighbours: torch.Tensor, views: Views, model: torch.Tensor, measured: torch.Tensor, noise,
-    margin: float, prior=None, iterations: int = 100,
-) -> Tuple[float, Dict[str, torch.Tensor]]:  # fmt: skip
-    """How much the negative log-likelihood rises (nats) when Gaussian ``drop`` of ``cloud`` is
-    removed: the minimum with ``drop`` and its ``neighbours`` fitted to convergence (positions,
-    widths and weights; L-BFGS as in :func:`refine`) against the minimum without ``drop``, every
-    other Gaussian, the atom shape, the shifts and the background held; with a species ``prior``,
-    its terms of these Gaussians join what is minimised (the species' means held, each Gaussian's
-    term that of the species it is nearest: a neighbour that takes up the counts of ``drop`` may
-    change species, as one of two Gaussians on a Si atom, each of an O's weight, must) and the rise
-    is that of the data term alone, as :func:`refine` reports it. The likelihood-ratio statistic of
-    ``drop`` with its neighbourhood free to take up its counts. Only pixels the neighbourhood can
-    reach enter: in each view a window over the footprints of ``drop`` and the neighbours, widened
-    by ``margin`` (A) for them to move in.
-
-    Args:
-        cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
-        drop: index of the Gaussian to remove; neighbours: (M,) long indices of those to refit.
-        views: the training views, with their solved shifts and gains.
-        model: (V, H, W) the model of ``views`` as it is (Gaussians and background), data units.
-        measured: (V, H, W) the measured projections of ``views``.
-        noise: a likelihood data term (:attr:`atomsplat.model.losses.NoiseModel.is_likelihood`).
-        margin: A; prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` or None;
-        iterations: most L-BFGS iterations.
-
-    Returns:
-        The rise (nats) and the neighbours' refitted parameters ({name: (M, ...)}, the cloud's dtype).
-    """
+def _local_fit(cloud, group: torch.Tensor, views: Views, model: torch.Tensor, measured: torch.Tensor, noise,
+               margin: float, prior, iterations: int):  # fmt: skip
+    """The Gaussians ``group`` (M,) long of ``cloud`` fitted alone to convergence (positions, widths
+    and weights; L-BFGS as in :func:`refine`), every other Gaussian, the atom shape, the shifts and
+    the background held at ``model`` (V, H, W), on the pixels the group can reach: in each view a
+    window over their footprints widened by ``margin`` (A) for them to move in; with a species
+    ``prior``, its terms of these Gaussians join what is minimised (the species' means held, each
+    Gaussian's term that of the species it is nearest). Returns the group's parameters as they are
+    ({name: (M, ...)} float64) and ``fit(start, rows)``: the group's Gaussians ``rows`` (N,) long of
+    the cloud started at ``start`` ({name: (N, ...)}) and fitted, the others of the group absent;
+    it returns the data term (nats), the prior's term (nats; 0 without a prior) and the fitted
+    parameters."""
     params = cloud.detached()
-    group = torch.cat([torch.tensor([drop], device=neighbours.device), neighbours])
     local = {name: values[group].double() for name, values in params.items()}
     halo = cloud.halo()
     reach = cloud.window * float(width_of(local).max()) * (1.0 if halo is None else halo[1]) + margin
     views = replace(views, rotations=views.rotations.double(), offsets=views.offsets.double(), indices=None)
-    centres = detector_centres(local["positions"], views.rotations, views.offsets)  # (V, M + 1, 2)
+    centres = detector_centres(local["positions"], views.rotations, views.offsets)  # (V, M, 2)
 
     def span(coord: torch.Tensor, n: int):
         first = pixel_index(coord.min(dim=1).values - reach, n, views.pixel_size)
@@ -242,16 +225,15 @@ def removal_rise(
     rest = model[every, rows, cols].double() - project(local, window, window=cloud.window, shape=shape)
     low, high = math.log(cloud.min_sigma), math.log(cloud.max_sigma)
 
-    def fit(start: dict) -> Tuple[float, dict]:
+    def fit(start: dict, members: torch.Tensor) -> Tuple[float, float, dict]:
         free = {name: values.clone().requires_grad_(True) for name, values in start.items()}
-        members = group[len(group) - len(start["positions"]) :]  # the Gaussians of start, for the prior
 
-        def nats(part: dict, posterior: bool = True) -> torch.Tensor:
+        def nats(part: dict) -> Tuple[torch.Tensor, torch.Tensor]:
             part = _bounded(part, low, high)
             value = noise.negative_log_likelihood(rest + project(part, window, window=cloud.window, shape=shape), data)
-            if prior is None or not posterior:
-                return value.sum()
-            return value.sum() + prior.negative_log_prior(
+            if prior is None:
+                return value.sum(), value.new_zeros(())
+            return value.sum(), prior.negative_log_prior(
                 part["log_weights"], part["log_sigmas"], rows=members, relabel=True
             )
 
@@ -262,19 +244,92 @@ def removal_rise(
 
         def closure():
             optimizer.zero_grad()
-            value = nats(free)
+            value = sum(nats(free))
             value.backward()
             return value
 
         if len(start["positions"]):
             optimizer.step(closure)
         with torch.no_grad():
-            return float(nats(free, False)), _bounded({n: v.detach() for n, v in free.items()}, low, high)
+            data_term, prior_term = nats(free)
+            return float(data_term), float(prior_term), _bounded({n: v.detach() for n, v in free.items()}, low, high)
 
-    with_it, _ = fit(local)
-    without, fitted = fit({name: values[1:] for name, values in local.items()})
-    dtype = params["positions"].dtype
+    return local, fit
+
+
+def removal_rise(
+    cloud, drop: int, neighbours: torch.Tensor, views: Views, model: torch.Tensor, measured: torch.Tensor, noise,
+    margin: float, prior=None, iterations: int = 100,
+) -> Tuple[float, Dict[str, torch.Tensor]]:  # fmt: skip
+    """How much the negative log-likelihood rises (nats) when Gaussian ``drop`` of ``cloud`` is
+    removed: the minimum with ``drop`` and its ``neighbours`` fitted to convergence against the
+    minimum without ``drop`` (:func:`_local_fit`; with a species ``prior`` its terms join what is
+    minimised, each Gaussian's that of the species it is nearest: a neighbour that takes up the
+    counts of ``drop`` may change species, as one of two Gaussians on a Si atom, each of an O's
+    weight, must), the rise that of the data term alone, as :func:`refine` reports it. The
+    likelihood-ratio statistic of ``drop`` with its neighbourhood free to take up its counts.
+
+    Args:
+        cloud: the :class:`atomsplat.model.cloud.AtomCloud` (not changed).
+        drop: index of the Gaussian to remove; neighbours: (M,) long indices of those to refit.
+        views: the training views, with their solved shifts and gains.
+        model: (V, H, W) the model of ``views`` as it is (Gaussians and background), data units.
+        measured: (V, H, W) the measured projections of ``views``.
+        noise: a likelihood data term (:attr:`atomsplat.model.losses.NoiseModel.is_likelihood`).
+        margin: A; prior: a :class:`atomsplat.model.species_prior.SpeciesPrior` or None;
+        iterations: most L-BFGS iterations.
+
+    Returns:
+        The rise (nats) and the neighbours' refitted parameters ({name: (M, ...)}, the cloud's dtype).
+    """
+    group = torch.cat([torch.tensor([drop], device=neighbours.device), neighbours])
+    local, fit = _local_fit(cloud, group, views, model, measured, noise, margin, prior, iterations)
+    with_it, _, _ = fit(local, group)
+    without, _, fitted = fit({name: values[1:] for name, values in local.items()}, neighbours)
+    dtype = cloud.weights.dtype
     return without - with_it, {name: values.to(dtype) for name, values in fitted.items()}
+
+
+def relabel_fall(
+    cloud, pair: torch.Tensor, neighbours: torch.Tensor, views: Views, model: torch.Tensor, measured: torch.Tensor,
+    noise, margin: float, prior, iterations: int = 100,
+) -> Tuple[float, Dict[str, torch.Tensor]]:  # fmt: skip
+    """How much the negative log-posterior (data term and species ``prior``, nats) falls at best when
+    two close Gaussians ``pair`` (2,) long of ``cloud`` take other species: for each other
+    assignment of the prior's species to the two, their log-weights and log-widths started at those
+    species' means (positions as they are) and fitted to convergence with their ``neighbours`` (M,)
+    long, against the same fit from the Gaussians as they are (:func:`_local_fit`). Two Gaussians
+    on a Si atom and its O neighbour can hold each other's species, the Si's weight beside the O and
+    the O's on the Si, a minimum that no gradient step leaves (their weights would have to pass
+    through each other's), with the same parameters as the right one: the better of the two is the
+    one of higher posterior. Arguments as :func:`removal_rise`; ``prior``: a
+    :class:`atomsplat.model.species_prior.SpeciesPrior` of two species or more.
+
+    Returns:
+        The fall (nats; 0 where no other assignment ends at other species with a lower value) and the best assignment's
+        refitted parameters of ``pair`` then ``neighbours`` ({name: (M + 2, ...)}, the cloud's dtype).
+    """
+    group = torch.cat([pair, neighbours])
+    local, fit = _local_fit(cloud, group, views, model, measured, noise, margin, prior, iterations)
+    data_term, prior_term, fitted = fit(local, group)
+    best = now = data_term + prior_term
+
+    def species(part: dict) -> tuple:
+        return tuple(prior.nearest(part["log_weights"][:2], part["log_sigmas"][:2]).tolist())
+
+    current = species(fitted)
+    means = prior.means.double().to(local["log_weights"].device)
+    for labels in itertools.product(range(len(means)), repeat=2):
+        if labels == current:
+            continue
+        start = {name: values.clone() for name, values in local.items()}
+        start["log_weights"][:2] = means[list(labels), 0]
+        start["log_sigmas"][:2] = means[list(labels), 1]
+        data_term, prior_term, candidate = fit(start, group)
+        if data_term + prior_term < best and species(candidate) != current:  # not the same minimum again
+            best, fitted = data_term + prior_term, candidate
+    dtype = cloud.weights.dtype
+    return now - best, {name: values.to(dtype) for name, values in fitted.items()}
 
 
 UNCERTAINTY_KINDS = ("not recorded", "marginal", "own block", "scaled own block")

@@ -90,9 +90,18 @@ class SpeciesPrior:
         keep = self.members[rows].to(log_weights.device)
         if not relabel:
             means = means[self.labels[rows]][:, None, :]  # (M, 1, 2): each its own species
+        return self._terms(log_weights, log_widths, means).min(dim=1).values[keep].sum()
+
+    def nearest(self, log_weights: torch.Tensor, log_widths: torch.Tensor) -> torch.Tensor:
+        """(K,) long: the species each Gaussian of log-weight and log-width (K,) is nearest, the one
+        of its least term (:meth:`negative_log_prior` with ``relabel``)."""
+        return self._terms(log_weights, log_widths, self.means.to(log_weights)).argmin(dim=1)
+
+    def _terms(self, log_weights: torch.Tensor, log_widths: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """(K, S) nats: each Gaussian's term for each species of ``means`` ((S, 2), or (K, 1, 2) its own)."""
         weight_term = ((log_weights[:, None] - means[..., 0]) / self.weight_spread).square()
         width_term = ((log_widths[:, None] - means[..., 1]) / self.width_spread).square()
-        return 0.5 * (weight_term + width_term).min(dim=1).values[keep].sum()
+        return 0.5 * (weight_term + width_term)
 
     def curvature(self) -> torch.Tensor:
         """(K, 2) the prior's second derivatives by each Gaussian's log-weight and log-width (the

@@ -181,12 +181,6 @@ from another, beside a Si atom, out of reach of the one distance: with each pair
 false, 4 O atoms), against 28 (23 and 5), FPR 0.088 -> 0.039 (docs/lowdose.md, "Crowded pairs by
 their species' bond")."""
 
-CROWDED_GATE = 2.5
-"""Evidence selection: a crowded Gaussian is refitted without only when its removal costs less
-than this x its price with the others held. On the 2 nm low-dose particles (2026-12-06) false
-Gaussians between two atoms cost 1.28 x (Si, 8e3 e/A^2) and 2.07 x (SiGeSn, 1.6e4), crowded atoms of
-Si at 8e3 2.25-2.64 x."""
-
 CROWDED_REACH = 3.0
 """Evidence selection: a crowded Gaussian is tested with the Gaussians within this x
 ``merge_distance`` of it refitted (Si: 3.7 A, the first shell of neighbours and more), in windows
@@ -513,33 +507,44 @@ class DensityStrategy:
             self.install(cloud, optimizers, {name: values[kept] for name, values in cloud.detached().items()}, kept)
         return len(crowded)
 
+    def close_pairs(
+        self, params: density.Params, stretch: np.ndarray, halves: Optional[np.ndarray] = None
+    ) -> np.ndarray:
+        """(P, 2) int: the pairs of narrow Gaussians closer than :data:`PAIR_SEPARATION` x their
+        minimum distance (the sum of their ``halves`` (K,) A, :func:`bond_halves` of their species;
+        None: ``merge_distance``), measured by ``stretch`` (3, 3)
+        (:func:`atomsplat.geometry.resolution_stretch` of the views: in a missing wedge a pair along
+        the beam counts closer), the closest (so measured, against their minimum distance) first."""
+        narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1).cpu().numpy()
+        points = params["positions"].detach()[torch.as_tensor(narrow, device=params["positions"].device)]
+        points = points.cpu().double().numpy() @ stretch
+        half = np.full(len(narrow), 0.5 * self.options.merge_distance) if halves is None else halves[narrow]
+        pairs = cKDTree(points).query_pairs(PAIR_SEPARATION * 2.0 * half.max(initial=0.0), output_type="ndarray")
+        if len(pairs) == 0:
+            return np.zeros((0, 2), dtype=np.int64)
+        apart = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+        apart = apart / (half[pairs[:, 0]] + half[pairs[:, 1]])
+        close = apart < PAIR_SEPARATION
+        return narrow[pairs[close][np.argsort(apart[close], kind="stable")]]
+
     def crowded(
         self,
         params: density.Params,
         gains: torch.Tensor,
-        touched: torch.Tensor,
         stretch: np.ndarray,
         halves: Optional[np.ndarray] = None,
     ) -> torch.Tensor:
-        """(R,) long: of each two narrow Gaussians closer than :data:`PAIR_SEPARATION` x their
-        minimum distance (the sum of their ``halves`` (K,) A, :func:`bond_halves` of their species;
-        None: ``merge_distance``), measured by ``stretch`` (3, 3)
-        (:func:`atomsplat.geometry.resolution_stretch` of the views: in a missing wedge a pair along
-        the beam counts closer), the one whose removal costs less (``gains`` (K,) nats, the others
-        held), the cheapest first and never both of a close pair, where that cost is under
-        :data:`CROWDED_GATE` x its price (``touched`` (K,) pixels): the Gaussians to test for removal
-        with the rest refitted (:meth:`atomsplat.model.atomsplat_model.AtomSplatModel._refit_crowded`)."""
+        """(R,) long: of each two Gaussians of :meth:`close_pairs` (``stretch``, ``halves``), the one
+        whose removal costs less (``gains`` (K,) nats, the others held), the cheapest first and never
+        both of a close pair: the Gaussians to test for removal with the rest refitted
+        (:meth:`atomsplat.model.atomsplat_model.AtomSplatModel._refit_crowded`). Every such Gaussian
+        is tested, however much it buys held: refitted, the crowded atoms of the 2 nm particles buy
+        more than :data:`CROWDED_RISE` (docs/lowdose.md, "Close pairs relabelled")."""
         device = params["positions"].device
-        narrow = torch.nonzero(~density.diffuse(params, self.options.diffuse_width)).squeeze(1).cpu()
-        points = params["positions"].detach()[narrow.to(device)].cpu().double().numpy() @ stretch
-        half = np.full(len(narrow), 0.5 * self.options.merge_distance) if halves is None else halves[narrow.numpy()]
-        pairs = cKDTree(points).query_pairs(PAIR_SEPARATION * 2.0 * half.max(initial=0.0), output_type="ndarray")
-        if len(pairs):
-            apart = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
-            pairs = pairs[apart < PAIR_SEPARATION * (half[pairs[:, 0]] + half[pairs[:, 1]])]
+        pairs = self.close_pairs(params, stretch, halves)
         if len(pairs) == 0:
             return torch.zeros(0, dtype=torch.long, device=device)
-        cost = gains.detach().cpu()[narrow].numpy()
+        cost = gains.detach().cpu().numpy()
         weaker = np.where(cost[pairs[:, 0]] <= cost[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
         neighbours = {}
         for i, j in pairs.tolist():
@@ -549,8 +554,7 @@ class DensityStrategy:
         for i in sorted(set(weaker.tolist()), key=lambda i: cost[i]):
             if removed.isdisjoint(neighbours[i]):
                 removed.add(i)
-        chosen = narrow[sorted(removed)].to(device)
-        return chosen[gains[chosen] < CROWDED_GATE * self.price(params, touched)[chosen]]
+        return torch.as_tensor(sorted(removed), dtype=torch.long, device=device)
 
     def split_directions(self, params: density.Params, chosen: torch.Tensor) -> Optional[torch.Tensor]:
         """(M, 3) unit directions in which to split the Gaussians ``chosen`` (M,) long: where the
