@@ -350,6 +350,42 @@ def test_a_gaussian_that_takes_up_a_removed_neighbours_counts_may_change_species
     assert held > free + 4.0 and float(fitted["log_weights"][0].exp()) < 5.1
 
 
+def test_a_removed_gaussians_nearest_neighbour_starts_where_it_has_taken_up_its_counts():
+    """Poisson counts over a pedestal of 1 of a Si-like atom (weight 1.7) and an O-like one (0.8)
+    2.2 A apart, the heavy one fitted as two Gaussians of half its weight 0.8 A apart, a species
+    prior (0.8 and 1.7, spread 0.1). Refitted from where they are without one half, the other stays
+    on the light side of the prior's barrier (weight 0.88-1.02 over seeds 0-3, the rise 4.2-10.4
+    nats); started where it has taken up the removed half's counts (their weights summed, at their
+    weighted mean), it ends at the heavy atom with its weight and the rise is -1.2 to 4.7 nats, below
+    CROWDED_RISE: the halves of one atom are one atom."""
+    from atomsplat.model.refinement import removal_rise
+    from atomsplat.model.species_prior import SpeciesPrior
+    from atomsplat.model.strategy import CROWDED_RISE
+
+    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
+    offsets = torch.zeros(len(rotations), 2)
+    truth = torch.tensor([[0.0, 0.0, 0.0], [2.2, 0.0, 0.0]])
+    mean = project_isotropic_dense(
+        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([1.7, 0.8]).double(),
+        rotations.double(), offsets.double(), P, H, W,
+    )  # fmt: skip
+    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
+    views = Views(rotations, offsets, P, H, W, torch.arange(len(rotations)))
+    cloud = AtomCloud(torch.tensor([[0.0, 0.4, 0.0], [0.0, -0.4, 0.0], [2.2, 0.0, 0.0]]), 0.55, 0.8)
+    cloud.params["log_weights"].data = torch.tensor([0.85, 0.85, 0.8]).log()
+    prior = SpeciesPrior(["O", "Si"])
+    prior.labels, prior.members = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.bool)
+    prior.means = torch.tensor([[math.log(0.8), math.log(0.55)], [math.log(1.7), math.log(0.55)]])
+    with torch.no_grad():
+        model = cloud.project(views) + 1.0  # the pedestal: the background is part of the model
+    rise, fitted = removal_rise(
+        cloud, 0, torch.tensor([1, 2]), views, model, measured, NoiseModel("poisson", 1e-3), 3.0, prior
+    )
+    assert rise < CROWDED_RISE
+    assert float(fitted["log_weights"][0].exp()) == pytest.approx(1.7, rel=0.15)
+    assert float(fitted["positions"][0].norm()) < 0.45
+
+
 def test_two_close_gaussians_that_hold_each_others_species_take_them_back():
     """Poisson counts over a pedestal of 1 of a heavy atom (weight 6) and a light one (2.5) 1.6 A
     apart, fitted with each other's weights (a species prior: light 2.5, heavy 6, spread 0.1): no
