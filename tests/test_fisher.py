@@ -309,6 +309,21 @@ def test_removal_rise_with_every_gaussian_a_neighbour_is_that_of_refitting_all()
         assert removal_rise(cloud, drop, nearest[None], views, model, measured, noise, 100.0)[0] >= rise - 0.01
 
 
+def _heavy_and_light(heavy: float, light: float, gap: float):
+    """Poisson counts (seed 0) over a pedestal of 1 of an atom of weight ``heavy`` at the origin and
+    one of ``light`` ``gap`` A along x (width 0.55 A), seen from -60:60:15 degrees about an axis 12
+    degrees off: the atoms (2, 3), the Views and the counts (V, H, W)."""
+    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
+    offsets = torch.zeros(len(rotations), 2)
+    truth = torch.tensor([[0.0, 0.0, 0.0], [gap, 0.0, 0.0]])
+    mean = project_isotropic_dense(
+        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([heavy, light]).double(),
+        rotations.double(), offsets.double(), P, H, W,
+    )  # fmt: skip
+    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
+    return truth, Views(rotations, offsets, P, H, W, torch.arange(len(rotations))), measured
+
+
 def test_a_gaussian_that_takes_up_a_removed_neighbours_counts_may_change_species():
     """Poisson counts over a pedestal of 1 of a heavy atom (weight 6) and a light one (2.5) 2.2 A
     apart, the heavy one fitted as two Gaussians of half its weight 0.8 A apart, all three labelled
@@ -319,16 +334,8 @@ def test_a_gaussian_that_takes_up_a_removed_neighbours_counts_may_change_species
     from atomsplat.model.refinement import removal_rise
     from atomsplat.model.species_prior import SpeciesPrior
 
-    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
-    offsets = torch.zeros(len(rotations), 2)
-    truth = torch.tensor([[0.0, 0.0, 0.0], [2.2, 0.0, 0.0]])
-    mean = project_isotropic_dense(
-        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([6.0, 2.5]).double(),
-        rotations.double(), offsets.double(), P, H, W,
-    )  # fmt: skip
-    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
+    truth, views, measured = _heavy_and_light(6.0, 2.5, 2.2)
     noise = NoiseModel("poisson", 1e-3)
-    views = Views(rotations, offsets, P, H, W, torch.arange(len(rotations)))
     cloud = AtomCloud(torch.tensor([[0.0, 0.4, 0.0], [0.0, -0.4, 0.0], [2.2, 0.0, 0.0]]), 0.55, 2.5)
     cloud.params["log_weights"].data = torch.tensor([3.0, 3.0, 2.5]).log()
 
@@ -362,15 +369,7 @@ def test_a_removed_gaussians_nearest_neighbour_starts_where_it_has_taken_up_its_
     from atomsplat.model.species_prior import SpeciesPrior
     from atomsplat.model.strategy import CROWDED_RISE
 
-    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
-    offsets = torch.zeros(len(rotations), 2)
-    truth = torch.tensor([[0.0, 0.0, 0.0], [2.2, 0.0, 0.0]])
-    mean = project_isotropic_dense(
-        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([1.7, 0.8]).double(),
-        rotations.double(), offsets.double(), P, H, W,
-    )  # fmt: skip
-    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
-    views = Views(rotations, offsets, P, H, W, torch.arange(len(rotations)))
+    truth, views, measured = _heavy_and_light(1.7, 0.8, 2.2)
     cloud = AtomCloud(torch.tensor([[0.0, 0.4, 0.0], [0.0, -0.4, 0.0], [2.2, 0.0, 0.0]]), 0.55, 0.8)
     cloud.params["log_weights"].data = torch.tensor([0.85, 0.85, 0.8]).log()
     prior = SpeciesPrior(["O", "Si"])
@@ -395,16 +394,8 @@ def test_two_close_gaussians_that_hold_each_others_species_take_them_back():
     from atomsplat.model.refinement import relabel_fall
     from atomsplat.model.species_prior import SpeciesPrior
 
-    rotations = torch.from_numpy(view_rotations(np.arange(-60.0, 61.0, 15.0), 12.0)).float()
-    offsets = torch.zeros(len(rotations), 2)
-    truth = torch.tensor([[0.0, 0.0, 0.0], [1.6, 0.0, 0.0]])
-    mean = project_isotropic_dense(
-        truth.double(), torch.full((2,), 0.55).double(), torch.tensor([6.0, 2.5]).double(),
-        rotations.double(), offsets.double(), P, H, W,
-    )  # fmt: skip
-    measured = torch.poisson(mean.float() + 1.0, generator=torch.Generator().manual_seed(0))
+    truth, views, measured = _heavy_and_light(6.0, 2.5, 1.6)
     noise = NoiseModel("poisson", 1e-3)
-    views = Views(rotations, offsets, P, H, W, torch.arange(len(rotations)))
 
     def fall(weights):
         cloud = AtomCloud(truth.clone(), 0.55, 2.5)

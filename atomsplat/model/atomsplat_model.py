@@ -682,10 +682,7 @@ class AtomSplatModel(SplatfactoModel):
         if self.cloud.count > CROWDED_LIMIT:
             return prior
         params = self.cloud.detached()
-        views = self._shifted_training_views()
-        stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
-        symbols = self.species_labels() if self.bonded else None
-        halves = None if symbols is None else bond_halves(symbols)
+        views, stretch, halves = self._pair_setting()
         chosen = self.strategy.crowded(params, self.removal_evidence(params)[0], stretch, halves).tolist()
         if not chosen:
             return prior
@@ -725,9 +722,7 @@ class AtomSplatModel(SplatfactoModel):
         returns the species prior."""
         if prior is None or len(prior.means) < 2 or self.cloud.count > CROWDED_LIMIT:
             return prior
-        views = self._shifted_training_views()
-        stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
-        halves = bond_halves(self.species_labels()) if self.bonded else None
+        views, stretch, halves = self._pair_setting()
         pairs = self.strategy.close_pairs(self.cloud.detached(), stretch, halves)
         if len(pairs) == 0:
             return prior
@@ -757,6 +752,15 @@ class AtomSplatModel(SplatfactoModel):
         if changed:
             _print_refinement(f"{changed} close pairs relabelled, refined", refine(*args, prior=prior))
         return prior
+
+    def _pair_setting(self):
+        """What the tests of close pairs measure by: the training views with their solved shifts and
+        gains, their resolution stretch (3, 3) (:func:`resolution_stretch`) and each Gaussian's bond
+        half (K,) A (:func:`bond_halves` of its species; None where the minimum distance is one)."""
+        views = self._shifted_training_views()
+        stretch = resolution_stretch(views.rotations.detach().cpu().double().numpy())
+        symbols = self.species_labels() if self.bonded else None
+        return views, stretch, None if symbols is None else bond_halves(symbols)
 
     def _replace_locally(self, params, group, rows, fitted, views, model):
         """``params`` with the Gaussians ``rows`` (N,) long set to ``fitted`` ({name: (N, ...)}), and
