@@ -35,7 +35,7 @@ import torch
 
 from atomsplat.geometry import pixel_index
 from atomsplat.model.cloud import Views, bounded_shape, held, project
-from atomsplat.model.density import width_of
+from atomsplat.model.density import merge, width_of
 from atomsplat.render.fisher import fisher_blocks, fisher_matrix, marginal_position_variances, position_covariances
 from atomsplat.render.projector import detector_centres
 
@@ -293,13 +293,12 @@ def removal_rise(
     rest = {name: values[1:] for name, values in local.items()}
     without, prior_term, fitted = fit(rest, neighbours)
     if len(neighbours):  # the nearest neighbour started where it has taken up the counts of drop
-        weights = local["log_weights"].exp()
         nearest = int((rest["positions"] - local["positions"][0]).norm(dim=1).argmin())
+        both = [0, nearest + 1]
+        one, _ = merge({name: local[name][both] for name in ("positions", "log_weights")}, torch.zeros(2).long())
         merged = {name: values.clone() for name, values in rest.items()}
-        merged["log_weights"][nearest] = (weights[0] + weights[nearest + 1]).log()
-        merged["positions"][nearest] = (
-            weights[0] * local["positions"][0] + weights[nearest + 1] * local["positions"][nearest + 1]
-        ) / (weights[0] + weights[nearest + 1])
+        for name, values in one.items():
+            merged[name][nearest] = values[0]
         data_term, merged_prior, candidate = fit(merged, neighbours)
         if data_term + merged_prior < without + prior_term:
             without, fitted = data_term, candidate
